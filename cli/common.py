@@ -1,0 +1,47 @@
+"""Small helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from cfd.core.environment import Environment, open_environment
+
+
+def environment(args: argparse.Namespace, **flags: Any) -> Environment:
+    return open_environment(getattr(args, "env", None), {k: v for k, v in flags.items() if v is not None})
+
+
+def is_terminal(stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "size unknown"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def warn(message: str) -> None:
+    print(f"cfd: warning: {message}", file=sys.stderr)
+
+
+def add_env_argument(parser: argparse.ArgumentParser) -> None:
+    """`--env` accepted after the subcommand too (`cfd status --env X`)."""
+    parser.add_argument("--env", metavar="PATH", default=argparse.SUPPRESS, help="environment to work on")

@@ -1,0 +1,46 @@
+"""`cfd config`: the effective settings and where each came from."""
+
+from __future__ import annotations
+
+import argparse
+
+from cfd.core.settings import SPECS
+
+from .common import add_env_argument, environment, print_json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    lines = "\n".join(f"  {spec.key:<26} {spec.env:<28} {spec.help}" for spec in SPECS)
+    parser = subparsers.add_parser(
+        "config",
+        help="show the effective settings and their sources",
+        description="Show every cfd setting, its value and where it came from "
+        "(flag > CFD_* environment variable > git config > ComfyDock workspace > default).\n\n"
+        f"  {'git config key':<26} {'environment variable':<28} meaning\n{lines}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="print as JSON")
+    add_env_argument(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    env = environment(args)
+    rows = []
+    for setting in env.settings.all():
+        value = setting.value
+        if setting.key == "cfd.index" and value is None:
+            value, source = env.index_path, "default (<modelsDir>/.cfd/models.db)"
+        else:
+            source = setting.source
+        rows.append({"key": setting.key, "value": None if value is None else str(value), "source": source})
+    if args.json:
+        print_json({"environment": str(env.repo), "workspace": str(env.workspace.root) if env.workspace else None, "settings": rows})
+        return 0
+    print(f"environment: {env.repo}")
+    print(f"workspace:   {env.workspace.root if env.workspace else '(none)'}")
+    width = max(len(row["key"]) for row in rows)
+    for row in rows:
+        value = "(unset)" if row["value"] is None else row["value"]
+        print(f"{row['key']:<{width}}  {value}  [{row['source']}]")
+    return 0

@@ -1,0 +1,78 @@
+"""The `cfd` command line: argument parsing, and one place for errors.
+
+Each subcommand lives in its own module with `register(subparsers)`; its
+handler returns an exit code. Any CfdError becomes one line on stderr (plus
+its hint) and exit 2; Ctrl-C exits 130 quietly; nothing prints a traceback
+unless CFD_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from cfd.core import __version__
+from cfd.core.errors import CfdError
+
+# Modules under cfd.cli that add subcommands, in --help order.
+COMMAND_MODULES = ("status_cmd", "repair_cmd", "hooks_cmd", "agent_cmd", "index_cmd", "config_cmd", "demo_cmd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cfd",
+        description="Keep AI model files in sync with git-shared ComfyUI environments.",
+        epilog="Settings: see `cfd config`. Exit codes: 0 ok/in sync, 1 models missing or failed, 2 error.",
+    )
+    parser.add_argument("--version", action="version", version=f"cfd {__version__}")
+    parser.add_argument(
+        "--env",
+        metavar="PATH",
+        help="environment to work on (a .cec repo or the folder holding .cec/); default: the current directory",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"cfd.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cfd.cli.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except CfdError as exc:
+        print(f"cfd: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cfd: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if os.environ.get("CFD_DEBUG"):
+            raise
+        print(f"cfd: internal error: {type(exc).__name__}: {exc} (re-run with CFD_DEBUG=1 for details)", file=sys.stderr)
+        return 2
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,148 @@
+"""Finding the environment (.cec repo, pyproject.toml), its workspace and settings.
+
+An environment is a git repository whose pyproject.toml has a
+`[tool.comfydock]` table: a ComfyDock `environments/<name>/.cec`, or any repo
+of that shape. The models directory and index come from settings, else from
+the ComfyDock workspace (`$COMFYDOCK_HOME`, the workspace around the env, or
+`~/comfydock`), else the index defaults to `<modelsDir>/.cfd/models.db`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, EnvironmentNotFound
+from .settings import Settings, resolve_settings
+
+PYPROJECT = "pyproject.toml"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    config: Mapping[str, Any]
+
+    @property
+    def models_dir(self) -> Path:
+        configured = (self.config.get("global_model_directory") or {}).get("path")
+        return Path(configured) if isinstance(configured, str) and configured else self.root / "models"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "comfydock_cache" / "models.db"
+
+    @property
+    def civitai_token(self) -> str | None:
+        token = (self.config.get("api_credentials") or {}).get("civitai_token")
+        return token if isinstance(token, str) and token else None
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Everything a command needs to know about where things are."""
+
+    repo: Path  # the .cec git work tree
+    git_dir: Path  # per-clone (per-worktree) git directory: marker and state live here
+    settings: Settings
+    workspace: Workspace | None
+
+    @property
+    def pyproject(self) -> Path:
+        return self.repo / PYPROJECT
+
+    @property
+    def models_dir(self) -> Path:
+        value = self.settings["cfd.modelsDir"]
+        if value is None:
+            raise ConfigError(
+                "no models directory configured",
+                "set one with `git config cfd.modelsDir /path/to/models` or CFD_MODELS_DIR, or use a ComfyDock workspace",
+            )
+        return Path(value)
+
+    @property
+    def index_path(self) -> Path:
+        value = self.settings["cfd.index"]
+        return Path(value) if value is not None else self.models_dir / ".cfd" / "models.db"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.git_dir / "cfd"
+
+    @property
+    def civitai_token(self) -> str | None:
+        return self.workspace.civitai_token if self.workspace else None
+
+
+def load_workspace(root: Path) -> Workspace | None:
+    config_file = root / ".metadata" / "workspace.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {config_file}: {exc}", "fix or remove the workspace file") from None
+    return Workspace(root, config if isinstance(config, dict) else {})
+
+
+def find_workspace(repo: Path, environ: Mapping[str, str]) -> Workspace | None:
+    home = environ.get("COMFYDOCK_HOME")
+    if home:
+        return load_workspace(Path(home).expanduser())
+    # <workspace>/environments/<name>/.cec
+    for parent in repo.parents:
+        if parent.name == "environments":
+            found = load_workspace(parent.parent)
+            if found:
+                return found
+            break
+    return load_workspace(Path.home() / "comfydock")
+
+
+def git_dir_of(repo: Path) -> Path:
+    """The per-clone git dir, without starting git (a `.git` file points at it)."""
+    dot_git = repo / ".git"
+    if dot_git.is_file():
+        text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
+        if text.startswith("gitdir:"):
+            target = Path(text[len("gitdir:") :].strip())
+            return target if target.is_absolute() else (repo / target).resolve()
+    return dot_git
+
+
+def find_repo(start: Path) -> Path:
+    """The environment repo containing `start` (or `start/.cec`)."""
+    start = start.expanduser().resolve()
+    if not start.exists():
+        raise EnvironmentNotFound(f"{start} does not exist", "pass --env with the path of a ComfyDock environment")
+    for candidate in [start, *start.parents]:
+        if (candidate / ".cec" / PYPROJECT).is_file():
+            return candidate / ".cec"
+        if (candidate / PYPROJECT).is_file() and (candidate / ".git").exists():
+            return candidate
+        if (candidate / ".git").exists():
+            break  # a git repo without pyproject.toml: do not climb into an enclosing one
+    raise EnvironmentNotFound(
+        f"no ComfyDock environment found at or above {start}",
+        "run cfd inside an environment (a git repo with pyproject.toml, or its parent holding .cec/) or pass --env PATH",
+    )
+
+
+def open_environment(
+    start: str | os.PathLike[str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Environment:
+    environ = os.environ if environ is None else environ
+    repo = find_repo(Path(start) if start else Path.cwd())
+    workspace = find_workspace(repo, environ)
+    workspace_defaults: dict[str, Any] = {}
+    if workspace is not None:
+        workspace_defaults = {"cfd.modelsDir": workspace.models_dir, "cfd.index": workspace.index_path}
+    settings = resolve_settings(repo, flags, workspace_defaults, environ)
+    return Environment(repo=repo, git_dir=git_dir_of(repo), settings=settings, workspace=workspace)

@@ -1,0 +1,278 @@
+"""The local model index: ComfyDock's SQLite database (schema version 9).
+
+cfd reads and writes the same tables ComfyDock does, so either tool sees what
+the other indexed. Rules kept from ComfyDock: `base_directory` is the resolved
+models dir, `relative_path` uses forward slashes, `mtime` is the exact st_mtime.
+We never change `schema_info` (ComfyDock rebuilds a database whose version it
+does not expect) and never delete rows from `models` (ComfyDock does not
+either): a model is present only through a location that exists on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IndexError_
+
+SCHEMA_VERSION = 9
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    hash TEXT PRIMARY KEY,
+    file_size INTEGER NOT NULL,
+    blake3_hash TEXT,
+    sha256_hash TEXT,
+    first_seen INTEGER NOT NULL,
+    metadata TEXT DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS model_locations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_hash TEXT NOT NULL,
+    base_directory TEXT NOT NULL,
+    relative_path TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    mtime REAL NOT NULL,
+    last_seen INTEGER NOT NULL,
+    FOREIGN KEY (model_hash) REFERENCES models(hash) ON DELETE CASCADE,
+    UNIQUE(base_directory, relative_path)
+);
+CREATE TABLE IF NOT EXISTS model_sources (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_hash TEXT NOT NULL,
+    source_type TEXT NOT NULL,
+    source_url TEXT NOT NULL,
+    metadata TEXT DEFAULT '{}',
+    added_time INTEGER NOT NULL,
+    FOREIGN KEY (model_hash) REFERENCES models(hash) ON DELETE CASCADE,
+    UNIQUE(model_hash, source_url)
+);
+CREATE TABLE IF NOT EXISTS schema_info (version INTEGER PRIMARY KEY);
+CREATE INDEX IF NOT EXISTS idx_locations_hash ON model_locations(model_hash);
+CREATE INDEX IF NOT EXISTS idx_locations_path ON model_locations(relative_path);
+CREATE INDEX IF NOT EXISTS idx_locations_filename ON model_locations(filename);
+CREATE INDEX IF NOT EXISTS idx_sources_hash ON model_sources(model_hash);
+CREATE INDEX IF NOT EXISTS idx_sources_type ON model_sources(source_type);
+CREATE INDEX IF NOT EXISTS idx_models_blake3 ON models(blake3_hash);
+CREATE INDEX IF NOT EXISTS idx_models_sha256 ON models(sha256_hash);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    model_hash: str
+    relative_path: str
+    mtime: float
+    size: int
+
+
+def source_type_for(url: str) -> str:
+    """ComfyDock's source_type vocabulary."""
+    host = url.split("://", 1)[-1].split("/", 1)[0].lower()
+    if host.endswith("huggingface.co") or host.endswith("hf.co"):
+        return "huggingface"
+    if host.endswith("civitai.com"):
+        return "civitai"
+    return "custom"
+
+
+class ModelIndex:
+    """One models directory's view of a (possibly shared) index database."""
+
+    def __init__(self, db_path: str | os.PathLike[str], models_dir: str | os.PathLike[str]) -> None:
+        self.db_path = Path(db_path)
+        self.models_dir = Path(models_dir)
+        self.base_directory = str(self.models_dir.resolve())
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._ensure_schema()
+        except sqlite3.DatabaseError as exc:
+            raise IndexError_(
+                f"cannot open the model index {self.db_path}: {exc}",
+                "check the path (cfd.index / CFD_INDEX) and that the file is a SQLite database",
+            ) from None
+        except OSError as exc:
+            raise IndexError_(f"cannot create the model index {self.db_path}: {exc.strerror}", "check cfd.index") from None
+
+    def _ensure_schema(self) -> None:
+        conn = self._conn
+        existing = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "schema_info" in existing:
+            row = conn.execute("SELECT version FROM schema_info LIMIT 1").fetchone()
+            if row is not None and row[0] != SCHEMA_VERSION:
+                raise IndexError_(
+                    f"the model index {self.db_path} has schema version {row[0]}; cfd understands {SCHEMA_VERSION}",
+                    "let ComfyDock upgrade it, or point cfd.index at another file",
+                )
+        if {"models", "model_locations", "model_sources", "schema_info"} <= existing:
+            self._wal()
+            return
+        with self.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if conn.execute("SELECT COUNT(*) FROM schema_info").fetchone()[0] == 0:
+                conn.execute("INSERT INTO schema_info (version) VALUES (?)", (SCHEMA_VERSION,))
+        self._wal()
+
+    def _wal(self) -> None:
+        # WAL lets the agent write while `cfd status` and ComfyDock read.
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            pass  # busy right now, or a filesystem without shared memory: rollback journal still works
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ModelIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -----------------------------------------------------------
+
+    def locations(self) -> dict[str, Location]:
+        """Every indexed location under this models dir, by relative path."""
+        rows = self._conn.execute(
+            "SELECT l.model_hash, l.relative_path, l.mtime, m.file_size FROM model_locations l "
+            "JOIN models m ON m.hash = l.model_hash WHERE l.base_directory = ?",
+            (self.base_directory,),
+        )
+        return {row[1]: Location(row[0], row[1], row[2], row[3]) for row in rows}
+
+    def locations_of(self, hashes: Iterable[str]) -> dict[str, list[Location]]:
+        wanted = list(dict.fromkeys(hashes))
+        found: dict[str, list[Location]] = {}
+        for start in range(0, len(wanted), 500):
+            batch = wanted[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            rows = self._conn.execute(
+                "SELECT l.model_hash, l.relative_path, l.mtime, m.file_size FROM model_locations l "
+                f"JOIN models m ON m.hash = l.model_hash WHERE l.base_directory = ? AND l.model_hash IN ({marks})",
+                (self.base_directory, *batch),
+            )
+            for row in rows:
+                found.setdefault(row[0], []).append(Location(row[0], row[1], row[2], row[3]))
+        return found
+
+    def present(self, hashes: Iterable[str]) -> dict[str, str]:
+        """hash -> relative path, for hashes with an indexed file that still exists at its size."""
+        result: dict[str, str] = {}
+        for model_hash, locations in self.locations_of(hashes).items():
+            for location in locations:
+                if self._exists(location):
+                    result[model_hash] = location.relative_path
+                    break
+        return result
+
+    def _exists(self, location: Location) -> bool:
+        try:
+            return os.stat(self.models_dir / location.relative_path).st_size == location.size
+        except OSError:
+            return False
+
+    def present_by_source(self, urls: Iterable[str]) -> dict[str, str]:
+        """source url -> relative path, for downloads remembered by their URL (intents)."""
+        result: dict[str, str] = {}
+        for url in urls:
+            rows = self._conn.execute(
+                "SELECT l.model_hash, l.relative_path, l.mtime, m.file_size FROM model_sources s "
+                "JOIN models m ON m.hash = s.model_hash JOIN model_locations l ON l.model_hash = s.model_hash "
+                "WHERE s.source_url = ? AND l.base_directory = ?",
+                (url, self.base_directory),
+            )
+            for row in rows:
+                if self._exists(Location(*row)):
+                    result[url] = row[1]
+                    break
+        return result
+
+    def has_model(self, model_hash: str) -> bool:
+        """ComfyDock's meaning: a row exists (proves nothing about the disk)."""
+        return self._conn.execute("SELECT 1 FROM models WHERE hash = ?", (model_hash,)).fetchone() is not None
+
+    def model_row(self, model_hash: str) -> tuple[int, str | None, str | None] | None:
+        row = self._conn.execute(
+            "SELECT file_size, blake3_hash, sha256_hash FROM models WHERE hash = ?", (model_hash,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def sources_of(self, model_hash: str) -> list[str]:
+        rows = self._conn.execute("SELECT source_url FROM model_sources WHERE model_hash = ? ORDER BY id", (model_hash,))
+        return [row[0] for row in rows]
+
+    # -- writing -----------------------------------------------------------
+
+    def add_model(
+        self, model_hash: str, size: int, blake3_hash: str | None = None, sha256_hash: str | None = None
+    ) -> None:
+        conn = self._conn
+        conn.execute(
+            "INSERT OR IGNORE INTO models (hash, file_size, blake3_hash, sha256_hash, first_seen, metadata) "
+            "VALUES (?, ?, ?, ?, ?, '{}')",
+            (model_hash, size, blake3_hash, sha256_hash, int(time.time())),
+        )
+        if blake3_hash:
+            conn.execute("UPDATE models SET blake3_hash = ? WHERE hash = ? AND blake3_hash IS NULL", (blake3_hash, model_hash))
+        if sha256_hash:
+            conn.execute("UPDATE models SET sha256_hash = ? WHERE hash = ? AND sha256_hash IS NULL", (sha256_hash, model_hash))
+
+    def add_location(self, model_hash: str, relative_path: str, mtime: float) -> None:
+        relative_path = relative_path.replace("\\", "/")
+        self._conn.execute(
+            "INSERT OR REPLACE INTO model_locations "
+            "(model_hash, base_directory, relative_path, filename, mtime, last_seen) VALUES (?, ?, ?, ?, ?, ?)",
+            (model_hash, self.base_directory, relative_path, relative_path.rsplit("/", 1)[-1], mtime, int(time.time())),
+        )
+
+    def remove_location(self, relative_path: str) -> None:
+        self._conn.execute(
+            "DELETE FROM model_locations WHERE base_directory = ? AND relative_path = ?",
+            (self.base_directory, relative_path.replace("\\", "/")),
+        )
+
+    def add_source(self, model_hash: str, url: str, metadata: dict[str, object] | None = None) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO model_sources (model_hash, source_type, source_url, metadata, added_time) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (model_hash, source_type_for(url), url, json.dumps(metadata or {}), int(time.time())),
+        )
+
+    def record_file(
+        self,
+        model_hash: str,
+        relative_path: str,
+        *,
+        size: int,
+        mtime: float,
+        source_url: str | None = None,
+        blake3_hash: str | None = None,
+        sha256_hash: str | None = None,
+    ) -> None:
+        """One atomic write: the model, where it lies, and where it came from."""
+        with self.transaction():
+            self.add_model(model_hash, size, blake3_hash, sha256_hash)
+            self.add_location(model_hash, relative_path, mtime)
+            if source_url:
+                self.add_source(model_hash, source_url)

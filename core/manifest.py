@@ -1,0 +1,322 @@
+"""Reading the model tables of a ComfyDock pyproject.toml into typed records.
+
+The input is bytes, so the same code reads a working file or a git blob. A
+document that is not TOML at all raises ManifestError (with file and line); a
+document that is TOML but has wrong types, missing fields or dangling hashes
+still yields a Manifest whose `problems` say what is wrong and where: one bad
+entry never hides the good ones.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ManifestError
+
+CRITICALITY_RANK = {"optional": 1, "flexible": 2, "required": 3}
+DEFAULT_CRITICALITY = "flexible"
+STATUSES = ("resolved", "unresolved")
+MODELS_TABLE = "tool.comfydock.models"
+WORKFLOWS_TABLE = "tool.comfydock.workflows"
+_HASH_RE = re.compile(r"^[0-9a-fA-F]{8,128}$")
+_CONFLICT_RE = re.compile(rb"^(<{7}|={7}|>{7})(?: |$)", re.MULTILINE)
+
+
+def stronger(a: str, b: str) -> str:
+    """The stronger of two criticalities (required > flexible > optional)."""
+    return a if CRITICALITY_RANK.get(a, 0) >= CRITICALITY_RANK.get(b, 0) else b
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestModel:
+    """One entry of the global `[tool.comfydock.models]` table."""
+
+    hash: str
+    filename: str
+    size: int | None
+    relative_path: str
+    category: str | None = None
+    sources: tuple[str, ...] = ()
+    blake3: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowModelRef:
+    """One `[[tool.comfydock.workflows.<wf>.models]]` entry."""
+
+    workflow: str
+    filename: str
+    category: str | None
+    criticality: str
+    status: str
+    hash: str | None = None
+    sources: tuple[str, ...] = ()
+    relative_path: str | None = None
+    node_id: str | None = None
+    widget_idx: int | None = None
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.status == "resolved"
+
+    @property
+    def is_intent(self) -> bool:
+        """An unresolved entry with sources: a download the author asked for."""
+        return self.status == "unresolved" and bool(self.sources)
+
+    @property
+    def identity(self) -> tuple[str, str | None, int | None, str | None]:
+        """Stable across versions of the manifest: (workflow, node, widget).
+
+        The filename only breaks ties when an entry names no node at all.
+        """
+        if self.node_id is None and self.widget_idx is None:
+            return (self.workflow, None, None, self.filename)
+        return (self.workflow, self.node_id, self.widget_idx, None)
+
+    @property
+    def target_path(self) -> str:
+        """Where an intent lands below the models dir."""
+        if self.relative_path:
+            return self.relative_path
+        return f"{self.category}/{self.filename}" if self.category else self.filename
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The model-related content of one version of pyproject.toml."""
+
+    models: Mapping[str, ManifestModel] = field(default_factory=dict)
+    refs: tuple[WorkflowModelRef, ...] = ()
+    workflows: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+    label: str = "pyproject.toml"
+    has_comfydock: bool = False
+
+    @property
+    def intents(self) -> tuple[WorkflowModelRef, ...]:
+        return tuple(ref for ref in self.refs if ref.is_intent)
+
+    def needed(self) -> dict[str, str]:
+        """Hash -> strongest criticality over every resolved workflow entry."""
+        needed: dict[str, str] = {}
+        for ref in self.refs:
+            if ref.is_resolved and ref.hash is not None:
+                previous = needed.get(ref.hash)
+                needed[ref.hash] = ref.criticality if previous is None else stronger(previous, ref.criticality)
+        return needed
+
+
+EMPTY_MANIFEST = Manifest(label="(no pyproject.toml)")
+
+
+def decode_toml(data: bytes, label: str) -> dict[str, Any]:
+    """bytes -> TOML document, or a ManifestError that names file and line."""
+    conflict = _CONFLICT_RE.search(data)
+    if conflict:
+        line = data.count(b"\n", 0, conflict.start()) + 1
+        raise ManifestError(
+            f"{label}:{line}: merge-conflict marker '{conflict.group(1).decode()}' left in the file",
+            "resolve the conflict in pyproject.toml and commit again",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ManifestError(f"{label}:{line}: not valid UTF-8", "save pyproject.toml as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{label}: invalid TOML: {exc}", "fix the syntax error in pyproject.toml") from None
+    except RecursionError:
+        raise ManifestError(f"{label}: TOML nested too deeply", "simplify pyproject.toml") from None
+
+
+def parse_manifest(data: bytes, label: str = "pyproject.toml") -> Manifest:
+    """Parse pyproject.toml bytes; raises ManifestError only for unreadable TOML."""
+    return manifest_from_document(decode_toml(data, label), label)
+
+
+def manifest_from_document(doc: Mapping[str, Any], label: str = "pyproject.toml") -> Manifest:
+    reader = _Reader(label)
+    tool = doc.get("tool")
+    comfydock = tool.get("comfydock") if isinstance(tool, dict) else None
+    if comfydock is None:
+        return Manifest(label=label)
+    if not isinstance(comfydock, dict):
+        reader.problem("tool.comfydock", "is not a table")
+        return Manifest(label=label, problems=tuple(reader.problems))
+    models = reader.models(comfydock.get("models", {}))
+    workflows, refs = reader.workflows(comfydock.get("workflows", {}))
+    for ref in refs:
+        if ref.is_resolved and ref.hash is not None and ref.hash not in models:
+            reader.problems.append(
+                f"{label}: [{WORKFLOWS_TABLE}.{ref.workflow}.models] '{ref.filename}' names hash "
+                f"{ref.hash}, which [{MODELS_TABLE}] lacks"
+            )
+    return Manifest(
+        models=models,
+        refs=tuple(refs),
+        workflows=tuple(workflows),
+        problems=tuple(reader.problems),
+        label=label,
+        has_comfydock=True,
+    )
+
+
+class _Reader:
+    """Turns loosely-typed TOML values into records, collecting problems."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.problems: list[str] = []
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(f"{self.label}: [{where}] {what}")
+
+    def models(self, table: Any) -> dict[str, ManifestModel]:
+        if not isinstance(table, dict):
+            self.problem(MODELS_TABLE, "is not a table")
+            return {}
+        models: dict[str, ManifestModel] = {}
+        for key, entry in table.items():
+            model = self.model(key, entry)
+            if model is not None:
+                models[key] = model
+        return models
+
+    def model(self, key: str, entry: Any) -> ManifestModel | None:
+        where = f"{MODELS_TABLE}.{key}"
+        if not _HASH_RE.match(key):
+            self.problem(where, "key is not a model hash (hex digits)")
+            return None
+        if not isinstance(entry, dict):
+            self.problem(where, "is not a table")
+            return None
+        filename = self.string(entry, "filename", where, required=True)
+        if filename is None:
+            return None
+        category = self.string(entry, "category", where)
+        relative_path = self.string(entry, "relative_path", where)
+        if relative_path is None:
+            relative_path = f"{category}/{filename}" if category else filename
+        return ManifestModel(
+            hash=key,
+            filename=filename,
+            size=self.size(entry, where),
+            relative_path=relative_path,
+            category=category,
+            sources=self.sources(entry, where),
+            blake3=self.string(entry, "blake3", where),
+            sha256=self.string(entry, "sha256", where),
+        )
+
+    def workflows(self, table: Any) -> tuple[list[str], list[WorkflowModelRef]]:
+        if not isinstance(table, dict):
+            self.problem(WORKFLOWS_TABLE, "is not a table")
+            return [], []
+        names: list[str] = []
+        refs: list[WorkflowModelRef] = []
+        for name, workflow in table.items():
+            where = f"{WORKFLOWS_TABLE}.{name}"
+            if not isinstance(workflow, dict):
+                self.problem(where, "is not a table")
+                continue
+            names.append(name)
+            entries = workflow.get("models", [])
+            if not isinstance(entries, list):
+                self.problem(f"{where}.models", "is not an array of tables")
+                continue
+            for position, entry in enumerate(entries):
+                ref = self.ref(name, position, entry)
+                if ref is not None:
+                    refs.append(ref)
+        return names, refs
+
+    def ref(self, workflow: str, position: int, entry: Any) -> WorkflowModelRef | None:
+        where = f"{WORKFLOWS_TABLE}.{workflow}.models[{position}]"
+        if not isinstance(entry, dict):
+            self.problem(where, "is not a table")
+            return None
+        filename = self.string(entry, "filename", where, required=True)
+        if filename is None:
+            return None
+        criticality = self.choice(entry, "criticality", where, tuple(CRITICALITY_RANK), DEFAULT_CRITICALITY)
+        status = self.choice(entry, "status", where, STATUSES, "resolved")
+        model_hash = self.string(entry, "hash", where)
+        if status == "resolved" and model_hash is None:
+            self.problem(where, f"'{filename}' is resolved but has no hash")
+        node_id, widget_idx = self.first_node(entry, where)
+        return WorkflowModelRef(
+            workflow=workflow,
+            filename=filename,
+            category=self.string(entry, "category", where),
+            criticality=criticality,
+            status=status,
+            hash=model_hash,
+            sources=self.sources(entry, where),
+            relative_path=self.string(entry, "relative_path", where),
+            node_id=node_id,
+            widget_idx=widget_idx,
+        )
+
+    def first_node(self, entry: dict[str, Any], where: str) -> tuple[str | None, int | None]:
+        nodes = entry.get("nodes")
+        if not isinstance(nodes, list) or not nodes or not isinstance(nodes[0], dict):
+            return None, None
+        node = nodes[0]
+        node_id = node.get("node_id")
+        widget_idx = node.get("widget_idx")
+        return (
+            str(node_id) if isinstance(node_id, (str, int)) and not isinstance(node_id, bool) else None,
+            widget_idx if isinstance(widget_idx, int) and not isinstance(widget_idx, bool) else None,
+        )
+
+    def string(self, entry: dict[str, Any], key: str, where: str, required: bool = False) -> str | None:
+        value = entry.get(key)
+        if value is None:
+            if required:
+                self.problem(where, f"missing '{key}'")
+            return None
+        if not isinstance(value, str) or not value:
+            self.problem(where, f"'{key}' must be a non-empty string, not {_describe(value)}")
+            return None
+        return value
+
+    def choice(self, entry: dict[str, Any], key: str, where: str, allowed: tuple[str, ...], default: str) -> str:
+        value = entry.get(key, default)
+        if value not in allowed:
+            self.problem(where, f"'{key}' is {_describe(value)}; expected one of {', '.join(allowed)}")
+            return default
+        return str(value)
+
+    def size(self, entry: dict[str, Any], where: str) -> int | None:
+        value = entry.get("size")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.problem(where, f"'size' must be a non-negative integer, not {_describe(value)}")
+            return None
+        return value
+
+    def sources(self, entry: dict[str, Any], where: str) -> tuple[str, ...]:
+        value = entry.get("sources")
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problem(where, f"'sources' must be an array of URLs, not {_describe(value)}")
+            return ()
+        good = tuple(item for item in value if isinstance(item, str) and item)
+        if len(good) != len(value):
+            self.problem(where, "'sources' holds entries that are not URL strings (ignored)")
+        return good
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"

@@ -1,0 +1,135 @@
+"""The pending-repair marker: what this clone still has to fetch, and why.
+
+A JSON file in the clone's git directory (never tracked). Hooks and the agent
+add to it, `cfd repair` rewrites it to exactly what is still missing. Writes go
+to a temp file beside it and are moved into place under a file lock, so a
+reader never sees half a marker; a corrupt marker is set aside (renamed) with a
+warning, never a crash. Nothing secret goes in: URLs are stored sanitised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .urls import redact_url
+
+MARKER_NAME = "pending.json"
+MARKER_VERSION = 1
+REASONS = ("deferred", "filtered", "no-source", "failed", "interrupted", "background")
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    key: str  # model hash, or "intent:<workflow>/<node>/<widget>"
+    filename: str
+    relative_path: str
+    size: int | None
+    sources: tuple[str, ...]
+    criticality: str
+    workflows: tuple[str, ...]
+    reason: str
+    error: str | None = None
+    when: float = field(default_factory=time.time)
+    trigger: str = ""
+    hash: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["sources"] = [redact_url(url) for url in self.sources]
+        data["workflows"] = list(self.workflows)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PendingEntry:
+        return cls(
+            key=str(data["key"]),
+            filename=str(data.get("filename", "")),
+            relative_path=str(data.get("relative_path", "")),
+            size=data.get("size") if isinstance(data.get("size"), int) else None,
+            sources=tuple(str(u) for u in data.get("sources") or ()),
+            criticality=str(data.get("criticality", "flexible")),
+            workflows=tuple(str(w) for w in data.get("workflows") or ()),
+            reason=str(data.get("reason", "deferred")),
+            error=data.get("error") if isinstance(data.get("error"), str) else None,
+            when=float(data.get("when", 0) or 0),
+            trigger=str(data.get("trigger", "")),
+            hash=data.get("hash") if isinstance(data.get("hash"), str) else None,
+        )
+
+
+class Marker:
+    def __init__(self, git_dir: Path, warn: Callable[[str], None] | None = None) -> None:
+        self.path = git_dir / "cfd" / MARKER_NAME
+        self._warn = warn or (lambda message: None)
+
+    def _lock(self):  # type: ignore[no-untyped-def]
+        from filelock import FileLock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path) + ".lock", timeout=60)
+
+    def read(self) -> list[PendingEntry]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            self._warn(f"cannot read the pending marker {self.path}: {exc.strerror}")
+            return []
+        try:
+            data = json.loads(raw)
+            return [PendingEntry.from_json(item) for item in data["entries"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self._set_aside()
+            return []
+
+    def _set_aside(self) -> None:
+        broken = self.path.with_name(f"{MARKER_NAME}.corrupt-{int(time.time())}")
+        try:
+            os.replace(self.path, broken)
+        except OSError:
+            return
+        self._warn(f"the pending marker was corrupt; moved it to {broken} and started afresh (run `cfd repair`)")
+
+    def write(self, entries: Iterable[PendingEntry]) -> None:
+        with self._lock():
+            self._write_unlocked(list(entries))
+
+    def update(self, change: Callable[[list[PendingEntry]], list[PendingEntry]]) -> list[PendingEntry]:
+        """Read-modify-write under the lock (hooks and agent write concurrently)."""
+        with self._lock():
+            entries = change(self.read())
+            self._write_unlocked(entries)
+            return entries
+
+    def merge(self, new_entries: Iterable[PendingEntry], drop: Iterable[str] = ()) -> list[PendingEntry]:
+        """Add or replace entries by key, and drop keys that are no longer pending."""
+        incoming = {entry.key: entry for entry in new_entries}
+        dropped = set(drop)
+
+        def change(entries: list[PendingEntry]) -> list[PendingEntry]:
+            kept = [e for e in entries if e.key not in incoming and e.key not in dropped]
+            return kept + list(incoming.values())
+
+        return self.update(change)
+
+    def _write_unlocked(self, entries: list[PendingEntry]) -> None:
+        if not entries:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+            return
+        payload = {"version": MARKER_VERSION, "entries": [entry.to_json() for entry in entries]}
+        temp = self.path.with_name(f".{MARKER_NAME}.{os.getpid()}.tmp")
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, self.path)

@@ -1,0 +1,107 @@
+"""Which models the manifest needs that this machine does not have.
+
+A model is missing when a resolved workflow entry names a hash with no indexed
+location existing on disk. Missing models are grouped by hash. Unresolved
+entries with sources are download intents; without sources (and not optional)
+they are "not found". `detect_missing_models` only reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .index import ModelIndex
+from .manifest import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, stronger
+
+STRATEGIES = ("all", "required", "skip")
+
+
+@dataclass(frozen=True)
+class MissingModelInfo:
+    """ComfyDock's record of a missing model: the global entry and who needs it."""
+
+    model: ManifestModel
+    workflow_names: tuple[str, ...]
+    criticality: str
+    can_download: bool
+
+    @property
+    def is_required(self) -> bool:
+        return self.criticality == "required"
+
+    @property
+    def hash(self) -> str:
+        return self.model.hash
+
+
+@dataclass(frozen=True)
+class MissingReport:
+    missing: tuple[MissingModelInfo, ...] = ()
+    intents: tuple[WorkflowModelRef, ...] = ()
+    not_found: tuple[WorkflowModelRef, ...] = ()
+    problems: tuple[str, ...] = ()
+    satisfied_intents: tuple[WorkflowModelRef, ...] = field(default=())
+
+    @property
+    def downloadable(self) -> tuple[MissingModelInfo, ...]:
+        return tuple(m for m in self.missing if m.can_download)
+
+    @property
+    def unavailable(self) -> tuple[MissingModelInfo, ...]:
+        return tuple(m for m in self.missing if not m.can_download)
+
+    @property
+    def in_sync(self) -> bool:
+        return not (self.missing or self.intents or self.not_found)
+
+
+def _order(info: MissingModelInfo) -> tuple[int, str]:
+    return (-CRITICALITY_RANK[info.criticality], info.model.filename)
+
+
+def detect_missing_models(
+    manifest: Manifest, index: ModelIndex, hashes: Iterable[str] | None = None
+) -> MissingReport:
+    """What `manifest` needs and the index cannot show on disk (read-only).
+
+    `hashes` narrows the check (the hook passes the hashes a pull touched).
+    """
+    wanted = set(hashes) if hashes is not None else None
+    needers: dict[str, list[WorkflowModelRef]] = {}
+    for ref in manifest.refs:
+        if ref.is_resolved and ref.hash is not None and ref.hash in manifest.models:
+            if wanted is None or ref.hash in wanted:
+                needers.setdefault(ref.hash, []).append(ref)
+    present = index.present(needers)
+    missing = []
+    for model_hash, refs in needers.items():
+        if model_hash in present:
+            continue
+        model = manifest.models[model_hash]
+        criticality = refs[0].criticality
+        for ref in refs[1:]:
+            criticality = stronger(criticality, ref.criticality)
+        workflows = tuple(dict.fromkeys(ref.workflow for ref in refs))
+        missing.append(MissingModelInfo(model, workflows, criticality, bool(model.sources)))
+    missing.sort(key=_order)
+
+    intents = [ref for ref in manifest.refs if ref.is_intent]
+    done = index.present_by_source(url for ref in intents for url in ref.sources)
+    open_intents = tuple(ref for ref in intents if not any(url in done for url in ref.sources))
+    satisfied = tuple(ref for ref in intents if ref not in open_intents)
+    not_found = tuple(
+        ref
+        for ref in manifest.refs
+        if ref.status == "unresolved" and not ref.sources and ref.criticality != "optional"
+    )
+    return MissingReport(tuple(missing), open_intents, not_found, manifest.problems, satisfied)
+
+
+def select_for_download(report: MissingReport, strategy: str) -> tuple[list[MissingModelInfo], list[WorkflowModelRef]]:
+    """The downloadable models and intents a strategy (all|required|skip) picks."""
+    if strategy == "skip":
+        return [], []
+    if strategy == "required":
+        return [m for m in report.downloadable if m.is_required], [r for r in report.intents if r.criticality == "required"]
+    return list(report.downloadable), list(report.intents)

@@ -1,0 +1,176 @@
+"""cfd's settings: one place that resolves every knob and says where it came from.
+
+Order, like git-lfs's `lfs.*` keys: command-line flag > `CFD_*` environment
+variable > git config (repo-local over global) > ComfyDock workspace > default.
+Git config is read with one `git config` call (a few ms, no pygit2 import).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def convert(value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in allowed:
+            raise ValueError(f"expected one of {'|'.join(allowed)}")
+        return lowered
+
+    return convert
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value.strip())
+    if number < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value.strip())
+    if number <= 0:
+        raise ValueError("expected a positive number of seconds")
+    return number
+
+
+def _rate(value: str) -> int:
+    """Bytes per second; accepts suffixes K, M, G (binary), 0 = unlimited."""
+    text = value.strip().upper().removesuffix("B").removesuffix("/S")
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+    number = float(text[:-1] if scale != 1 else text)
+    if number < 0:
+        raise ValueError("expected a rate like 50M (bytes per second) or 0")
+    return int(number * scale)
+
+
+def _path(value: str) -> Path:
+    return Path(os.path.expanduser(value.strip()))
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    key: str  # git config name, as documented (camelCase)
+    env: str
+    default: Any
+    convert: Callable[[str], Any]
+    help: str
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec("cfd.modelsDir", "CFD_MODELS_DIR", None, _path, "models directory (default: the ComfyDock workspace's)"),
+    SettingSpec("cfd.index", "CFD_INDEX", None, _path, "SQLite model index (default: the workspace's comfydock_cache/models.db, else <modelsDir>/.cfd/models.db)"),
+    SettingSpec("cfd.models", "CFD_MODELS", "required", _choice("all", "required", "skip"), "which missing models a hook downloads: all | required | skip"),
+    SettingSpec("cfd.onPull", "CFD_ON_PULL", "download", _choice("download", "background", "defer"), "what a hook does: download now | background (agent) | defer (record only)"),
+    SettingSpec("cfd.jobs", "CFD_JOBS", 4, _positive_int, "files downloaded at once"),
+    SettingSpec("cfd.connections", "CFD_CONNECTIONS", 4, _positive_int, "connections per large file when the server supports ranges"),
+    SettingSpec("cfd.allowPrivateNetworks", "CFD_ALLOW_PRIVATE_NETWORKS", False, _bool, "allow downloads from loopback/private/link-local addresses"),
+    SettingSpec("cfd.stallTimeout", "CFD_STALL_TIMEOUT", 30.0, _seconds, "seconds without a byte before a download counts as stalled"),
+    SettingSpec("cfd.retries", "CFD_RETRIES", 5, _positive_int, "attempts per source on connection errors, 5xx and 429"),
+    SettingSpec("cfd.hooks.enabled", "CFD_HOOKS_ENABLED", True, _bool, "run the git hooks (CFD_SKIP=1 also turns them off)"),
+    SettingSpec("cfd.agent.maxRate", "CFD_AGENT_MAX_RATE", 0, _rate, "agent download rate cap in bytes/s (e.g. 50M); 0 = unlimited"),
+)
+SPEC_BY_KEY = {spec.key.lower(): spec for spec in SPECS}
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: Any
+    source: str  # "flag", "env CFD_X", "git config (local)", "workspace", "default"
+
+
+class Settings:
+    """Resolved settings for one environment."""
+
+    def __init__(self, values: Mapping[str, Setting]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key.lower()].value
+
+    def setting(self, key: str) -> Setting:
+        return self._values[key.lower()]
+
+    def all(self) -> list[Setting]:
+        return [self._values[spec.key.lower()] for spec in SPECS]
+
+    def with_value(self, key: str, value: Any, source: str) -> Settings:
+        values = dict(self._values)
+        values[key.lower()] = Setting(SPEC_BY_KEY[key.lower()].key, value, source)
+        return Settings(values)
+
+
+def read_git_config(repo: Path | None) -> dict[str, tuple[str, str]]:
+    """cfd.* keys from git config: lowercased key -> (value, scope)."""
+    command = ["git", "config", "--show-scope", "-z", "--get-regexp", r"^cfd\."]
+    try:
+        result = subprocess.run(
+            command, cwd=repo if repo and repo.is_dir() else None, capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    found: dict[str, tuple[str, str]] = {}
+    # -z output: "scope\0key\nvalue\0" per entry; later (more local) entries win.
+    parts = result.stdout.decode("utf-8", "replace").split("\0")
+    for scope, entry in zip(parts[0::2], parts[1::2]):
+        key, _, value = entry.partition("\n")
+        found[key.lower()] = (value, scope)
+    return found
+
+
+def resolve_settings(
+    repo: Path | None,
+    flags: Mapping[str, Any] | None = None,
+    workspace_defaults: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    environ = os.environ if environ is None else environ
+    flags = flags or {}
+    workspace_defaults = workspace_defaults or {}
+    git_values = read_git_config(repo)
+    values: dict[str, Setting] = {}
+    for spec in SPECS:
+        lowered = spec.key.lower()
+        if flags.get(spec.key) is not None:
+            values[lowered] = Setting(spec.key, flags[spec.key], "flag")
+            continue
+        raw: tuple[str, str] | None = None
+        if environ.get(spec.env, "") != "":
+            raw = (environ[spec.env], f"env {spec.env}")
+        elif lowered in git_values:
+            value, scope = git_values[lowered]
+            raw = (value, f"git config ({scope})")
+        if raw is not None:
+            try:
+                values[lowered] = Setting(spec.key, spec.convert(raw[0]), raw[1])
+            except (ValueError, IndexError) as exc:
+                where = spec.env if raw[1].startswith("env") else spec.key
+                raise ConfigError(
+                    f"{where} = {raw[0]!r} is not valid: {exc}",
+                    f"fix it, or unset it ({'unset ' + spec.env if raw[1].startswith('env') else 'git config --unset ' + spec.key})",
+                ) from None
+        elif workspace_defaults.get(spec.key) is not None:
+            values[lowered] = Setting(spec.key, workspace_defaults[spec.key], "ComfyDock workspace")
+        else:
+            values[lowered] = Setting(spec.key, spec.default, "default")
+    return Settings(values)
