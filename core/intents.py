@@ -1,0 +1,159 @@
+"""Resolving downloaded intents in pyproject.toml (only `cfd repair` does this).
+
+An intent is an unresolved workflow entry with sources. Once its file is
+downloaded and hashed, ComfyDock's design "updates the pyproject hash": the
+global `[tool.comfydock.models]` table gains the model, and the workflow entry
+becomes `status = "resolved"` with `hash = ...`. tomlkit keeps every other byte
+of the file as it was; the user reviews and commits the change. Hooks never
+call this: a pull must leave the work tree clean.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError
+from .manifest import WorkflowModelRef, parse_manifest
+
+
+@dataclass(frozen=True)
+class ResolvedIntent:
+    """One downloaded intent to write back: which entry, and what it turned out to be."""
+
+    ref: WorkflowModelRef
+    hash: str
+    size: int
+    relative_path: str
+
+
+def _identity(entry: Any, workflow: str) -> tuple[str, str | None, int | None, str | None]:
+    """The same identity as WorkflowModelRef.identity, read from a tomlkit table."""
+    nodes = entry.get("nodes")
+    node_id: str | None = None
+    widget_idx: int | None = None
+    if isinstance(nodes, list) and nodes and isinstance(nodes[0], dict):
+        raw_id = nodes[0].get("node_id")
+        raw_widget = nodes[0].get("widget_idx")
+        if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
+            node_id = str(raw_id)
+        if isinstance(raw_widget, int) and not isinstance(raw_widget, bool):
+            widget_idx = int(raw_widget)
+    if node_id is None and widget_idx is None:
+        return (workflow, None, None, str(entry.get("filename")))
+    return (workflow, node_id, widget_idx, None)
+
+
+def apply_resolutions(text: str, resolutions: Sequence[ResolvedIntent]) -> tuple[str, list[ResolvedIntent]]:
+    """The new pyproject.toml text, and the resolutions it applied.
+
+    An entry that is no longer an open intent (someone resolved it meanwhile) is
+    left alone; a model already in the global table is not rewritten.
+    """
+    import tomlkit  # ~10x slower than tomllib: imported only when writing
+    from tomlkit.exceptions import TOMLKitError
+
+    try:
+        doc = tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise ManifestError(f"pyproject.toml: invalid TOML: {exc}", "fix the syntax error, then run `cfd repair` again") from None
+    comfydock = doc.get("tool", {}).get("comfydock")
+    if comfydock is None:
+        return text, []
+    workflows = comfydock.get("workflows", {})
+    wanted = {r.ref.identity: r for r in resolutions}
+    done: list[ResolvedIntent] = []
+    added: dict[str, ResolvedIntent] = {}
+    for name, workflow in workflows.items():
+        entries = workflow.get("models") if isinstance(workflow, dict) else None
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            if not isinstance(entry, dict) or entry.get("status") != "unresolved":
+                continue
+            resolution = wanted.get(_identity(entry, str(name)))
+            if resolution is None:
+                continue
+            entry["status"] = "resolved"
+            entry["hash"] = resolution.hash
+            added.setdefault(resolution.hash, resolution)
+            done.append(resolution)
+    if not done:
+        return text, []
+    models = comfydock.get("models")
+    if models is None:
+        models = tomlkit.table()
+        comfydock["models"] = models
+    for model_hash, resolution in added.items():
+        if model_hash in models:
+            continue
+        ref = resolution.ref
+        fields: dict[str, Any] = {"filename": ref.filename, "size": resolution.size, "relative_path": resolution.relative_path}
+        if ref.category:
+            fields["category"] = ref.category
+        fields["sources"] = list(ref.sources)
+        models[model_hash] = _entry_like_siblings(tomlkit, models, fields)
+    new_text = tomlkit.dumps(doc)
+    if "\r\n" in text:  # tomlkit writes "\n" for what it adds; keep a CRLF file CRLF
+        new_text = new_text.replace("\r\n", "\n").replace("\n", "\r\n")
+    return new_text, done
+
+
+def _entry_like_siblings(tomlkit: Any, models: Any, fields: dict[str, Any]) -> Any:
+    """An inline table, unless every existing entry is a full `[...models.<hash>]` table."""
+    from tomlkit.items import Table
+
+    values = list(models.values())
+    if values and all(isinstance(value, Table) for value in values):
+        table = tomlkit.table()
+        table.update(fields)
+        return table
+    inline = tomlkit.inline_table()
+    inline.update(fields)
+    return inline
+
+
+def write_resolutions(pyproject: Path, resolutions: Iterable[ResolvedIntent]) -> list[str]:
+    """Rewrite pyproject.toml in place (atomically); returns the resolved filenames."""
+    resolutions = list(resolutions)
+    if not resolutions:
+        return []
+    try:
+        raw = pyproject.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"cannot read {pyproject}: {exc.strerror}", "check the environment path") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{pyproject}: not valid UTF-8", "save pyproject.toml as UTF-8") from None
+    new_text, done = apply_resolutions(text, resolutions)
+    if not done or new_text == text:
+        return []
+    # Never write what we cannot read back as intended.
+    check = parse_manifest(new_text.encode("utf-8"), str(pyproject))
+    resolved = {ref.identity: ref.hash for ref in check.refs if ref.is_resolved}
+    for resolution in done:
+        if resolved.get(resolution.ref.identity) != resolution.hash or resolution.hash not in check.models:
+            raise ManifestError(f"{pyproject}: resolving '{resolution.ref.filename}' went wrong; nothing was changed")
+    temp = pyproject.with_name(f".{pyproject.name}.cfd-{os.getpid()}.tmp")
+    try:
+        with open(temp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(new_text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.chmod(temp, pyproject.stat().st_mode & 0o7777)
+        except OSError:
+            pass
+        if pyproject.read_bytes() != raw:  # edited while we worked: do not clobber the user's change
+            raise ManifestError(f"{pyproject} changed while cfd was updating it", "run `cfd repair` again")
+        os.replace(temp, pyproject)
+    finally:
+        try:
+            temp.unlink()
+        except FileNotFoundError:
+            pass
+    return [resolution.ref.filename for resolution in done]
