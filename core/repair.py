@@ -1,0 +1,455 @@
+"""Sync and repair: turn "what is missing" into downloads, and keep the marker true.
+
+`sync_models` is the shared entry of hooks and agent: download what they picked,
+then merge failures and interruptions into the pending marker and drop what
+arrived. `plan_repair` / `run_repair` back `cfd repair`: the plan recomputes the
+truth from the working manifest and the index (the marker is only a hint), and
+the run rewrites the marker to exactly what is still missing afterwards.
+
+The download engine (and with it `requests`) is imported only when something
+is downloaded, so a hook that merely records pending models stays light.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from .environment import Environment
+from .errors import CfdError
+from .index import ModelIndex
+from .manifest import WorkflowModelRef, stronger
+from .marker import Marker, PendingEntry
+from .missing import STRATEGIES, MissingModelInfo, MissingReport, detect_missing_models, select_for_download
+from .status import load_working_manifest
+from .urls import redact_url
+
+if TYPE_CHECKING:
+    from .download import DownloadCallbacks, DownloadJob, DownloadOutcome
+
+Warn = Callable[[str], None]
+_URL_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+def scrub(text: str | None) -> str | None:
+    """Error text with every URL in it redacted (errors end up in the marker and JSON)."""
+    return None if text is None else _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def intent_key(ref: WorkflowModelRef) -> str:
+    """`intent:<workflow>/<node>/<widget>`: an intent's identity across manifest versions."""
+    if ref.node_id is None and ref.widget_idx is None:
+        return f"intent:{ref.workflow}//{ref.filename}"
+    node = "" if ref.node_id is None else ref.node_id
+    widget = "" if ref.widget_idx is None else ref.widget_idx
+    return f"intent:{ref.workflow}/{node}/{widget}"
+
+
+def intent_groups(intents: Iterable[WorkflowModelRef]) -> dict[str, list[WorkflowModelRef]]:
+    """Intents by target path: two entries asking for the same file make one download."""
+    groups: dict[str, list[WorkflowModelRef]] = {}
+    for ref in intents:
+        groups.setdefault(ref.target_path, []).append(ref)
+    return groups
+
+
+def _group_facts(group: Sequence[WorkflowModelRef]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    criticality = group[0].criticality
+    for ref in group[1:]:
+        criticality = stronger(criticality, ref.criticality)
+    sources = tuple(dict.fromkeys(url for ref in group for url in ref.sources))
+    workflows = tuple(dict.fromkeys(ref.workflow for ref in group))
+    return criticality, sources, workflows
+
+
+def jobs_from(models: Sequence[MissingModelInfo], intents: Sequence[WorkflowModelRef]) -> list[DownloadJob]:
+    from .download import DownloadJob
+
+    jobs = [
+        DownloadJob(
+            key=info.hash,
+            filename=info.model.filename,
+            relative_path=info.model.relative_path,
+            size=info.model.size,
+            sources=info.model.sources,
+            expected_hash=info.hash,
+            blake3=info.model.blake3,
+            sha256=info.model.sha256,
+            criticality=info.criticality,
+            workflows=info.workflow_names,
+        )
+        for info in models
+    ]
+    for target, group in intent_groups(intents).items():
+        criticality, sources, workflows = _group_facts(group)
+        jobs.append(
+            DownloadJob(
+                key=intent_key(group[0]),
+                filename=group[0].filename,
+                relative_path=target,
+                size=None,
+                sources=sources,
+                expected_hash=None,
+                criticality=criticality,
+                workflows=workflows,
+            )
+        )
+    return jobs
+
+
+def pending_entries(
+    models: Iterable[MissingModelInfo],
+    intents: Iterable[WorkflowModelRef],
+    reason: str,
+    trigger: str,
+    errors: Mapping[str, str] | None = None,
+) -> list[PendingEntry]:
+    """Marker entries for models and intents; `errors` maps a key to its last error."""
+    errors = errors or {}
+    entries = [
+        PendingEntry(
+            key=info.hash,
+            filename=info.model.filename,
+            relative_path=info.model.relative_path,
+            size=info.model.size,
+            sources=info.model.sources,
+            criticality=info.criticality,
+            workflows=info.workflow_names,
+            reason=reason,
+            error=scrub(errors.get(info.hash)),
+            trigger=trigger,
+            hash=info.hash,
+        )
+        for info in models
+    ]
+    for target, group in intent_groups(intents).items():
+        criticality, sources, workflows = _group_facts(group)
+        key = intent_key(group[0])
+        entries.append(
+            PendingEntry(
+                key=key,
+                filename=group[0].filename,
+                relative_path=target,
+                size=None,
+                sources=sources,
+                criticality=criticality,
+                workflows=workflows,
+                reason=reason,
+                error=scrub(errors.get(key)),
+                trigger=trigger,
+            )
+        )
+    return entries
+
+
+# -- downloading -----------------------------------------------------------------
+
+
+def _download(
+    env: Environment,
+    jobs: list[DownloadJob],
+    callbacks: DownloadCallbacks | None,
+    cancel: threading.Event | None,
+) -> list[DownloadOutcome]:
+    from .download import DownloadOptions, DownloadOutcome, download_models
+
+    try:
+        return download_models(
+            jobs,
+            models_dir=env.models_dir,
+            index_path=env.index_path,
+            options=DownloadOptions.from_settings(env),
+            callbacks=callbacks,
+            cancel=cancel,
+        )
+    except CfdError as exc:  # refused as a whole (e.g. no room on disk): every job failed, for this reason
+        return [DownloadOutcome(job, False, None, None, str(exc), None) for job in jobs]
+
+
+@dataclass(frozen=True)
+class _Sorted:
+    succeeded: list[DownloadOutcome]
+    failed: dict[str, str]  # key -> error
+    interrupted: dict[str, str]  # key -> error (or "interrupted")
+
+
+def _sort_outcomes(jobs: Sequence[DownloadJob], outcomes: Sequence[DownloadOutcome], cancelled: bool) -> _Sorted:
+    by_key = {outcome.job.key: outcome for outcome in outcomes}
+    succeeded: list[DownloadOutcome] = []
+    failed: dict[str, str] = {}
+    interrupted: dict[str, str] = {}
+    for job in jobs:
+        outcome = by_key.get(job.key)
+        if outcome is not None and outcome.success:
+            succeeded.append(outcome)
+        elif cancelled:
+            interrupted[job.key] = scrub(outcome.error if outcome and outcome.error else "interrupted") or ""
+        else:
+            failed[job.key] = scrub(outcome.error if outcome and outcome.error else "no result from the downloader") or ""
+    return _Sorted(succeeded, failed, interrupted)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    models_downloaded: list[str]  # filenames
+    models_failed: list[tuple[str, str]]  # (filename, error)
+    outcomes: list[DownloadOutcome]
+    interrupted: bool = False
+
+
+def sync_models(
+    env: Environment,
+    models: Sequence[MissingModelInfo],
+    intents: Sequence[WorkflowModelRef],
+    *,
+    callbacks: DownloadCallbacks | None = None,
+    cancel: threading.Event | None = None,
+    trigger: str = "",
+    warn: Warn | None = None,
+) -> SyncResult:
+    """Download `models` and `intents`; failures and interruptions go to the marker, successes leave it."""
+    jobs = jobs_from(models, intents)
+    if not jobs:
+        return SyncResult([], [], [])
+    marker = Marker(env.git_dir, warn)
+    base = {entry.key: entry for entry in pending_entries(models, intents, "failed", trigger)}
+    try:
+        outcomes = _download(env, jobs, callbacks, cancel)
+    except KeyboardInterrupt:
+        marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
+        raise
+    cancelled = cancel is not None and cancel.is_set()
+    result = _sort_outcomes(jobs, outcomes, cancelled)
+    entries = [replace(base[key], reason="failed", error=error) for key, error in result.failed.items()]
+    entries += [replace(base[key], reason="interrupted", error=error) for key, error in result.interrupted.items()]
+    marker.merge(entries, drop=[outcome.job.key for outcome in result.succeeded])
+    filenames = {job.key: job.filename for job in jobs}
+    return SyncResult(
+        models_downloaded=[outcome.job.filename for outcome in result.succeeded],
+        models_failed=[(filenames[key], error) for key, error in {**result.failed, **result.interrupted}.items()],
+        outcomes=list(outcomes),
+        interrupted=bool(result.interrupted),
+    )
+
+
+# -- repair ----------------------------------------------------------------------
+
+
+def in_scope(criticality: str, strategy: str) -> bool:
+    """Whether a strategy asks for a model of this criticality."""
+    return strategy == "all" or (strategy == "required" and criticality == "required")
+
+
+@dataclass(frozen=True)
+class RepairPlan:
+    strategy: str
+    report: MissingReport
+    models: tuple[MissingModelInfo, ...]  # to download
+    intents: tuple[WorkflowModelRef, ...]  # to download
+    filtered_models: tuple[MissingModelInfo, ...]  # downloadable, left out by the strategy
+    filtered_intents: tuple[WorkflowModelRef, ...]
+    previous: Mapping[str, PendingEntry] = field(default_factory=dict)  # marker hints still relevant
+    stale: tuple[str, ...] = ()  # marker keys no longer needed (dropped by the run)
+
+    @property
+    def unavailable(self) -> tuple[MissingModelInfo, ...]:
+        return self.report.unavailable
+
+    @property
+    def not_found(self) -> tuple[WorkflowModelRef, ...]:
+        return self.report.not_found
+
+    @property
+    def download_count(self) -> int:
+        return len(self.models) + len(intent_groups(self.intents))
+
+    @property
+    def download_bytes(self) -> int:
+        """Known bytes to fetch (intents and size-less entries add an unknown amount)."""
+        return sum(info.model.size or 0 for info in self.models)
+
+    @property
+    def unknown_sizes(self) -> int:
+        return sum(1 for info in self.models if info.model.size is None) + len(intent_groups(self.intents))
+
+    @property
+    def complete(self) -> bool:
+        """Nothing the strategy asks for is missing (so there is nothing to do)."""
+        return not _missing_in_scope(self.report, self.strategy)
+
+
+def _missing_in_scope(report: MissingReport, strategy: str) -> list[str]:
+    keys = [info.hash for info in report.missing if in_scope(info.criticality, strategy)]
+    keys += [intent_key(ref) for ref in report.intents if in_scope(ref.criticality, strategy)]
+    keys += [intent_key(ref) for ref in report.not_found if in_scope(ref.criticality, strategy)]
+    return keys
+
+
+def _detect(env: Environment) -> MissingReport:
+    manifest = load_working_manifest(env)
+    with ModelIndex(env.index_path, env.models_dir) as index:
+        return detect_missing_models(manifest, index)
+
+
+def _keys(report: MissingReport) -> set[str]:
+    keys = {info.hash for info in report.missing}
+    keys |= {intent_key(ref) for ref in (*report.intents, *report.not_found)}
+    return keys
+
+
+def plan_repair(env: Environment, strategy: str = "all", warn: Warn | None = None) -> RepairPlan:
+    """What `cfd repair` would do, from the truth (manifest vs index); read-only."""
+    if strategy not in STRATEGIES:
+        raise CfdError(f"unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
+    report = _detect(env)
+    models, intents = select_for_download(report, strategy)
+    chosen = {info.hash for info in models}
+    chosen_intents = {ref.identity for ref in intents}
+    needed = _keys(report)
+    previous = {entry.key: entry for entry in Marker(env.git_dir, warn).read()}
+    return RepairPlan(
+        strategy=strategy,
+        report=report,
+        models=tuple(models),
+        intents=tuple(intents),
+        filtered_models=tuple(info for info in report.downloadable if info.hash not in chosen),
+        filtered_intents=tuple(ref for ref in report.intents if ref.identity not in chosen_intents),
+        previous={key: entry for key, entry in previous.items() if key in needed},
+        stale=tuple(key for key in previous if key not in needed),
+    )
+
+
+@dataclass(frozen=True)
+class FailedModel:
+    key: str
+    hash: str | None
+    filename: str
+    error: str
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    plan: RepairPlan
+    outcomes: list[DownloadOutcome]
+    downloaded: list[DownloadOutcome]
+    failed: list[FailedModel]
+    interrupted: list[FailedModel]
+    pending: list[PendingEntry]  # the marker as rewritten: exactly what is still missing
+    after: MissingReport  # the truth after the run
+    resolved: list[str] = field(default_factory=list)  # intents written into pyproject.toml
+    resolve_error: str | None = None
+
+    @property
+    def models_downloaded(self) -> list[str]:
+        return [outcome.job.filename for outcome in self.downloaded]
+
+    @property
+    def models_failed(self) -> list[tuple[str, str]]:
+        return [(f.filename, f.error) for f in (*self.failed, *self.interrupted)]
+
+    @property
+    def complete(self) -> bool:
+        """Every model the strategy asked for is present now."""
+        return not self.interrupted and not _missing_in_scope(self.after, self.plan.strategy)
+
+
+def _marker_entries(
+    plan: RepairPlan, after: MissingReport, failed: Mapping[str, str], interrupted: Mapping[str, str]
+) -> list[PendingEntry]:
+    """Exactly what is still missing, each with why."""
+    chosen = {info.hash for info in plan.models} | {intent_key(ref) for ref in plan.intents}
+
+    def why(entry: PendingEntry, can_download: bool) -> PendingEntry:
+        if entry.key in interrupted:
+            return replace(entry, reason="interrupted", error=interrupted[entry.key])
+        if entry.key in failed:
+            return replace(entry, reason="failed", error=failed[entry.key])
+        if not can_download:
+            return replace(entry, reason="no-source", error=None)
+        if entry.key not in chosen:
+            return replace(entry, reason="filtered", error=None)
+        previous = plan.previous.get(entry.key)  # chosen but not tried (appeared meanwhile)
+        return previous or replace(entry, reason="deferred", error=None)
+
+    entries = [
+        why(entry, info.can_download)
+        for info, entry in zip(after.missing, pending_entries(after.missing, (), "deferred", "repair"))
+    ]
+    entries += [why(entry, True) for entry in pending_entries((), after.intents, "deferred", "repair")]
+    entries += [why(entry, False) for entry in pending_entries((), after.not_found, "no-source", "repair")]
+    return entries
+
+
+def run_repair(
+    env: Environment,
+    plan: RepairPlan,
+    *,
+    callbacks: DownloadCallbacks | None = None,
+    cancel: threading.Event | None = None,
+    warn: Warn | None = None,
+) -> RepairResult:
+    """Download what the plan picked, resolve downloaded intents, rewrite the marker."""
+    jobs = jobs_from(plan.models, plan.intents) if (plan.models or plan.intents) else []
+    marker = Marker(env.git_dir, warn)
+    try:
+        outcomes = _download(env, jobs, callbacks, cancel) if jobs else []
+    except KeyboardInterrupt:
+        # Not cooperative (a second Ctrl-C): still leave a marker that says what happened.
+        base = pending_entries(plan.models, plan.intents, "interrupted", "repair")
+        marker.merge((replace(entry, error="interrupted") for entry in base), drop=plan.stale)
+        raise
+    cancelled = cancel is not None and cancel.is_set()
+    sorted_ = _sort_outcomes(jobs, outcomes, cancelled)
+    resolved: list[str] = []
+    resolve_error = None
+    try:
+        resolved = resolve_downloaded_intents(env, sorted_.succeeded)
+    except CfdError as exc:
+        resolve_error = str(exc)
+    after = _detect(env)
+    pending = _marker_entries(plan, after, sorted_.failed, sorted_.interrupted)
+    marker.write(pending)
+    by_key = {job.key: job for job in jobs}
+
+    def failure(key: str, error: str) -> FailedModel:
+        job = by_key[key]
+        return FailedModel(key, job.expected_hash, job.filename, error)
+
+    return RepairResult(
+        plan=plan,
+        outcomes=list(outcomes),
+        downloaded=sorted_.succeeded,
+        failed=[failure(key, error) for key, error in sorted_.failed.items()],
+        interrupted=[failure(key, error) for key, error in sorted_.interrupted.items()],
+        pending=pending,
+        after=after,
+        resolved=resolved,
+        resolve_error=resolve_error,
+    )
+
+
+def resolve_downloaded_intents(env: Environment, outcomes: Iterable[DownloadOutcome]) -> list[str]:
+    """Write the hashes of downloaded intents into pyproject.toml (tomlkit); returns their filenames."""
+    from .intents import ResolvedIntent, write_resolutions
+    from .shorthash import short_hash_file
+
+    done = [o for o in outcomes if o.success and o.job.key.startswith("intent:")]
+    if not done:
+        return []
+    open_intents = intent_groups(load_working_manifest(env).intents)
+    resolutions: list[ResolvedIntent] = []
+    for outcome in done:
+        relative_path = outcome.relative_path or outcome.job.relative_path
+        path = env.models_dir / relative_path
+        try:
+            size = path.stat().st_size
+            short_hash = outcome.short_hash or short_hash_file(path)
+        except OSError:
+            continue  # gone again: it stays an intent
+        for ref in open_intents.get(outcome.job.relative_path, []):
+            resolutions.append(ResolvedIntent(ref, short_hash, size, relative_path))
+    return write_resolutions(env.pyproject, resolutions)
+
