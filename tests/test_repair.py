@@ -25,7 +25,17 @@ from cfd.core.repair import plan_repair, run_repair
 pytestmark = pytest.mark.timeout(120)
 
 MIB = 1024 * 1024
-ENGINE = (Path(__file__).resolve().parents[1] / "core" / "download.py").exists()
+
+
+def _engine_present() -> bool:
+    try:
+        import cfd.core.download  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+ENGINE = _engine_present()
 needs_engine = pytest.mark.skipif(not ENGINE, reason="core/download.py (the download engine) has not landed yet")
 
 
@@ -177,3 +187,200 @@ def test_plan_strategies(scenario: Scenario, server: ModelServer, cfd_env: dict[
     result = run_repair(env, plan_repair(env, "skip"))
     assert {e.key: e.reason for e in result.pending} == {required.hash: "filtered", optional.hash: "filtered"}
     assert result.complete  # skip asks for nothing
+
+
+# -- downloads (the real engine, a real server) ----------------------------------
+
+
+def pyproject_changes(before: str, after: str) -> tuple[list[str], list[str]]:
+    diff = list(difflib.ndiff(before.splitlines(), after.splitlines()))
+    return [d[2:] for d in diff if d.startswith("- ")], [d[2:] for d in diff if d.startswith("+ ")]
+
+
+@needs_engine
+def test_yes_downloads_verifies_and_status_agrees(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    models = [Model(server, "a.safetensors", 1, 3 * MIB + 5), Model(server, "b.safetensors", 2, 700_000, "loras")]
+    clone = make_env(scenario, manifest(models).render())
+    Marker(clone.path / ".git").write([
+        PendingEntry(models[0].hash, "a.safetensors", models[0].relative_path, models[0].size, (), "required", ("wf1",), "deferred"),
+    ])
+    result = cfd(clone, cfd_env, "repair", "--yes", "--jobs", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Downloaded 2 model(s)" in result.stdout and "All requested models are present" in result.stdout
+    for model in models:
+        assert (models_dir / model.relative_path).read_bytes() == model.data
+        assert server.bytes_sent(model.path) == model.size
+    with ModelIndex(cfd_env["CFD_INDEX"], models_dir) as index:
+        assert set(index.present([m.hash for m in models])) == {m.hash for m in models}
+    assert marker_of(clone) == {}
+    assert cfd(clone, cfd_env, "status").returncode == 0
+    assert clone.is_clean()  # a plain repair never touches tracked files
+    again = cfd(clone, cfd_env, "repair", "--yes")
+    assert again.returncode == 0 and "In sync" in again.stdout
+
+
+@needs_engine
+def test_failing_source_goes_to_the_marker_and_json(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    good = Model(server, "good.safetensors", 1, 200_000)
+    bad = Model(server, "bad.safetensors", 2, 200_000)
+    server.set_fault(bad.path, status_always=404)
+    clone = make_env(scenario, manifest([good, bad], unavailable=1).render())
+    result = cfd(clone, cfd_env, "repair", "--yes", "--json")
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("downloaded", "failed", "unavailable", "skipped"):
+        assert isinstance(data[key], list)
+    assert [d["hash"] for d in data["downloaded"]] == [good.hash]
+    assert [(f["hash"], f["filename"]) for f in data["failed"]] == [(bad.hash, "bad.safetensors")]
+    assert "404" in data["failed"][0]["error"]
+    assert [u["filename"] for u in data["unavailable"]] == ["gone0.safetensors"]
+    assert data["skipped"] == [] and data["complete"] is False
+    pending = marker_of(clone)
+    assert set(pending) == {bad.hash, "0000000000000000"}
+    assert pending[bad.hash].reason == "failed" and "404" in (pending[bad.hash].error or "")
+    assert pending["0000000000000000"].reason == "no-source"
+    assert not (models_dir / bad.relative_path).exists()
+
+
+@needs_engine
+def test_required_strategy_is_complete_when_required_models_are_here(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    required = Model(server, "r.safetensors", 1, 100_000)
+    optional = Model(server, "o.safetensors", 2, 100_000)
+    builder = manifest([required])
+    builder.model(optional.hash, optional.name, optional.size, optional.relative_path, "checkpoints", [optional.url])
+    builder.ref("wf2", optional.name, "checkpoints", hash=optional.hash, criticality="optional", status="resolved", node_id="50")
+    clone = make_env(scenario, builder.render())
+    result = cfd(clone, cfd_env, "repair", "--yes", "--models", "required")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server.bytes_sent(optional.path) == 0
+    assert {k: e.reason for k, e in marker_of(clone).items()} == {optional.hash: "filtered"}
+
+
+@needs_engine
+def test_two_concurrent_repairs_download_each_file_once(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    models = [Model(server, f"m{i}.safetensors", i, 4 * MIB + i) for i in range(3)]
+    for model in models:
+        server.set_fault(model.path, throttle=16 * MIB)  # slow enough that the two runs overlap
+    clone = make_env(scenario, manifest(models).render())
+    argv = [sys.executable, "-m", "cfd.cli.main", "repair", "--yes"]
+    runs = [
+        subprocess.Popen(argv, cwd=clone.path, env=cfd_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=100) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    for model in models:
+        assert (models_dir / model.relative_path).read_bytes() == model.data
+        assert server.bytes_sent(model.path) == model.size, model.name
+    assert marker_of(clone) == {}
+
+
+@needs_engine
+def test_intent_is_downloaded_and_written_into_pyproject(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    lora = generate_model_bytes(9, 300_000)
+    url = server.add_file("/civitai/lora.safetensors", lora)
+    model = Model(server, "a.safetensors", 1, 100_000)
+    clone = make_env(scenario, manifest([model], **{"lora.safetensors": url}).render())
+    before = clone.read("pyproject.toml")
+    status = cfd(clone, cfd_env, "status", "--json")
+    assert [i["filename"] for i in json.loads(status.stdout)["intents"]] == ["lora.safetensors"]
+
+    result = cfd(clone, cfd_env, "repair", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pyproject.toml updated" in result.stdout
+    assert f"git -C {clone.path} commit" in result.stdout
+    assert (models_dir / "loras/lora.safetensors").read_bytes() == lora
+
+    after = clone.read("pyproject.toml")
+    removed, added = pyproject_changes(before, after)
+    lora_hash = short_hash_for(lora)
+    assert removed == ['status = "unresolved"']
+    assert added == [
+        f'{lora_hash} = {{filename = "lora.safetensors", size = 300000, relative_path = "loras/lora.safetensors", '
+        f'category = "loras", sources = ["{url}"]}}',
+        'status = "resolved"',
+        f'hash = "{lora_hash}"',
+    ]
+    assert cfd(clone, cfd_env, "status").returncode == 0
+    assert clone.status().strip() == "M pyproject.toml"
+    assert marker_of(clone) == {}
+
+
+@needs_engine
+def test_ctrl_c_leaves_a_resumable_partial_and_says_interrupted(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    big = Model(server, "big.safetensors", 3, 48 * MIB)
+    server.set_fault(big.path, throttle=8 * MIB)
+    clone = make_env(scenario, manifest([big]).render())
+    env = {**cfd_env, "CFD_CONNECTIONS": "1"}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cfd.cli.main", "repair", "--yes"], cwd=clone.path, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while server.bytes_sent(big.path) < 6 * MIB and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == 130, out + err
+    first = server.bytes_sent(big.path)
+    assert first < big.size
+    pending = marker_of(clone)
+    assert pending[big.hash].reason == "interrupted"
+    assert not (models_dir / big.relative_path).exists()
+
+    server.clear_faults()
+    again = cfd(clone, cfd_env, "repair", "--yes")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (models_dir / big.relative_path).read_bytes() == big.data
+    assert server.bytes_sent(big.path) <= big.size + 4 * MIB  # resumed, not restarted
+    assert marker_of(clone) == {}
+
+
+@needs_engine
+def test_sync_models_merges_failures_and_drops_successes(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+    from cfd.core.repair import sync_models
+
+    good = Model(server, "good.safetensors", 1, 100_000)
+    bad = Model(server, "bad.safetensors", 2, 100_000)
+    server.set_fault(bad.path, status_always=403)
+    clone = make_env(scenario, manifest([good, bad]).render())
+    marker = Marker(clone.path / ".git")
+    marker.write([
+        PendingEntry("1111111111111111", "other.safetensors", "vae/other.safetensors", 1, (), "optional", ("wf9",), "filtered"),
+        PendingEntry(good.hash, good.name, good.relative_path, good.size, (), "required", ("wf1",), "deferred"),
+    ])
+    env = env_of(clone, cfd_env)
+    plan = plan_repair(env, "all")
+    result = sync_models(env, plan.models, (), trigger="post-merge")
+    assert result.models_downloaded == ["good.safetensors"]
+    assert [name for name, _ in result.models_failed] == ["bad.safetensors"]
+    pending = marker_of(clone)
+    assert set(pending) == {"1111111111111111", bad.hash}
+    assert pending[bad.hash].reason == "failed" and pending[bad.hash].trigger == "post-merge"
+    assert "403" in (pending[bad.hash].error or "")
+
+
+def test_on_a_terminal_it_asks_and_no_means_nothing(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+    import pty
+    import select
+
+    model = Model(server, "a.safetensors", 1, 5000)
+    clone = make_env(scenario, manifest([model]).render())
+    primary, secondary = pty.openpty()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cfd.cli.main", "repair"], cwd=clone.path, env=cfd_env,
+        stdin=secondary, stdout=subprocess.PIPE, stderr=secondary, text=True,
+    )
+    os.close(secondary)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"[Y/n]" not in seen and time.monotonic() < deadline:
+        if select.select([primary], [], [], 0.2)[0]:
+            seen += os.read(primary, 4096)
+    assert b"Download 1 model(s)? [Y/n]" in seen
+    os.write(primary, b"n\n")
+    out, _ = run.communicate(timeout=30)
+    os.close(primary)
+    assert run.returncode == 1
+    assert "a.safetensors" in out
+    assert server.requests == []
