@@ -117,3 +117,20 @@ def test_unreadable_file_is_not_touched(tmp_path: Path, bad: bytes) -> None:
     with pytest.raises(ManifestError):
         write_resolutions(pyproject, [_resolution(text)])
     assert pyproject.read_bytes() == bad
+
+
+def test_one_download_resolves_every_entry_asking_for_it() -> None:
+    text = (
+        _builder()
+        .ref("wf2", "lora.safetensors", "loras", criticality="required", status="unresolved", node_id="3",
+             node_type="LoraLoader", sources=[LORA_URL], relative_path="loras/lora.safetensors")
+        .render()
+    )
+    intents = parse_manifest(text.encode()).intents
+    assert len(intents) == 2
+    new, done = apply_resolutions(text, [ResolvedIntent(ref, NEW, 9, ref.target_path) for ref in intents])
+    assert len(done) == 2
+    _, added = _changes(text, new)
+    assert sum(line.startswith(f"{NEW} = ") for line in added) == 1
+    manifest = parse_manifest(new.encode())
+    assert not manifest.intents and [r.hash for r in manifest.refs if r.filename == "lora.safetensors"] == [NEW, NEW]
