@@ -1,0 +1,210 @@
+"""The agent process: one lock, one observer, three workers, a status file, a log.
+
+`Agent.run()` blocks until SIGTERM/SIGINT/SIGHUP. Shutdown cancels downloads
+first (the engine leaves resumable `.part` files and sync_models marks them
+`interrupted`), then stops the watchers; every index write is one SQLite
+transaction and every marker write an atomic rename, so whatever moment the
+signal lands, both are consistent.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cfd.core.environment import Environment
+from cfd.core.index import ModelIndex
+from cfd.core.marker import Marker
+
+from .lock import AgentLock
+from .paths import AgentPaths, agent_paths
+from .statusfile import StatusBoard
+
+log = logging.getLogger("cfd.agent")
+
+ALREADY_RUNNING = 3  # exit code of `run` when another agent holds the lock
+LOG_BYTES, LOG_BACKUPS = 1024 * 1024, 3
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    envs: tuple[Environment, ...]
+    models_dir: Path
+    index_path: Path
+    settle: float = 1.0  # seconds a new file's size and mtime must hold still
+    open_timeout: float = 30.0  # ... or this long when no close event was seen
+    hash_rate: float = 256 * 1024 * 1024  # bytes/s read for hashing
+    git_debounce: float = 1.0
+    retry_base: float = 60.0
+    max_rate: int = 0  # cfd.agent.maxRate
+    console: bool = False  # also log to stderr (foreground `run`)
+    paths: AgentPaths | None = field(default=None)
+
+    def state_paths(self) -> AgentPaths:
+        return self.paths or agent_paths(self.models_dir)
+
+
+def setup_logging(paths: AgentPaths, console: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    handler = logging.handlers.RotatingFileHandler(paths.log, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(formatter)
+        root.addHandler(stream)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+
+    def excepthook(args: threading.ExceptHookArgs) -> None:
+        log.error("thread %s died", args.thread.name if args.thread else "?", exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+
+    threading.excepthook = excepthook
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.paths = config.state_paths()
+        self._signal: int | None = None
+
+    # -- marker upkeep (called from the models worker) ------------------------------------
+
+    def _on_indexed(self, index: ModelIndex, model_hash: str, relative_path: str) -> None:
+        for env in self.config.envs:
+            marker = Marker(env.git_dir, log.warning)
+            entries = marker.read()
+            hits = [e for e in entries if e.key == model_hash or e.hash == model_hash]
+            intents = [e for e in entries if e.key.startswith("intent:") and e.relative_path == relative_path]
+            if intents:
+                self._remember_intent_source(env, index, model_hash, relative_path)
+            if hits or intents:
+                marker.merge((), drop=[e.key for e in hits + intents])
+                log.info("%s is here now: dropped it from the pending list of %s", relative_path, env.repo)
+
+    @staticmethod
+    def _remember_intent_source(env: Environment, index: ModelIndex, model_hash: str, relative_path: str) -> None:
+        """An intent's file appeared by hand: the index remembers it by the intent's URL,
+        the way a download would, so `cfd status` no longer counts it missing."""
+        from cfd.core.status import load_working_manifest
+
+        try:
+            urls = {url for ref in load_working_manifest(env).intents if ref.target_path == relative_path for url in ref.sources}
+        except Exception:  # noqa: BLE001 - an unreadable manifest only costs the source link
+            return
+        if urls:
+            with index.transaction():
+                for url in sorted(urls):
+                    index.add_source(model_hash, url)
+
+    def _on_scan_done(self, index: ModelIndex) -> None:
+        """Drop pending entries whose model arrived while no agent watched."""
+        locations = index.locations()
+        for env in self.config.envs:
+            entries = Marker(env.git_dir).read()
+            present = index.present([e.key for e in entries if not e.key.startswith("intent:")])
+            for entry in entries:
+                if entry.key in present:
+                    self._on_indexed(index, entry.key, present[entry.key])
+                elif entry.key.startswith("intent:") and entry.relative_path in locations:
+                    self._on_indexed(index, locations[entry.relative_path].model_hash, entry.relative_path)
+
+    # -- the git side -----------------------------------------------------------------------
+
+    def _sync(self, env: Environment, old: str | None, new: str) -> None:
+        from cfd.core.pullsync import sync_between
+
+        # The agent is the background: downloads go through its queue (cancellable,
+        # rate-limited, cfd.jobs at a time); `defer` stays defer.
+        mode = "defer" if env.settings["cfd.onPull"] == "defer" else "background"
+        outcome = sync_between(env, old, new, trigger="agent", mode=mode, cancel=self._cancel)
+        log.info("sync %s..%s in %s: %s", (old or "-")[:10], new[:10], env.repo, getattr(outcome, "action", outcome))
+        for warning in getattr(outcome, "warnings", ()) or ():
+            log.warning("%s", warning)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def status_fields(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "pid": os.getpid(),
+            "state": "starting",
+            "started": time.time(),
+            "models_dir": str(c.models_dir),
+            "index": str(c.index_path),
+            "envs": [str(env.repo) for env in c.envs],
+            "log": str(self.paths.log),
+            "settle": c.settle,
+            "max_rate": c.max_rate,
+        }
+
+    def _handle_signal(self, signum: int, frame: object) -> None:
+        self._signal = signum  # only a plain assignment: safe at any point of the main thread
+
+    def run(self) -> int:
+        from watchdog.observers import Observer
+
+        from .bgqueue import BackgroundQueue
+        from .gitwatch import GitWatcher
+        from .modelwatch import ModelsWatcher
+
+        lock = AgentLock(self.paths.lock)
+        if not lock.acquire():
+            return ALREADY_RUNNING
+        try:
+            setup_logging(self.paths, self.config.console)
+            self.paths.pid.write_text(f"{os.getpid()}\n", encoding="ascii")
+            board = StatusBoard(self.paths.status, self.status_fields())
+            board.start()
+            self._cancel = threading.Event()
+            c = self.config
+            inotify = sys.platform.startswith("linux")  # close-after-write events exist only there
+            models = ModelsWatcher(
+                c.models_dir,
+                lambda: ModelIndex(c.index_path, c.models_dir),
+                board,
+                settle=c.settle,
+                open_timeout=c.open_timeout if inotify else c.settle,
+                hash_rate=c.hash_rate,
+                on_indexed=self._on_indexed,
+                on_scan_done=self._on_scan_done,
+            )
+            git = GitWatcher(list(c.envs), board, self._sync, debounce=c.git_debounce)
+            queue = BackgroundQueue(list(c.envs), board, self._cancel, max_rate=c.max_rate, retry_base=c.retry_base)
+            observer = Observer()
+            models.schedule(observer)
+            git.schedule(observer)
+            queue.schedule(observer)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, self._handle_signal)
+            observer.start()  # before the initial scan, so nothing between the two is missed
+            models.start()
+            git.start()
+            queue.start()
+            board.set(state="ready")
+            log.info("agent ready (pid %d): watching %s for %s", os.getpid(), c.models_dir, ", ".join(str(e.repo) for e in c.envs))
+            while self._signal is None:
+                time.sleep(0.5)
+            log.info("stopping (signal %d)", self._signal)
+            board.set(state="stopping")
+            self._cancel.set()
+            observer.stop()
+            queue.stop(timeout=10)
+            git.stop()
+            models.stop()
+            observer.join(timeout=5)
+            board.close(state="stopped", downloads={}, stopped=time.time())
+            log.info("agent stopped")
+            return 0
+        finally:
+            lock.release()

@@ -1,0 +1,46 @@
+"""The agent's life lock: an flock held for as long as the process lives.
+
+Unlike a pidfile it cannot go stale: the kernel drops it when the process dies,
+however it dies. flock (not fcntl/POSIX locks) also conflicts between two opens
+in one process, which keeps in-process tests honest.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+
+class AgentLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False when another agent holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+
+def is_locked(path: Path) -> bool:
+    """Whether some live process holds the lock (probe: take it and give it back)."""
+    if not path.exists():
+        return False
+    probe = AgentLock(path)
+    if probe.acquire():
+        probe.release()
+        return False
+    return True
