@@ -1,0 +1,333 @@
+"""After git moved HEAD: what the new manifest needs, and what to do about it.
+
+Shared by the hooks and the agent. Both manifests are read from git objects
+(never the work tree), diffed differentially, and only the hashes the change
+touched are checked against the index. Then, per `cfd.onPull`:
+`download` fetches what `cfd.models` selects now, `background` hands it to the
+agent, `defer` only records. Whatever is not downloaded goes to the pending
+marker, so `cfd repair` can finish the job.
+
+`<git_dir>/cfd/last-synced` holds the pyproject.toml blob id last acted on, so
+several hooks firing for one operation (or a hook and the agent) act once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .diff import ManifestDiff, diff_manifest_bytes
+from .environment import Environment
+from .errors import ManifestError
+from .gitrepo import MANIFEST_PATH, GitRepo, open_repo
+from .index import ModelIndex
+from .manifest import WorkflowModelRef
+from .marker import Marker, PendingEntry
+from .missing import MissingModelInfo, MissingReport, detect_missing_models, select_for_download
+
+LAST_SYNCED = "last-synced"
+MODES = ("download", "background", "defer")
+
+# Outcome actions.
+ALREADY_SYNCED = "already-synced"  # last-synced == the new blob: another hook did it
+UNCHANGED = "unchanged"  # same pyproject.toml blob in both commits
+NO_MANIFEST = "no-manifest"  # the new commit has no pyproject.toml
+BROKEN_MANIFEST = "broken-manifest"  # the new pyproject.toml does not parse
+SYNCED = "synced"
+
+
+@dataclass(frozen=True)
+class PullSyncOutcome:
+    trigger: str
+    action: str
+    mode: str = "download"
+    strategy: str = "required"
+    old_commit: str | None = None
+    new_commit: str | None = None
+    new_blob: str | None = None
+    missing: tuple[MissingModelInfo, ...] = ()  # newly needed and absent (incl. not downloadable)
+    intents: tuple[WorkflowModelRef, ...] = ()  # new download intents
+    downloaded: tuple[str, ...] = ()  # filenames
+    failed: tuple[tuple[str, str], ...] = ()  # (filename, error)
+    pending: tuple[PendingEntry, ...] = ()  # what this run left in the marker
+    handed_to_agent: int = 0
+    agent_started: bool = False
+    warnings: tuple[str, ...] = ()
+    checked: int = 0  # hashes checked against the index
+
+    @property
+    def needs_repair(self) -> bool:
+        """Something is left that only `cfd repair` (not the agent) will fetch."""
+        return any(entry.reason != "background" for entry in self.pending)
+
+
+# -- last-synced --------------------------------------------------------------
+
+
+def last_synced_path(git_dir: Path) -> Path:
+    return git_dir / "cfd" / LAST_SYNCED
+
+
+def read_last_synced(git_dir: Path) -> str | None:
+    try:
+        value = last_synced_path(git_dir).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return value or None
+
+
+def write_last_synced(git_dir: Path, blob_id: str) -> None:
+    """Atomic, and newline-terminated so the shim's `read` builtin takes it whole."""
+    path = last_synced_path(git_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{LAST_SYNCED}.{os.getpid()}.tmp")
+    temp.write_text(blob_id + "\n", encoding="ascii")
+    os.replace(temp, path)
+
+
+# -- marker entries -----------------------------------------------------------
+
+
+def intent_key(ref: WorkflowModelRef) -> str:
+    """The marker key of an intent (same as core.repair.intent_key)."""
+    if ref.node_id is None and ref.widget_idx is None:
+        return f"intent:{ref.workflow}//{ref.filename}"
+    node = "" if ref.node_id is None else ref.node_id
+    widget = "" if ref.widget_idx is None else ref.widget_idx
+    return f"intent:{ref.workflow}/{node}/{widget}"
+
+
+def _pending_entries(
+    models: Sequence[MissingModelInfo], intents: Sequence[WorkflowModelRef], reason: str, trigger: str
+) -> list[PendingEntry]:
+    try:  # the repair module owns the canonical conversion
+        from .repair import pending_entries
+    except ImportError:
+        return _local_pending_entries(models, intents, reason, trigger)
+    return list(pending_entries(models, intents, reason, trigger))
+
+
+def _local_pending_entries(
+    models: Sequence[MissingModelInfo], intents: Sequence[WorkflowModelRef], reason: str, trigger: str
+) -> list[PendingEntry]:
+    entries = [
+        PendingEntry(
+            key=m.model.hash,
+            filename=m.model.filename,
+            relative_path=m.model.relative_path,
+            size=m.model.size,
+            sources=m.model.sources,
+            criticality=m.criticality,
+            workflows=m.workflow_names,
+            reason=reason,
+            trigger=trigger,
+            hash=m.model.hash,
+        )
+        for m in models
+    ]
+    entries += [
+        PendingEntry(
+            key=intent_key(r),
+            filename=r.filename,
+            relative_path=r.target_path,
+            size=None,
+            sources=r.sources,
+            criticality=r.criticality,
+            workflows=(r.workflow,),
+            reason=reason,
+            trigger=trigger,
+        )
+        for r in intents
+    ]
+    return entries
+
+
+# -- the sync -----------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    report: MissingReport
+    intents: list[WorkflowModelRef]
+    selected: list[MissingModelInfo] = field(default_factory=list)
+    selected_intents: list[WorkflowModelRef] = field(default_factory=list)
+    filtered: list[MissingModelInfo] = field(default_factory=list)
+    filtered_intents: list[WorkflowModelRef] = field(default_factory=list)
+    satisfied_keys: list[str] = field(default_factory=list)
+
+
+def _short(commit: str | None) -> str:
+    return commit[:10] if commit else "(none)"
+
+
+def sync_between(
+    env: Environment,
+    old_commit: str | None,
+    new_commit: str,
+    *,
+    trigger: str,
+    mode: str | None = None,
+    strategy: str | None = None,
+    callbacks: Any = None,
+    cancel: threading.Event | None = None,
+    repo: GitRepo | None = None,
+) -> PullSyncOutcome:
+    """Sync models after HEAD moved from `old_commit` to `new_commit`.
+
+    The diff starts from the last-synced blob when git still has it, else from
+    `old_commit` (None or unresolvable: the empty manifest). Never
+    raises for a bad manifest (the outcome carries a warning); configuration
+    problems (no models dir) raise CfdError. KeyboardInterrupt propagates
+    after the marker already lists what was not downloaded.
+    """
+    mode = mode or env.settings["cfd.onPull"]
+    strategy = strategy or env.settings["cfd.models"]
+    base = dict(trigger=trigger, mode=mode, strategy=strategy)
+    repo = repo or open_repo(env.repo)
+    new = repo.resolve_commit(new_commit)
+    if new is None:
+        return PullSyncOutcome(action=NO_MANIFEST, warnings=(f"cannot resolve {new_commit}",), **base)
+    old = repo.resolve_commit(old_commit)
+    base.update(old_commit=old, new_commit=new)
+    new_blob = repo.blob_id(new, MANIFEST_PATH)
+    if new_blob is None:
+        return PullSyncOutcome(action=NO_MANIFEST, **base)
+    base["new_blob"] = new_blob
+    last = read_last_synced(env.git_dir)
+    if last == new_blob:
+        return PullSyncOutcome(action=ALREADY_SYNCED, **base)
+    old_blob = repo.blob_id(old, MANIFEST_PATH)
+    if old_blob == new_blob:
+        return PullSyncOutcome(action=UNCHANGED, **base)
+    # Diff from what this clone last acted on when git still has it: that also
+    # covers moves no hook saw (reset, stash, libgit2) and local manifest commits.
+    old_label = f"pyproject.toml at {_short(old)}"
+    if last and last != old_blob and repo.has_blob(last):
+        old_blob, old_label = last, "pyproject.toml as last synced"
+
+    new_label = f"pyproject.toml at {_short(new)}"
+    try:
+        diff = diff_manifest_bytes(
+            repo.read_blob(old_blob) if old_blob else None, repo.read_blob(new_blob), old_label, new_label
+        )
+    except ManifestError as exc:
+        warning = f"{new_label} does not parse ({exc.message}); models were not synced. Fix it, commit, then run `cfd repair`"
+        return PullSyncOutcome(action=BROKEN_MANIFEST, warnings=(warning,), **base)
+    warnings = tuple(diff.new.problems)
+
+    if not diff.hashes_to_check and not diff.new_intents:
+        if diff.no_longer_needed:
+            _drop_from_marker(env, diff.no_longer_needed)
+        write_last_synced(env.git_dir, new_blob)
+        return PullSyncOutcome(action=SYNCED, warnings=warnings, **base)
+
+    plan = _plan(env, diff, strategy)
+    return _act(env, diff, plan, base, new_blob, warnings, callbacks, cancel)
+
+
+def _plan(env: Environment, diff: ManifestDiff, strategy: str) -> _Plan:
+    with ModelIndex(env.index_path, env.models_dir) as index:
+        report = detect_missing_models(diff.new, index, diff.hashes_to_check)
+    wanted = {ref.identity for ref in diff.new_intents}
+    intents = [ref for ref in report.intents if ref.identity in wanted]
+    scoped = MissingReport(report.missing, tuple(intents), (), report.problems)
+    selected, selected_intents = select_for_download(scoped, strategy)
+    chosen = {m.hash for m in selected}
+    chosen_intents = {r.identity for r in selected_intents}
+    missing = {m.hash for m in report.missing}
+    return _Plan(
+        report=scoped,
+        intents=intents,
+        selected=selected,
+        selected_intents=selected_intents,
+        filtered=[m for m in report.downloadable if m.hash not in chosen],
+        filtered_intents=[r for r in intents if r.identity not in chosen_intents],
+        satisfied_keys=[h for h in diff.hashes_to_check if h not in missing]
+        + [intent_key(r) for r in report.satisfied_intents if r.identity in wanted],
+    )
+
+
+def _act(
+    env: Environment,
+    diff: ManifestDiff,
+    plan: _Plan,
+    base: dict[str, Any],
+    new_blob: str,
+    warnings: tuple[str, ...],
+    callbacks: Any,
+    cancel: threading.Event | None,
+) -> PullSyncOutcome:
+    trigger, mode = base["trigger"], base["mode"]
+    selected_reason = {"download": "interrupted", "background": "background", "defer": "deferred"}[mode]
+    entries = (
+        _pending_entries(plan.selected, plan.selected_intents, selected_reason, trigger)
+        + _pending_entries(plan.filtered, plan.filtered_intents, "filtered", trigger)
+        + _pending_entries(plan.report.unavailable, (), "no-source", trigger)
+    )
+    # Recorded before any download: a kill or Ctrl-C leaves the marker saying what is left.
+    marker = Marker(env.git_dir)
+    marker.merge(entries, drop=[*plan.satisfied_keys, *diff.no_longer_needed])
+    write_last_synced(env.git_dir, new_blob)
+    result: dict[str, Any] = dict(missing=plan.report.missing, intents=tuple(plan.intents), checked=len(diff.hashes_to_check))
+
+    if mode == "download" and (plan.selected or plan.selected_intents):
+        result.update(_download(env, plan, marker, trigger, callbacks, cancel))
+    elif mode == "background" and (plan.selected or plan.selected_intents):
+        result.update(
+            handed_to_agent=len(plan.selected) + len(plan.selected_intents),
+            agent_started=start_agent(env),
+        )
+    keys = {e.key for e in entries}
+    pending = tuple(e for e in marker.read() if e.key in keys)
+    return PullSyncOutcome(action=SYNCED, warnings=warnings, pending=pending, **base, **result)
+
+
+def _download(
+    env: Environment, plan: _Plan, marker: Marker, trigger: str, callbacks: Any, cancel: threading.Event | None
+) -> dict[str, Any]:
+    try:
+        from .repair import sync_models
+    except ImportError:  # a build without the download engine: leave them recorded
+        marker.merge(_pending_entries(plan.selected, plan.selected_intents, "deferred", trigger))
+        return {}
+    synced = sync_models(env, plan.selected, plan.selected_intents, callbacks=callbacks, cancel=cancel, trigger=trigger)
+    return dict(downloaded=tuple(synced.models_downloaded), failed=tuple(synced.models_failed))
+
+
+def _drop_from_marker(env: Environment, keys: Sequence[str]) -> None:
+    marker = Marker(env.git_dir)
+    if marker.path.exists():
+        marker.merge((), drop=keys)
+
+
+def start_agent(env: Environment) -> bool:
+    """Spawn `cfd agent start` detached (it is a no-op when one runs). False if there is no agent."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("cfd.cli.agent_cmd") is None:
+            return False
+    except ImportError:
+        return False
+    # The hook's GIT_DIR/GIT_INDEX_FILE must not leak into a long-lived process.
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "cfd.cli.main", "--env", str(env.repo), "agent", "start"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=child_env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError:
+        return False
+    return True
+

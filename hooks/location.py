@@ -1,0 +1,136 @@
+"""Where git really runs hooks from, and whether another tool owns that place.
+
+`git rev-parse --git-path hooks` answers for every layout: core.hooksPath
+absolute or relative (resolved against the worktree), linked worktrees (the
+common dir's hooks). pygit2 reads core.hooksPath raw, so ask git itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cfd.core.errors import CfdError
+
+from .shim import LEGACY_SUFFIX, is_ours
+
+# Every hook name git knows: a file with one of these names is a hook.
+GIT_HOOKS = frozenset(
+    """applypatch-msg pre-applypatch post-applypatch pre-commit pre-merge-commit prepare-commit-msg
+    commit-msg post-commit pre-rebase post-checkout post-merge pre-push pre-receive update
+    proc-receive post-receive post-update reference-transaction push-to-checkout pre-auto-gc
+    post-rewrite sendemail-validate fsmonitor-watchman p4-changelist p4-prepare-changelist
+    p4-post-changelist p4-pre-submit post-index-change""".split()
+)
+
+
+class HooksError(CfdError):
+    """Hooks cannot be installed or inspected here."""
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in `repo`; its stdout, or a HooksError carrying git's message."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+    try:
+        result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env, timeout=30)
+    except FileNotFoundError:
+        raise HooksError("git is not installed (or not on PATH)", "install git") from None
+    except subprocess.TimeoutExpired:
+        raise HooksError(f"`git {' '.join(args)}` timed out in {repo}") from None
+    if result.returncode != 0:
+        message = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        raise HooksError(f"`git {' '.join(args)}` failed in {repo}: {message}", "run it inside a git work tree")
+    return result.stdout
+
+
+@dataclass(frozen=True)
+class HooksLocation:
+    worktree: Path
+    hooks_dir: Path  # where git runs hooks from
+    default_dir: Path  # <common git dir>/hooks, used when core.hooksPath is unset
+    common_dir: Path
+    exclude_file: Path  # info/exclude, to keep shims in a work-tree hooks dir out of `git status`
+    hooks_path: str | None  # core.hooksPath as configured (raw)
+
+    @property
+    def chain_dir(self) -> Path:
+        """Where shims go when another tool owns hooks_dir (their hooks call ours)."""
+        return self.common_dir / "cfd" / "hooks"
+
+    @property
+    def inside_worktree(self) -> str | None:
+        """hooks_dir relative to the work tree (posix), when it lies inside it."""
+        try:
+            return self.hooks_dir.relative_to(self.worktree).as_posix()
+        except ValueError:
+            return None
+
+
+def locate(repo: Path) -> HooksLocation:
+    repo = Path(repo)
+    lines = git(repo, "rev-parse", "--show-toplevel", "--git-path", "hooks", "--git-common-dir", "--git-path", "info/exclude")
+    top, hooks, common, exclude = lines.splitlines()[:4]
+    try:
+        hooks_path: str | None = git(repo, "config", "--get", "core.hooksPath").strip() or None
+    except HooksError:
+        hooks_path = None
+
+    def absolute(value: str) -> Path:
+        return (repo / value).resolve() if not os.path.isabs(value) else Path(value).resolve()
+
+    common_dir = absolute(common)
+    return HooksLocation(
+        worktree=Path(top).resolve(),
+        hooks_dir=absolute(hooks),
+        default_dir=common_dir / "hooks",
+        common_dir=common_dir,
+        exclude_file=absolute(exclude),
+        hooks_path=hooks_path,
+    )
+
+
+def foreign_hooks(directory: Path) -> list[str]:
+    """Hook files in `directory` that are not cfd's (samples and .legacy files aside)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [n for n in names if n in GIT_HOOKS and not is_ours(directory / n)]
+
+
+def owning_tool(directory: Path) -> str | None:
+    """A name for the tool that manages `directory`, when we can tell."""
+    if directory.name == "_" and directory.parent.name == ".husky" or (directory / "husky.sh").exists():
+        return "husky"
+    if (directory / "h").is_file() and directory.parent.name == ".husky":
+        return "husky"
+    return None
+
+
+def user_hook_file(location: HooksLocation, hook: str) -> Path:
+    """The file a user edits to chain our hook (husky: .husky/<hook>, not the generated _/)."""
+    if owning_tool(location.hooks_dir) == "husky" and location.hooks_dir.name == "_":
+        return location.hooks_dir.parent / hook
+    return location.hooks_dir / hook
+
+
+def chain_line(hook: str) -> str:
+    """One sh line for another tool's hook; a no-op for a teammate without cfd."""
+    return (
+        f'cfd_hook="$(git rev-parse --git-common-dir)/cfd/hooks/{hook}"; '
+        f'if [ -x "$cfd_hook" ]; then "$cfd_hook" "$@"; fi'
+    )
+
+
+def is_chained(path: Path, hook: str) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return f"cfd/hooks/{hook}" in text or f"hook-run {hook}" in text or "cfd.hooks.runtime" in text
+
+
+def legacy_path(path: Path) -> Path:
+    return path.with_name(path.name + LEGACY_SUFFIX)

@@ -1,0 +1,62 @@
+"""Download progress for hooks: plain lines on stderr (git shows hook output there).
+
+No rich: a hook must stay light. On a terminal one line is rewritten in place,
+at most a few times a second; elsewhere only start and end lines are printed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+_INTERVAL = 0.25
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class HookProgress:
+    """ComfyDock's BatchDownloadCallbacks shape, rendered for a hook."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        try:
+            self.live = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.live = False
+        self._last = 0.0
+        self._partial = False
+
+    def _write(self, text: str, end: str = "\n") -> None:
+        if self._partial:
+            text = "\r\033[K" + text
+        self.stream.write(text + end)
+        self.stream.flush()
+        self._partial = end != "\n"
+
+    def on_batch_start(self, total: int) -> None:
+        self._write(f"cfd: downloading {total} model(s) (Ctrl-C stops; `cfd repair` resumes)")
+
+    def on_file_start(self, filename: str, index: int, total: int) -> None:
+        self._write(f"cfd: [{index}/{total}] {filename}", end="" if self.live else "\n")
+
+    def on_file_progress(self, filename: str, downloaded: int, total: int | None) -> None:
+        now = time.monotonic()
+        if not self.live or now - self._last < _INTERVAL:
+            return
+        self._last = now
+        share = f" {100 * downloaded // total}%" if total else ""
+        self._write(f"cfd: {filename} {_size(downloaded)}{share}", end="")
+
+    def on_file_complete(self, filename: str, success: bool, error: str | None) -> None:
+        self._write(f"cfd: {filename}: " + ("ok" if success else f"failed: {error}"))
+
+    def on_batch_complete(self, succeeded: int, total: int) -> None:
+        if self._partial:
+            self._write("")

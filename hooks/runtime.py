@@ -1,0 +1,156 @@
+"""What a hook does once its shim found that pyproject.toml changed.
+
+`python -m cfd.hooks.runtime <hook> [args...]` (the shim) or `cfd hook-run`.
+Hook arguments are turned once, here, into a HookEvent (old and new commit);
+everything after that is core.pullsync. Always exits 0: a hook must never
+fail the git command that fired it (the shim alone passes on a legacy
+post-checkout's status).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")
+
+
+@dataclass(frozen=True)
+class HookEvent:
+    hook: str
+    old: str | None  # a revision; None = the empty manifest (after a clone)
+    new: str
+
+
+def rebase_in_progress(git_dir: Path) -> bool:
+    return (git_dir / "rebase-merge").is_dir() or (git_dir / "rebase-apply").is_dir()
+
+
+def parse_event(hook: str, argv: Sequence[str], git_dir: Path, parents: int | None = None) -> HookEvent | None:
+    """The commits to compare, or None when this firing has nothing to do.
+
+    `parents` is HEAD's parent count (post-commit only acts on a merge commit:
+    a conflicted merge finished with `git commit` fires no post-merge).
+    """
+    if hook == "post-merge":
+        if argv[:1] == ["1"]:  # squash: HEAD did not move
+            return None
+        return HookEvent(hook, "ORIG_HEAD", "HEAD")
+    if hook == "post-checkout":
+        if len(argv) < 3 or argv[2] != "1" or rebase_in_progress(git_dir):
+            return None  # file checkout, or mid-rebase (post-rewrite comes at the end)
+        return HookEvent(hook, argv[0], argv[1])
+    if hook == "post-rewrite":
+        # rebase-merge still exists while post-rewrite runs: do not skip for it.
+        return HookEvent(hook, "ORIG_HEAD", "HEAD") if argv[:1] == ["rebase"] else None
+    if hook == "post-commit":
+        if (parents or 0) < 2 or rebase_in_progress(git_dir):
+            return None
+        return HookEvent(hook, "HEAD^1", "HEAD")
+    return None
+
+
+def _say(stream: TextIO, message: str) -> None:
+    stream.write(f"cfd: {message}\n")
+    stream.flush()
+
+
+def summary(outcome: object) -> str | None:
+    """The one line a hook prints after acting (None when there is nothing to say)."""
+    from cfd.core.pullsync import SYNCED, PullSyncOutcome
+
+    assert isinstance(outcome, PullSyncOutcome)
+    if outcome.action != SYNCED:
+        return None
+    needed = len(outcome.missing) + len(outcome.intents)
+    if not needed:
+        return None
+    parts = [f"{needed} new model(s) needed"]
+    if outcome.downloaded:
+        parts.append(f"{len(outcome.downloaded)} downloaded")
+    if outcome.failed:
+        parts.append(f"{len(outcome.failed)} failed")
+    if outcome.handed_to_agent:
+        where = "downloading in the background" if outcome.agent_started else "recorded for the agent (not available)"
+        parts.append(f"{outcome.handed_to_agent} {where}")
+    left = [e for e in outcome.pending if e.reason != "background" or not outcome.agent_started]
+    if left:
+        reasons: dict[str, int] = {}
+        for entry in left:
+            reasons[entry.reason] = reasons.get(entry.reason, 0) + 1
+        labels = {
+            "filtered": f"not selected by cfd.models={outcome.strategy}",
+            "no-source": "without a source",
+            "deferred": "deferred by cfd.onPull=defer",
+            "background": "for the agent",
+        }
+        detail = ", ".join(f"{n} {labels.get(reason, reason)}" for reason, n in sorted(reasons.items()))
+        return "; ".join(parts) + f"; {len(left)} pending ({detail}): run `cfd repair`"
+    return "; ".join(parts)
+
+
+def run_hook(hook: str, argv: Sequence[str], stdin: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Sync after a git hook fired. Returns 0, always."""
+    err = stderr or sys.stderr
+    if os.environ.get("CFD_SKIP", "").lower() in ("1", "true", "yes"):
+        return 0
+    try:
+        _run(hook, list(argv), err)
+    except KeyboardInterrupt:
+        _say(err, "interrupted; what was not downloaded is recorded: run `cfd repair` to resume")
+    except Exception as exc:  # noqa: BLE001 - a hook never fails git
+        from cfd.core.errors import CfdError
+
+        if os.environ.get("CFD_DEBUG"):
+            raise
+        if isinstance(exc, CfdError):
+            _say(err, f"{hook}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+        else:
+            _say(err, f"{hook}: internal error: {type(exc).__name__}: {exc} (models not synced; run `cfd repair`)")
+    return 0
+
+
+def _run(hook: str, argv: list[str], err: TextIO) -> None:
+    from cfd.core.environment import open_environment
+    from cfd.core.errors import EnvironmentNotFound
+
+    try:
+        env = open_environment(Path.cwd())
+    except EnvironmentNotFound:
+        return  # not a ComfyDock environment (e.g. a template hook in another repo)
+    if not env.settings["cfd.hooks.enabled"]:
+        return
+    from cfd.core.gitrepo import open_repo
+    from cfd.core.pullsync import sync_between
+
+    repo = open_repo(env.repo)
+    parents = len(repo.parents("HEAD")) if hook == "post-commit" else None
+    event = parse_event(hook, argv, env.git_dir, parents)
+    if event is None:
+        return
+    from .progress import HookProgress
+
+    outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=HookProgress(err), repo=repo)
+    for warning in outcome.warnings[:3]:
+        _say(err, f"warning: {warning}")
+    if len(outcome.warnings) > 3:
+        _say(err, f"warning: … and {len(outcome.warnings) - 3} more manifest problems (`cfd status` lists them)")
+    line = summary(outcome)
+    if line:
+        _say(err, line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in HOOK_NAMES:
+        sys.stderr.write(f"usage: python -m cfd.hooks.runtime {{{'|'.join(HOOK_NAMES)}}} [hook args...]\n")
+        return 0
+    return run_hook(args[0], args[1:], sys.stdin)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The hooks really firing: real git commands in real clones, the installed shims, cfd.
+
+Alice (a teammate) pushes manifest changes; Bob has the hooks installed and runs
+`git pull`, `git checkout`, `git rebase`... Every test also checks that git
+succeeded and that the work tree stayed clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import Clone, ManifestBuilder, Scenario
+from helpers.manifest import model_bytes, short_hash_for
+
+CFD = [sys.executable, "-m", "cfd.cli.main"]
+
+
+@dataclass(frozen=True)
+class M:
+    """A model of the tests: bytes, hash, where it goes, how much it matters."""
+
+    seed: int
+    criticality: str = "required"
+    size: int = 4096
+    source: str | None = "https://models.invalid/{name}"
+
+    @property
+    def data(self) -> bytes:
+        return model_bytes(self.seed, self.size)
+
+    @property
+    def hash(self) -> str:
+        return short_hash_for(self.data)
+
+    @property
+    def name(self) -> str:
+        return f"m{self.seed}.safetensors"
+
+    @property
+    def relpath(self) -> str:
+        return f"checkpoints/{self.name}"
+
+
+def manifest(*models: M, workflow: str = "wf1", extra: str = "") -> str:
+    b = ManifestBuilder()
+    for i, m in enumerate(models):
+        sources = [m.source.format(name=m.name)] if m.source else []
+        b.model(m.hash, m.name, m.size, relative_path=m.relpath, category="checkpoints", sources=sources)
+        b.ref(workflow, m.name, "checkpoints", hash=m.hash, criticality=m.criticality, status="resolved", node_id=str(i + 1))
+    return b.render() + extra
+
+
+def cfd(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CFD, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def pending(clone: Clone | Path) -> dict[str, dict]:
+    git_dir = Path(subprocess.run(["git", "rev-parse", "--absolute-git-dir"], cwd=clone if isinstance(clone, Path) else clone.path,
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    path = git_dir / "cfd" / "pending.json"
+    if not path.exists():
+        return {}
+    return {e["key"]: e for e in json.loads(path.read_text())["entries"]}
+
+
+def python_logger(tmp_path: Path) -> tuple[Path, Path]:
+    """An "interpreter" that logs each start, then runs the real one."""
+    log = tmp_path / "python-starts.log"
+    wrapper = tmp_path / "logging-python"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    return wrapper, log
+
+
+def starts(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.fixture
+def team(scenario: Scenario, cfd_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Alice and Bob share an environment; Bob's clone has the hooks (interpreter logged)."""
+    for key in ("CFD_MODELS_DIR", "CFD_INDEX", "CFD_ALLOW_PRIVATE_NETWORKS"):
+        monkeypatch.setenv(key, cfd_env[key])
+    monkeypatch.setenv("CFD_ON_PULL", "defer")  # downloads have their own tests
+    scenario.seed({"pyproject.toml": manifest(), "README.md": "hello\n"})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    python, log = python_logger(tmp_path)
+    installed = cfd("hooks", "install", "--python", str(python), cwd=bob.path)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    log.unlink(missing_ok=True)
+    return alice, bob, log
+
+
+def publish(alice: Clone, content: str, message: str = "models") -> str:
+    sha = alice.commit(message, {"pyproject.toml": content})
+    alice.push()
+    return sha
+
+
+def test_pull_fast_forward_records_the_new_models(team):
+    alice, bob, log = team
+    a, b = M(1), M(2, "optional")
+    publish(alice, manifest(a, b))
+    pulled = bob.pull()
+    assert pulled.returncode == 0
+    assert "cfd repair" in pulled.stderr
+    entries = pending(bob)
+    assert entries[a.hash]["reason"] == "deferred" and entries[a.hash]["trigger"] == "post-merge"
+    assert entries[b.hash]["reason"] == "filtered"
+    assert bob.is_clean()
+    assert len(starts(log)) == 1
+
+
+def test_pull_true_merge(team):
+    alice, bob, _ = team
+    bob.commit("local work", {"notes.txt": "mine\n"})
+    a = M(3)
+    publish(alice, manifest(a))
+    pulled = bob.pull("--no-rebase", "--no-edit")
+    assert pulled.returncode == 0, pulled.stderr
+    assert len(bob.git("rev-list", "--parents", "-n1", "HEAD").stdout.split()) == 3  # a merge commit
+    assert pending(bob)[a.hash]["trigger"] == "post-merge"
+    assert bob.is_clean()
+
+
+def test_pull_rebase_that_fast_forwards(team):
+    alice, bob, _ = team
+    a = M(4)
+    publish(alice, manifest(a))
+    assert bob.pull("--rebase").returncode == 0
+    assert pending(bob)[a.hash]["trigger"] == "post-merge"
+
+
+def test_pull_rebase_with_local_commits_syncs_once_at_the_end(team):
+    alice, bob, log = team
+    bob.commit("local work", {"notes.txt": "mine\n"})
+    a = M(5)
+    publish(alice, manifest(a))
+    pulled = bob.pull("--rebase")
+    assert pulled.returncode == 0, pulled.stderr
+    assert pending(bob)[a.hash]["trigger"] == "post-rewrite"
+    # post-checkout mid-rebase and the post-commit of the replayed commit started nothing
+    assert [line.split()[2] for line in starts(log)] == ["post-rewrite"]
+    assert bob.is_clean()
+
+
+def test_conflicted_merge_finished_with_git_commit(team):
+    alice, bob, _ = team
+    mine, theirs = M(6), M(7)
+    bob.commit("my model", {"pyproject.toml": manifest(mine)})
+    publish(alice, manifest(theirs))
+    stopped = bob.pull("--no-rebase")
+    assert stopped.returncode != 0 and "CONFLICT" in stopped.stdout
+    assert theirs.hash not in pending(bob)  # no hook fired for the stopped merge
+    bob.write("pyproject.toml", manifest(mine, theirs))
+    bob.git("add", "pyproject.toml")
+    done = bob.git("commit", "--no-edit")
+    assert pending(bob)[theirs.hash]["trigger"] == "post-commit", done.stderr
+    assert mine.hash in pending(bob)  # bob's own model is missing on this machine too
+    assert bob.is_clean()
+
+
+def test_checkout_another_branch_and_back(team):
+    alice, bob, _ = team
+    c = M(8)
+    alice.git("checkout", "-b", "feature")
+    alice.commit("feature model", {"pyproject.toml": manifest(c)})
+    alice.push()
+    bob.git("fetch")
+    switched = bob.checkout("feature")
+    assert switched.returncode == 0
+    assert pending(bob)[c.hash]["trigger"] == "post-checkout"
+    bob.checkout("main")
+    assert c.hash not in pending(bob)  # main does not need it
+    assert bob.is_clean()
+
+
+def test_file_checkout_starts_nothing(team):
+    alice, bob, log = team
+    bob.write("pyproject.toml", manifest(M(9)))
+    restored = bob.git("checkout", "--", "pyproject.toml")
+    assert restored.returncode == 0
+    assert starts(log) == [] and pending(bob) == {}
+    assert bob.is_clean()
+
+
+def test_pull_that_does_not_touch_the_manifest_starts_no_python(team):
+    alice, bob, log = team
+    alice.commit("docs", {"README.md": "more\n"})
+    alice.push()
+    assert bob.pull().returncode == 0
+    bob.git("checkout", "-b", "topic")  # same commit: same manifest
+    bob.git("checkout", "main")
+    assert starts(log) == []
+    publish(alice, manifest(M(10)))
+    assert bob.pull().returncode == 0
+    assert len(starts(log)) == 1
+
+
+def test_hooks_are_idempotent_across_events(team):
+    alice, bob, log = team
+    a = M(11)
+    publish(alice, manifest(a))
+    bob.pull()
+    first = pending(bob)[a.hash]["when"]
+    # Same manifest reached again through another event: nothing re-recorded, no Python.
+    bob.git("checkout", "-b", "again")
+    bob.git("commit", "--allow-empty", "-m", "noop")
+    assert pending(bob)[a.hash]["when"] == first
+    assert len(starts(log)) == 1
+
+
+def test_clone_with_template_hooks(scenario: Scenario, cfd_env, monkeypatch):
+    for key in ("CFD_MODELS_DIR", "CFD_INDEX"):
+        monkeypatch.setenv(key, cfd_env[key])
+    monkeypatch.setenv("CFD_ON_PULL", "defer")
+    a = M(12)
+    scenario.seed({"pyproject.toml": manifest(a)})
+    installed = cfd("hooks", "install", "--global", "--python", sys.executable, cwd=scenario.root)
+    assert installed.returncode == 0, installed.stderr
+    carol = scenario.clone("carol")
+    assert carol.cloned.returncode == 0
+    assert pending(carol)[a.hash]["trigger"] == "post-checkout"
+    assert "cfd repair" in carol.cloned.stderr
+    assert carol.is_clean()
+    status = cfd("hooks", "status", cwd=carol.path)
+    assert status.returncode == 0 and "installed" in status.stdout
+
+
+def test_linked_worktree(team):
+    alice, bob, _ = team
+    a, c = M(13), M(14)
+    publish(alice, manifest(a))
+    alice.git("checkout", "-b", "feature")
+    alice.commit("feature model", {"pyproject.toml": manifest(a, c)})
+    alice.push()
+    bob.git("fetch")
+    wt = bob.path.parent / "bob-wt"
+    added = bob.git("worktree", "add", wt, "origin/main")
+    assert added.returncode == 0
+    assert pending(wt)[a.hash]["trigger"] == "post-checkout"  # the common hooks dir fired, state per worktree
+    assert pending(bob) == {}
+    moved = run(["git", "checkout", "-q", "--detach", "origin/feature"], wt)
+    assert moved.returncode == 0
+    assert c.hash in pending(wt)
+    assert run(["git", "status", "--porcelain"], wt).stdout == ""
+
+
+def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+
+
+def test_broken_manifest_never_fails_git(team):
+    alice, bob, _ = team
+    broken = manifest(M(15)) + "\n<<<<<<< HEAD\nx = 1\n=======\nx = 2\n>>>>>>> theirs\n"
+    sha = publish(alice, broken)
+    pulled = bob.pull()
+    assert pulled.returncode == 0
+    assert "does not parse" in pulled.stderr and sha[:10] in pulled.stderr
+    assert pending(bob) == {}
+    alice.git("checkout", "-b", "broken-branch")
+    alice.push()
+    bob.git("fetch")
+    bob.checkout("main~1")
+    assert bob.checkout("origin/broken-branch").returncode == 0  # post-checkout's status is git's: still 0
+
+
+def test_missing_cfd_installation_exits_0_with_one_line(team, tmp_path):
+    alice, bob, _ = team
+    cfd("hooks", "install", "--python", str(tmp_path / "gone" / "python"), cwd=bob.path)
+    publish(alice, manifest(M(16)))
+    bare_path = {"PATH": "/usr/bin:/bin"}  # git, sh; no cfd
+    pulled = bob.pull(env=bare_path)
+    assert pulled.returncode == 0
+    lines = [line for line in pulled.stderr.splitlines() if line.startswith("cfd")]
+    assert len(lines) == 1 and "not installed" in lines[0]
+    alice.git("checkout", "-b", "other")
+    alice.push()
+    bob.git("fetch")
+    assert bob.checkout("origin/other", env=bare_path).returncode == 0
+
+
+@pytest.mark.parametrize("how", ["CFD_SKIP", "config"])
+def test_hooks_can_be_turned_off(team, how):
+    alice, bob, log = team
+    env = {"CFD_SKIP": "1"} if how == "CFD_SKIP" else None
+    if how == "config":
+        bob.git("config", "cfd.hooks.enabled", "false")
+    publish(alice, manifest(M(17)))
+    assert bob.pull(env=env).returncode == 0
+    assert pending(bob) == {}
+    if how == "CFD_SKIP":
+        assert starts(log) == []
+
+
+@pytest.mark.parametrize(
+    "strategy, deferred, filtered",
+    [("required", {"req"}, {"opt", "flex"}), ("all", {"req", "opt", "flex"}, set()), ("skip", set(), {"req", "opt", "flex"})],
+)
+def test_defer_mode_records_per_strategy(team, strategy, deferred, filtered):
+    alice, bob, _ = team
+    models = {"req": M(20, "required"), "opt": M(21, "optional"), "flex": M(22, "flexible"), "nosrc": M(23, source=None)}
+    bob.git("config", "cfd.models", strategy)
+    publish(alice, manifest(*models.values()))
+    bob.pull()
+    entries = pending(bob)
+    reasons = {name: entries[m.hash]["reason"] for name, m in models.items()}
+    assert {n for n, r in reasons.items() if r == "deferred"} == deferred
+    assert {n for n, r in reasons.items() if r == "filtered"} == filtered
+    assert reasons["nosrc"] == "no-source"
+
+
+def test_background_mode_hands_models_over_and_returns(team):
+    alice, bob, _ = team
+    a = M(24)
+    bob.git("config", "cfd.onPull", "background")
+    publish(alice, manifest(a))
+    pulled = bob.pull(env={"CFD_ON_PULL": None})
+    assert pulled.returncode == 0
+    assert pending(bob)[a.hash]["reason"] == "background"
+
+
+def test_models_already_present_are_not_recorded(team, cfd_env):
+    alice, bob, _ = team
+    a = M(25)
+    models_dir = Path(cfd_env["CFD_MODELS_DIR"])
+    (models_dir / a.relpath).parent.mkdir(parents=True, exist_ok=True)
+    (models_dir / a.relpath).write_bytes(a.data)
+    scanned = cfd("index", "scan", cwd=bob.path)
+    assert scanned.returncode == 0, scanned.stderr
+    publish(alice, manifest(a))
+    pulled = bob.pull()
+    assert pending(bob) == {}
+    assert "cfd repair" not in pulled.stderr
