@@ -1,0 +1,130 @@
+"""Guards for values that come from a teammate's (untrusted) manifest.
+
+A pulled pyproject.toml decides which files we write and which servers we
+contact. Paths must stay inside the models directory, only http(s) is fetched,
+and, unless the user allows private networks, no request may reach loopback,
+private, link-local, multicast or reserved addresses (a manifest must not turn
+cfd into a probe of the user's LAN or cloud metadata service).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import UnsafeManifestValue
+from .urls import redact_url
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.I)
+# The staging area and locks live in <models_dir>/.cfd; a manifest may not write there.
+_RESERVED_TOP = ".cfd"
+ALLOWED_SCHEMES = ("http", "https")
+
+
+def _bad_chars(text: str) -> bool:
+    return any(ord(ch) < 32 or ch == "\x7f" for ch in text)
+
+
+def safe_filename(filename: str) -> str:
+    """A bare file name: no separators, no `..`, no control characters."""
+    if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or _bad_chars(filename):
+        raise UnsafeManifestValue(
+            f"refusing model filename {filename!r}: it must be a plain file name",
+            "fix the entry in pyproject.toml (ask who committed it)",
+        )
+    if _DRIVE.match(filename) or (os.name == "nt" and _WINDOWS_RESERVED.match(filename)):
+        raise UnsafeManifestValue(f"refusing model filename {filename!r}", "fix the entry in pyproject.toml")
+    return filename
+
+
+def safe_relative_path(relative_path: str, filename: str | None = None) -> str:
+    """`relative_path` normalised to forward slashes, guaranteed to stay below the models dir.
+
+    Lexical check only: symlinked category folders made by the user are fine.
+    """
+    if filename is not None:
+        safe_filename(filename)
+    text = (relative_path or "").replace("\\", "/")
+    problem = None
+    if not text.strip():
+        problem = "it is empty"
+    elif text.startswith("/") or _DRIVE.match(text):
+        problem = "it is absolute"
+    elif _bad_chars(text):
+        problem = "it contains control characters"
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if problem is None:
+        if ".." in parts:
+            problem = "it climbs out with '..'"
+        elif not parts:
+            problem = "it names no file"
+        elif parts[0] == _RESERVED_TOP:
+            problem = "it points into cfd's own .cfd folder"
+        elif any(_DRIVE.match(p) for p in parts) or (os.name == "nt" and any(_WINDOWS_RESERVED.match(p) for p in parts)):
+            problem = "it contains a reserved name"
+    if problem:
+        raise UnsafeManifestValue(
+            f"refusing model path {relative_path!r}: {problem}; paths must stay inside the models directory",
+            "fix the entry in pyproject.toml (ask who committed it)",
+        )
+    return "/".join(parts)
+
+
+def target_path(models_dir: str | os.PathLike[str], relative_path: str) -> Path:
+    return Path(models_dir).joinpath(*safe_relative_path(relative_path).split("/"))
+
+
+def check_url(url: str) -> str:
+    """The URL itself if cfd may fetch it (http/https with a host), else UnsafeManifestValue."""
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise UnsafeManifestValue(f"refusing source {redact_url(url)!r}: not a valid URL", "fix the source in pyproject.toml") from None
+    if scheme not in ALLOWED_SCHEMES:
+        raise UnsafeManifestValue(
+            f"refusing source {redact_url(url)!r}: only http and https URLs are downloaded",
+            "fix the source in pyproject.toml",
+        )
+    if not host or _bad_chars(url) or " " in url:
+        raise UnsafeManifestValue(f"refusing source {redact_url(url)!r}: not a valid URL", "fix the source in pyproject.toml")
+    return url
+
+
+def is_public_address(address: str) -> bool:
+    """False for loopback, private, link-local, multicast, reserved and unspecified addresses."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    # is_global is False for private, loopback, link-local, reserved, shared (100.64/10) ...
+    return ip.is_global and not ip.is_multicast
+
+
+def check_host(host: str, port: int, *, allow_private: bool) -> None:
+    """Resolve `host` and refuse it if any address it resolves to is not public.
+
+    Every address is checked, since the connection may use any of them.
+    (DNS could answer differently a moment later; this narrows, not closes, that gap.)
+    """
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ConnectionError(f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}") from None
+    for info in infos:
+        address = str(info[4][0])
+        if not is_public_address(address):
+            raise UnsafeManifestValue(
+                f"refusing to download from {host} ({address}): it is a loopback, private or link-local address",
+                "if this server is yours, allow it with `git config cfd.allowPrivateNetworks true`",
+            )
