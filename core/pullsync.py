@@ -279,9 +279,10 @@ def _act(
     if mode == "download" and (plan.selected or plan.selected_intents):
         result.update(_download(env, plan, marker, trigger, callbacks, cancel))
     elif mode == "background" and (plan.selected or plan.selected_intents):
+        # The agent itself syncs with trigger "agent": it must not spawn another.
         result.update(
             handed_to_agent=len(plan.selected) + len(plan.selected_intents),
-            agent_started=start_agent(env),
+            agent_started=trigger == "agent" or start_agent(env),
         )
     keys = {e.key for e in entries}
     pending = tuple(e for e in marker.read() if e.key in keys)
@@ -307,7 +308,11 @@ def _drop_from_marker(env: Environment, keys: Sequence[str]) -> None:
 
 
 def start_agent(env: Environment) -> bool:
-    """Spawn `cfd agent start` detached (it is a no-op when one runs). False if there is no agent."""
+    """Spawn `cfd agent start` detached and return at once; False if this build has no agent.
+
+    `agent start` itself returns when an agent already serves the models dir
+    (core cannot look: it imports no agent code).
+    """
     import importlib.util
 
     try:
@@ -324,6 +329,7 @@ def start_agent(env: Environment) -> bool:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=child_env,
+            cwd="/",  # keep no directory busy
             start_new_session=True,
             close_fds=True,
         )

@@ -339,3 +339,126 @@ def test_models_already_present_are_not_recorded(team, cfd_env):
     pulled = bob.pull()
     assert pending(bob) == {}
     assert "cfd repair" not in pulled.stderr
+
+
+# -- download mode (real HTTP) -----------------------------------------------------------
+
+pytest.importorskip("cfd.core.download")
+
+
+@pytest.fixture
+def served(team, monkeypatch):
+    """The team, a ModelServer, and models whose sources point at it (download mode)."""
+    from cfd.cli.model_server import ModelServer
+
+    monkeypatch.delenv("CFD_ON_PULL")
+    monkeypatch.setenv("CFD_ALLOW_PRIVATE_NETWORKS", "true")
+    monkeypatch.setenv("CFD_RETRIES", "1")
+    with ModelServer() as server:
+
+        def model(seed: int, criticality: str = "required", size: int = 64 * 1024) -> M:
+            m = M(seed, criticality, size, source=server.url("/") + "{name}")
+            server.add_file(f"/{m.name}", m.data)
+            return m
+
+        yield (*team, server, model)
+
+
+def on_disk(cfd_env: dict[str, str], m: M) -> bool:
+    path = Path(cfd_env["CFD_MODELS_DIR"]) / m.relpath
+    return path.is_file() and path.read_bytes() == m.data
+
+
+@pytest.mark.parametrize("strategy", ["required", "all", "skip"])
+def test_download_mode_fetches_what_the_strategy_selects(served, cfd_env, strategy):
+    alice, bob, _, server, model = served
+    req, opt = model(40), model(41, "optional")
+    if strategy != "required":
+        bob.git("config", "cfd.models", strategy)
+    publish(alice, manifest(req, opt))
+    pulled = bob.pull()
+    assert pulled.returncode == 0, pulled.stderr
+    expected = {"required": {req}, "all": {req, opt}, "skip": set()}[strategy]
+    assert {m for m in (req, opt) if on_disk(cfd_env, m)} == expected
+    left = pending(bob)
+    assert set(left) == {m.hash for m in (req, opt) if m not in expected}
+    assert all(entry["reason"] == "filtered" for entry in left.values())
+    if expected:
+        assert "downloaded" in pulled.stderr
+    summary = [line for line in pulled.stderr.splitlines() if "new model(s) needed" in line]
+    assert len(summary) == 1 and ("`cfd repair`" in summary[0]) == bool(left)
+    assert bob.is_clean()
+    assert "Traceback" not in pulled.stderr
+
+
+def test_a_failed_download_is_recorded_and_git_succeeds(served, cfd_env):
+    alice, bob, _, server, model = served
+    bad = model(42)
+    server.set_fault(f"/{bad.name}", status_always=404)
+    publish(alice, manifest(bad))
+    pulled = bob.pull()
+    assert pulled.returncode == 0
+    assert pending(bob)[bad.hash]["reason"] == "failed"
+    assert "1 failed" in pulled.stderr and "cfd repair" in pulled.stderr
+    assert not on_disk(cfd_env, bad)
+
+
+def test_a_stalled_server_does_not_hold_git(served, monkeypatch):
+    alice, bob, _, server, model = served
+    slow = model(43)
+    server.set_fault(f"/{slow.name}", stall_after=1024)
+    monkeypatch.setenv("CFD_STALL_TIMEOUT", "1")
+    publish(alice, manifest(slow))
+    pulled = bob.pull()
+    assert pulled.returncode == 0
+    assert pending(bob)[slow.hash]["reason"] == "failed"
+
+
+def test_ctrl_c_during_a_hook_download_leaves_it_resumable(served, cfd_env):
+    import signal
+    import time
+
+    alice, bob, _, server, model = served
+    big = model(44, size=1024 * 1024)
+    server.set_fault(f"/{big.name}", throttle=64 * 1024)
+    publish(alice, manifest(big))
+    pull = subprocess.Popen(
+        ["git", "pull"], cwd=bob.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while not any(r.bytes_sent > 64 * 1024 for r in server.requests_for(f"/{big.name}")):
+        assert time.monotonic() < deadline, "the hook never started downloading"
+        time.sleep(0.05)
+    os.killpg(pull.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    pull.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while pending(bob).get(big.hash, {}).get("reason") != "interrupted" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pending(bob)[big.hash]["reason"] == "interrupted"
+    server.clear_faults()
+    repaired = cfd("repair", "--yes", cwd=bob.path)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert on_disk(cfd_env, big)
+    assert pending(bob) == {}
+
+
+def test_background_mode_starts_the_agent_which_downloads(served, cfd_env):
+    import time
+
+    alice, bob, _, server, model = served
+    pytest.importorskip("cfd.cli.agent_cmd")
+    a = model(45)
+    bob.git("config", "cfd.onPull", "background")
+    publish(alice, manifest(a))
+    try:
+        started = time.monotonic()
+        pulled = bob.pull()
+        assert time.monotonic() - started < 10  # returned at once
+        assert pulled.returncode == 0
+        assert "background" in pulled.stderr
+        deadline = time.monotonic() + 60
+        while not on_disk(cfd_env, a) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert on_disk(cfd_env, a), cfd("agent", "status", cwd=bob.path).stdout
+    finally:
+        cfd("agent", "stop", cwd=bob.path)
