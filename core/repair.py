@@ -185,10 +185,12 @@ def _sort_outcomes(jobs: Sequence[DownloadJob], outcomes: Sequence[DownloadOutco
         outcome = by_key.get(job.key)
         if outcome is not None and outcome.success:
             succeeded.append(outcome)
-        elif cancelled:
-            interrupted[job.key] = scrub(outcome.error if outcome and outcome.error else "interrupted") or ""
-        else:
-            failed[job.key] = scrub(outcome.error if outcome and outcome.error else "no result from the downloader") or ""
+        elif outcome is None:
+            (interrupted if cancelled else failed)[job.key] = "interrupted" if cancelled else "no result from the downloader"
+        elif outcome.interrupted or (cancelled and not outcome.error):
+            interrupted[job.key] = scrub(outcome.error) or "interrupted"
+        else:  # a real failure stays a failure even if Ctrl-C came later
+            failed[job.key] = scrub(outcome.error) or "failed"
     return _Sorted(succeeded, failed, interrupted)
 
 
