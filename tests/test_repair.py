@@ -360,11 +360,14 @@ def test_sync_models_merges_failures_and_drops_successes(scenario: Scenario, ser
     assert "403" in (pending[bad.hash].error or "")
 
 
-def test_on_a_terminal_it_asks_and_no_means_nothing(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_on_a_terminal_it_asks(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path, answer: str) -> None:
     import pty
     import select
 
-    model = Model(server, "a.safetensors", 1, 5000)
+    if answer == "y" and not ENGINE:
+        pytest.skip("needs the download engine")
+    model = Model(server, "a.safetensors", 1, 3 * MIB)
     clone = make_env(scenario, manifest([model]).render())
     primary, secondary = pty.openpty()
     run = subprocess.Popen(
@@ -378,9 +381,22 @@ def test_on_a_terminal_it_asks_and_no_means_nothing(scenario: Scenario, server: 
         if select.select([primary], [], [], 0.2)[0]:
             seen += os.read(primary, 4096)
     assert b"Download 1 model(s)? [Y/n]" in seen
-    os.write(primary, b"n\n")
-    out, _ = run.communicate(timeout=30)
+    os.write(primary, answer.encode() + b"\n")
+    drain = threading.Thread(target=lambda: _drain(primary), daemon=True)  # rich bars must not block on a full pty
+    drain.start()
+    out, _ = run.communicate(timeout=60)
     os.close(primary)
-    assert run.returncode == 1
     assert "a.safetensors" in out
-    assert server.requests == []
+    if answer == "n":
+        assert run.returncode == 1 and server.requests == []
+    else:
+        assert run.returncode == 0, out
+        assert (models_dir / model.relative_path).read_bytes() == model.data
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 65536):
+            pass
+    except OSError:
+        pass
