@@ -159,6 +159,7 @@ class ModelsWatcher:
         self._inbox: list[Op] = []
         self._pending: dict[str, _Pending] = {}
         self._index: ModelIndex | None = None
+        self._signatures: dict[int, dict[tuple[int, float], list[Location]]] = {}
         self._thread = threading.Thread(target=self._run, name="cfd-models", daemon=True)
 
     # -- wiring -------------------------------------------------------------------------
@@ -212,6 +213,7 @@ class ModelsWatcher:
         """Catch up with what changed while no agent watched (stat-only for known files)."""
         assert self._index is not None
         known = self._index.locations()
+        self._signatures = {}
         seen: set[str] = set()
         now_wall, now = time.time(), time.monotonic()
         for relative_path, info in walk_models(self.models_dir):
@@ -222,7 +224,7 @@ class ModelsWatcher:
             if location and location.mtime == info.st_mtime and location.size == info.st_size:
                 continue
             if now_wall - info.st_mtime > self.settle:
-                self._hash(relative_path, info)
+                self._hash(relative_path, info, known)
             else:
                 self._mark(relative_path, now, closed=None)  # may still be written to
         gone = [path for path in known if path not in seen and visible(path) and not (self.models_dir / path).exists()]
@@ -249,6 +251,7 @@ class ModelsWatcher:
                 self._mark(path, now, {"touch": None, "write": False, "close": True}[kind])
             elif kind == "move":
                 carried = self._pending.pop(path, None)
+                self._pending.pop(dest, None)  # a folder walk may have seen it already under its new name
                 if carried is not None:
                     self._pending[dest] = carried  # not indexed yet: it just has a new name
                 index_ops.append((kind, path, dest))
@@ -333,6 +336,7 @@ class ModelsWatcher:
             return
         assert self._index is not None
         known = self._index.locations()
+        self._signatures = {}
         for relative_path, info in ready:
             if self._stop.is_set():
                 return
@@ -343,10 +347,40 @@ class ModelsWatcher:
             if location and location.size == info.st_size and location.mtime == info.st_mtime:
                 self.on_indexed(self._index, location.model_hash, relative_path)  # indexed by someone else (the engine)
                 continue
-            self._hash(relative_path, info)
+            self._hash(relative_path, info, known)
 
-    def _hash(self, relative_path: str, info: os.stat_result) -> None:
+    def _adopt(self, relative_path: str, info: os.stat_result, known: dict[str, Location]) -> bool:
+        """A file whose size and exact mtime match an indexed location whose file is gone
+        is that file, moved (rename keeps mtime): take over its hash without reading it.
+        Covers moves whose event came late, moves across folders made after the event,
+        and moves made while no agent ran."""
         assert self._index is not None
+        by_signature = self._signatures.get(id(known))
+        if by_signature is None:
+            by_signature = {}
+            for location in known.values():
+                by_signature.setdefault((location.size, location.mtime), []).append(location)
+            self._signatures = {id(known): by_signature}  # one table per batch of locations
+        for location in by_signature.get((info.st_size, info.st_mtime), ()):
+            if location.relative_path == relative_path or known.get(location.relative_path) is not location:
+                continue
+            if (self.models_dir / location.relative_path).exists():
+                continue
+            with self._index.transaction():
+                self._index.remove_location(location.relative_path)
+                self._index.add_location(location.model_hash, relative_path, info.st_mtime)
+            known.pop(location.relative_path, None)
+            known[relative_path] = Location(location.model_hash, relative_path, info.st_mtime, info.st_size)
+            self.board.incr("moved")
+            log.info("moved %s -> %s (hash %s kept)", location.relative_path, relative_path, location.model_hash)
+            self.on_indexed(self._index, location.model_hash, relative_path)
+            return True
+        return False
+
+    def _hash(self, relative_path: str, info: os.stat_result, known: dict[str, Location] | None = None) -> None:
+        assert self._index is not None
+        if known is not None and self._adopt(relative_path, info, known):
+            return
         self._pacer.take(min(info.st_size, SAMPLED_BYTES))
         try:
             model_hash = index_file(self._index, relative_path, info)
