@@ -317,16 +317,6 @@ def test_defer_mode_records_per_strategy(team, strategy, deferred, filtered):
     assert reasons["nosrc"] == "no-source"
 
 
-def test_background_mode_hands_models_over_and_returns(team):
-    alice, bob, _ = team
-    a = M(24)
-    bob.git("config", "cfd.onPull", "background")
-    publish(alice, manifest(a))
-    pulled = bob.pull(env={"CFD_ON_PULL": None})
-    assert pulled.returncode == 0
-    assert pending(bob)[a.hash]["reason"] == "background"
-
-
 def test_models_already_present_are_not_recorded(team, cfd_env):
     alice, bob, _ = team
     a = M(25)
