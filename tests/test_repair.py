@@ -27,18 +27,6 @@ pytestmark = pytest.mark.timeout(120)
 MIB = 1024 * 1024
 
 
-def _engine_present() -> bool:
-    try:
-        import cfd.core.download  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-ENGINE = _engine_present()
-needs_engine = pytest.mark.skipif(not ENGINE, reason="core/download.py (the download engine) has not landed yet")
-
-
 class Model:
     def __init__(self, server: ModelServer, name: str, seed: int, size: int, category: str = "checkpoints") -> None:
         self.name = name
@@ -197,7 +185,6 @@ def pyproject_changes(before: str, after: str) -> tuple[list[str], list[str]]:
     return [d[2:] for d in diff if d.startswith("- ")], [d[2:] for d in diff if d.startswith("+ ")]
 
 
-@needs_engine
 def test_yes_downloads_verifies_and_status_agrees(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
     models = [Model(server, "a.safetensors", 1, 3 * MIB + 5), Model(server, "b.safetensors", 2, 700_000, "loras")]
     clone = make_env(scenario, manifest(models).render())
@@ -219,7 +206,6 @@ def test_yes_downloads_verifies_and_status_agrees(scenario: Scenario, server: Mo
     assert again.returncode == 0 and "In sync" in again.stdout
 
 
-@needs_engine
 def test_failing_source_goes_to_the_marker_and_json(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
     good = Model(server, "good.safetensors", 1, 200_000)
     bad = Model(server, "bad.safetensors", 2, 200_000)
@@ -242,7 +228,6 @@ def test_failing_source_goes_to_the_marker_and_json(scenario: Scenario, server: 
     assert not (models_dir / bad.relative_path).exists()
 
 
-@needs_engine
 def test_required_strategy_is_complete_when_required_models_are_here(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
     required = Model(server, "r.safetensors", 1, 100_000)
     optional = Model(server, "o.safetensors", 2, 100_000)
@@ -256,7 +241,6 @@ def test_required_strategy_is_complete_when_required_models_are_here(scenario: S
     assert {k: e.reason for k, e in marker_of(clone).items()} == {optional.hash: "filtered"}
 
 
-@needs_engine
 def test_two_concurrent_repairs_download_each_file_once(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
     models = [Model(server, f"m{i}.safetensors", i, 4 * MIB + i) for i in range(3)]
     for model in models:
@@ -275,7 +259,6 @@ def test_two_concurrent_repairs_download_each_file_once(scenario: Scenario, serv
     assert marker_of(clone) == {}
 
 
-@needs_engine
 def test_intent_is_downloaded_and_written_into_pyproject(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
     lora = generate_model_bytes(9, 300_000)
     url = server.add_file("/civitai/lora.safetensors", lora)
@@ -306,7 +289,6 @@ def test_intent_is_downloaded_and_written_into_pyproject(scenario: Scenario, ser
     assert marker_of(clone) == {}
 
 
-@needs_engine
 def test_ctrl_c_leaves_a_resumable_partial_and_says_interrupted(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
     big = Model(server, "big.safetensors", 3, 48 * MIB)
     server.set_fault(big.path, throttle=8 * MIB)
@@ -336,7 +318,6 @@ def test_ctrl_c_leaves_a_resumable_partial_and_says_interrupted(scenario: Scenar
     assert marker_of(clone) == {}
 
 
-@needs_engine
 def test_sync_models_merges_failures_and_drops_successes(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
     from cfd.core.repair import sync_models
 
@@ -365,8 +346,6 @@ def test_on_a_terminal_it_asks(scenario: Scenario, server: ModelServer, cfd_env:
     import pty
     import select
 
-    if answer == "y" and not ENGINE:
-        pytest.skip("needs the download engine")
     model = Model(server, "a.safetensors", 1, 3 * MIB)
     clone = make_env(scenario, manifest([model]).render())
     primary, secondary = pty.openpty()
