@@ -193,14 +193,14 @@ class Demo:
             "[tool.comfydock.models]\n" + "\n".join(entry(k) for k in keys) + "\n\n"
             '[tool.comfydock.workflows.portrait]\npath = "workflows/portrait.json"\n'
         )
-        text += ref("base", "required", "4", "CheckpointLoaderSimple").format(wf="portrait")
+        text += ref("base", "required", "4", "CheckpointLoaderSimple").replace("{wf}", "portrait")
         if with_landscape:
-            text += ref("vae", "flexible", "9", "VAELoader").format(wf="portrait")
+            text += ref("vae", "flexible", "9", "VAELoader").replace("{wf}", "portrait")
             text += '\n[tool.comfydock.workflows.landscape]\npath = "workflows/landscape.json"\n'
-            text += ref("sdxl", "required", "4", "CheckpointLoaderSimple").format(wf="landscape")
-            text += ref("lora", "optional", "7", "LoraLoader").format(wf="landscape")
-            text += ref("vae", "flexible", "9", "VAELoader").format(wf="landscape")
-            text += ref("upscale", "flexible", "12", "UpscaleModelLoader").format(wf="landscape")
+            text += ref("sdxl", "required", "4", "CheckpointLoaderSimple").replace("{wf}", "landscape")
+            text += ref("lora", "optional", "7", "LoraLoader").replace("{wf}", "landscape")
+            text += ref("vae", "flexible", "9", "VAELoader").replace("{wf}", "landscape")
+            text += ref("upscale", "flexible", "12", "UpscaleModelLoader").replace("{wf}", "landscape")
         return text
 
     def present(self, who: str, key: str) -> bool:
