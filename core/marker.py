@@ -90,7 +90,7 @@ class Marker:
             return []
 
     def _set_aside(self) -> None:
-        broken = self.path.with_name(f"{MARKER_NAME}.corrupt-{int(time.time())}")
+        broken = self.path.with_name(f"{MARKER_NAME}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}")
         try:
             os.replace(self.path, broken)
         except OSError:
@@ -120,6 +120,7 @@ class Marker:
         return self.update(change)
 
     def _write_unlocked(self, entries: list[PendingEntry]) -> None:
+        self._remove_stale_temps()
         if not entries:
             try:
                 self.path.unlink()
@@ -133,3 +134,11 @@ class Marker:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, self.path)
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of writers that were killed mid-write (we hold the lock)."""
+        for stale in self.path.parent.glob(f".{MARKER_NAME}.*.tmp"):
+            try:
+                stale.unlink()
+            except OSError:
+                pass

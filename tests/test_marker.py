@@ -158,3 +158,16 @@ def test_scrub_keeps_plain_text() -> None:
     assert scrub("HTTP 404: not found") == "HTTP 404: not found"
     assert scrub(None) is None
     assert "hunter2" not in (scrub(f"see {SECRET_URLS[0]}.") or "")
+
+
+def test_stale_temp_files_of_killed_writers_are_cleaned_up(tmp_path):
+    from cfd.core.marker import Marker
+
+    git_dir = tmp_path / ".git"
+    (git_dir / "cfd").mkdir(parents=True)
+    stale = git_dir / "cfd" / ".pending.json.99999.tmp"
+    stale.write_text('{"version": 1, "entr')
+    marker = Marker(git_dir)
+    marker.write([])
+    assert not stale.exists()
+    assert marker.read() == []
