@@ -6,7 +6,7 @@ exponential backoff). What to fetch is re-derived from the working manifest, so
 sources are the real URLs (the marker keeps redacted ones). Downloads go
 through `core.repair.sync_models` (the engine runs `cfd.jobs` at a time and
 resumes `.part` files, so a restart resumes); `cfd.agent.maxRate` is enforced
-here by back-pressure in the progress callback. A marker write (from a hook, or
+here by back-pressure in the progress callback (see `rate_limited`). A marker write (from a hook, or
 `cfd repair`) wakes the queue through a watch on `<git_dir>/cfd`.
 """
 
@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -37,8 +38,18 @@ BUSY_RECHECK = 30.0
 
 def lock_path(models_dir: Path, key: str) -> Path:
     """The engine's per-download lock (held while a hook or `cfd repair` fetches it)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    return models_dir / ".cfd" / "locks" / f"{safe}.lock"
+    from cfd.core.download import staging_name
+
+    return models_dir / ".cfd" / "locks" / f"{staging_name(key)}.lock"
+
+
+def rate_limited(env: Environment, max_rate: int) -> Environment:
+    """sync_models builds the engine's options from settings and has no max_rate knob, so
+    the cap is applied in the progress callback; one connection per file makes that
+    callback's thread the only reader of each file, so sleeping there caps the rate."""
+    if max_rate <= 0:
+        return env
+    return replace(env, settings=env.settings.with_value("cfd.connections", 1, "agent (cfd.agent.maxRate)"))
 
 
 class Throttle:
@@ -74,14 +85,15 @@ class Progress:
     def on_file_start(self, filename: str, index: int, total: int) -> None:
         now = time.monotonic()
         with self._lock:
-            self._files[filename] = {"seen": -1.0, "t": now, "speed": 0.0, "shown": 0.0}
+            self._files[filename] = {"seen": 0.0, "t": now, "speed": 0.0, "shown": 0.0}
         self.board.download(filename, {"file": filename, "downloaded": 0, "total": None, "percent": None, "speed": 0})
 
     def on_file_progress(self, filename: str, downloaded: int, total: int | None) -> None:
         now = time.monotonic()
         with self._lock:
-            state = self._files.setdefault(filename, {"seen": -1.0, "t": now, "speed": 0.0, "shown": 0.0})
-            delta = 0 if state["seen"] < 0 else max(0, downloaded - int(state["seen"]))  # first call may include a resumed part
+            state = self._files.setdefault(filename, {"seen": 0.0, "t": now, "speed": 0.0, "shown": 0.0})
+            # A resumed part counts once against the budget: a little slower, never faster.
+            delta = max(0, downloaded - int(state["seen"]))
             elapsed = now - state["t"]
             if delta and elapsed > 0:
                 instant = delta / elapsed
@@ -141,6 +153,7 @@ class BackgroundQueue:
         self.board = board
         self.cancel = cancel
         self.retry_base, self.retry_max, self.debounce = retry_base, retry_max, debounce
+        self.max_rate = max_rate
         self.progress = Progress(board, Throttle(max_rate, cancel))
         self._sync = sync
         self._attempts: dict[str, int] = {}
@@ -244,7 +257,7 @@ class BackgroundQueue:
             return
         log.info("background: %d model(s) for %s", len(wanted), env.repo)
         sync = self._sync or sync_models
-        result = sync(env, models, intents, callbacks=self.progress, cancel=self.cancel, trigger="agent")
+        result = sync(rate_limited(env, self.max_rate), models, intents, callbacks=self.progress, cancel=self.cancel, trigger="agent")
         failed = {filename for filename, _ in result.models_failed}  # type: ignore[attr-defined]
         for model in models:
             self._count(model.hash, model.model.filename in failed)
