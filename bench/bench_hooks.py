@@ -1,0 +1,238 @@
+"""Benchmarks of the git hooks (not pytest): `python bench/bench_hooks.py [--runs N]`.
+
+1. `git pull` of commits that do not touch pyproject.toml, with cfd's hooks vs
+   without: the shell fast path's overhead per pull (target < 10 ms, median).
+2. A pull whose manifest changed, 10,000 models, 5 % new, all already present
+   (sparse files of the right size, indexed directly): the hook's wall time
+   (target < 400 ms).
+
+Everything runs in a temp dir with its own HOME and git config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from helpers.manifest import ManifestBuilder, big_manifest  # noqa: E402
+
+GITCONFIG = """[user]
+\tname = bench
+\temail = bench@cfd.invalid
+[init]
+\tdefaultBranch = main
+\ttemplateDir = {template}
+[pull]
+\trebase = false
+[advice]
+\tdetachedHead = false
+"""
+
+
+def setup_env(root: Path) -> None:
+    home = root / "home"
+    (root / "template").mkdir(parents=True)
+    home.mkdir()
+    (home / ".gitconfig").write_text(GITCONFIG.format(template=root / "template"))
+    for name in list(os.environ):
+        if name.startswith(("GIT_", "CFD_")):
+            del os.environ[name]
+    os.environ.update(
+        HOME=str(home),
+        GIT_CONFIG_GLOBAL=str(home / ".gitconfig"),
+        GIT_CONFIG_NOSYSTEM="1",
+        XDG_STATE_HOME=str(root / "state"),
+        XDG_CONFIG_HOME=str(root / "config"),
+        CFD_MODELS_DIR=str(root / "models"),
+        CFD_INDEX=str(root / "index" / "models.db"),
+    )
+    (root / "models").mkdir()
+
+
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)} failed: {result.stderr}")
+    return result.stdout + result.stderr
+
+
+def cfd(cwd: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "cfd.cli.main", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode not in (0, 1):
+        raise SystemExit(f"cfd {' '.join(args)} failed: {result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def make_team(root: Path, manifest_text: str) -> tuple[Path, Path, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    upstream = root / "upstream.git"
+    git(root, "init", "-q", "--bare", "-b", "main", str(upstream))
+    alice = root / "alice"
+    git(root, "clone", "-q", str(upstream), str(alice))
+    git(alice, "symbolic-ref", "HEAD", "refs/heads/main")
+    (alice / "pyproject.toml").write_text(manifest_text)
+    (alice / "README.md").write_text("0\n")
+    git(alice, "add", "-A")
+    git(alice, "commit", "-qm", "seed")
+    git(alice, "push", "-q", "origin", "main")
+    with_hooks, without = root / "bob-hooks", root / "bob-plain"
+    for clone in (with_hooks, without):
+        git(root, "clone", "-q", str(upstream), str(clone))
+    cfd(with_hooks, "hooks", "install", "--python", sys.executable)
+    return alice, with_hooks, without
+
+
+def bench_fast_path(root: Path, runs: int) -> dict[str, float]:
+    alice, with_hooks, without = make_team(root, ManifestBuilder().render())
+    on, off = [], []
+    for i in range(runs):
+        (alice / "README.md").write_text(f"run {i}\n")
+        git(alice, "commit", "-qam", f"docs {i}")
+        git(alice, "push", "-q", "origin", "main")
+        git(with_hooks, "fetch", "-q")
+        git(without, "fetch", "-q")
+        # Interleaved, fetch excluded: the merge step is what the hook adds to.
+        on.append(timed(lambda: git(with_hooks, "pull", "-q")))
+        off.append(timed(lambda: git(without, "pull", "-q")))
+    hook = with_hooks / ".git" / "hooks" / "post-merge"
+    git(with_hooks, "update-ref", "ORIG_HEAD", "HEAD~1")
+    direct = [timed(lambda: subprocess.run([str(hook), "0"], cwd=with_hooks, check=True)) for _ in range(runs * 5)]
+    return {
+        "pull with hooks (median ms)": statistics.median(on),
+        "pull without hooks (median ms)": statistics.median(off),
+        "overhead per pull (median ms)": statistics.median(on) - statistics.median(off),
+        "post-merge shim alone, nothing to do (median ms)": statistics.median(direct),
+    }
+
+
+def index_all(manifest_text: str) -> int:
+    """Every model of the manifest present: sparse files of the right size, indexed directly."""
+    from cfd.core.index import ModelIndex
+
+    models = tomllib.loads(manifest_text)["tool"]["comfydock"]["models"]
+    models_dir = Path(os.environ["CFD_MODELS_DIR"])
+    Path(os.environ["CFD_INDEX"]).parent.mkdir(parents=True, exist_ok=True)
+    with ModelIndex(os.environ["CFD_INDEX"], models_dir) as index, index.transaction():
+        for model_hash, entry in models.items():
+            path = models_dir / entry["relative_path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.truncate(entry["size"])
+            index.add_model(model_hash, entry["size"])
+            index.add_location(model_hash, entry["relative_path"], path.stat().st_mtime)
+    return len(models)
+
+
+def bench_big_change(root: Path, runs: int, n_models: int, workflows: int, refs: int) -> dict[str, float]:
+    old_text, new_text = big_manifest(n_models, workflows, refs, new_fraction=0.05, seed=7)
+    alice, with_hooks, without = make_team(root, old_text)
+    indexed = index_all(new_text)
+    old = git(with_hooks, "rev-parse", "HEAD").strip()
+    old_blob = git(with_hooks, "rev-parse", "HEAD:pyproject.toml").strip()
+    (alice / "pyproject.toml").write_text(new_text)
+    git(alice, "commit", "-qam", "5 % new models")
+    git(alice, "push", "-q", "origin", "main")
+    for clone in (with_hooks, without):
+        git(clone, "fetch", "-q")
+    last_synced = with_hooks / ".git" / "cfd" / "last-synced"
+    on, off, direct, output = [], [], [], ""
+    for _ in range(runs):
+        for clone in (with_hooks, without):
+            git(clone, "reset", "-q", "--hard", old)
+        last_synced.write_text(old_blob + "\n")  # as after the previous sync
+        start = time.perf_counter()
+        output = git(with_hooks, "merge", "--ff-only", "-q", "origin/main")
+        on.append((time.perf_counter() - start) * 1000)
+        off.append(timed(lambda: git(without, "merge", "--ff-only", "-q", "origin/main")))
+        last_synced.write_text(old_blob + "\n")
+        hook = with_hooks / ".git" / "hooks" / "post-merge"
+        direct.append(timed(lambda: subprocess.run([str(hook), "0"], cwd=with_hooks, check=True, capture_output=True)))
+    pending = with_hooks / ".git" / "cfd" / "pending.json"
+    assert not pending.exists(), f"all models are present, yet the hook recorded some: {output}"
+    size = len(new_text.encode())
+    return {
+        f"manifest: {n_models} models, {workflows}x{refs} refs, {size / 1e6:.1f} MB; indexed models": indexed,
+        "post-merge hook alone (median ms)": statistics.median(direct),
+        "git merge with hooks (median ms)": statistics.median(on),
+        "git merge without hooks (median ms)": statistics.median(off),
+        "hook wall time in the merge (median ms)": statistics.median(on) - statistics.median(off),
+        **breakdown(with_hooks, old, old_blob),
+    }
+
+
+def breakdown(repo: Path, old: str, old_blob: str) -> dict[str, float]:
+    """Where the time goes, in a fresh interpreter (imports included)."""
+    code = f"""
+import time, json, os
+t0 = time.perf_counter()
+from cfd.core.environment import open_environment
+from cfd.core.diff import diff_manifest_bytes
+from cfd.core.index import ModelIndex
+from cfd.core.missing import detect_missing_models
+t1 = time.perf_counter()
+from cfd.core.gitrepo import open_repo
+t2 = time.perf_counter()
+env = open_environment({str(repo)!r})
+repo = open_repo(env.repo)
+old, new = repo.read_blob(repo.blob_id({old!r})), repo.read_blob(repo.blob_id("HEAD"))
+t3 = time.perf_counter()
+diff = diff_manifest_bytes(old, new)
+t4 = time.perf_counter()
+with ModelIndex(env.index_path, env.models_dir) as index:
+    report = detect_missing_models(diff.new, index, diff.hashes_to_check)
+t5 = time.perf_counter()
+ms = lambda a, b: round((b - a) * 1000, 1)
+print(json.dumps({{"imports: cfd.core (ms)": ms(t0, t1), "import pygit2 (ms)": ms(t1, t2),
+    "settings + read both blobs (ms)": ms(t2, t3), "differential diff (ms)": ms(t3, t4),
+    "index check of the changed hashes (ms)": ms(t4, t5)}}))
+"""
+    import json
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="pulls per measurement (default 20)")
+    parser.add_argument("--big-runs", type=int, default=7, help="runs of the 10,000-model case (default 7)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="cfd-bench-hooks-"))
+    try:
+        setup_env(root)
+        print("1. pull not touching pyproject.toml")
+        for key, value in bench_fast_path(root / "fast", args.runs).items():
+            print(f"   {key}: {value:.1f}")
+        for n, wf, refs in ((10_000, 100, 10), (10_000, 475, 20)):
+            print(f"2. pull changing the manifest: {n} models, 5 % new, all present ({wf} workflows x {refs} refs)")
+            for key, value in bench_big_change(root / f"big-{wf}", args.big_runs, n, wf, refs).items():
+                print(f"   {key}: {value:.1f}" if isinstance(value, float) else f"   {key}: {value}")
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
