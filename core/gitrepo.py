@@ -50,7 +50,7 @@ class GitRepo:
 
     def resolve_commit(self, rev: str | None) -> str | None:
         """Commit id for a revision (sha, HEAD, ORIG_HEAD, HEAD^1 ...); None if it does not resolve."""
-        if is_null_commit(rev):
+        if rev is None or is_null_commit(rev):
             return None
         try:
             obj = self._repo.revparse_single(rev)
@@ -63,7 +63,7 @@ class GitRepo:
         commit = self.resolve_commit(rev)
         if commit is None:
             return []
-        return [str(p) for p in self._repo[commit].parent_ids]
+        return [str(p) for p in self._repo[commit].peel(pygit2.Commit).parent_ids]
 
     def blob_id(self, commit: str | None, path: str = MANIFEST_PATH) -> str | None:
         """The blob id of `path` in `commit`; None when the commit or file is absent."""

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -186,25 +186,24 @@ def sync_between(
     problems (no models dir) raise CfdError. KeyboardInterrupt propagates
     after the marker already lists what was not downloaded.
     """
-    mode = mode or env.settings["cfd.onPull"]
-    strategy = strategy or env.settings["cfd.models"]
-    base = dict(trigger=trigger, mode=mode, strategy=strategy)
+    out = PullSyncOutcome(
+        trigger=trigger, action=NO_MANIFEST, mode=mode or env.settings["cfd.onPull"], strategy=strategy or env.settings["cfd.models"]
+    )
     repo = repo or open_repo(env.repo)
     new = repo.resolve_commit(new_commit)
     if new is None:
-        return PullSyncOutcome(action=NO_MANIFEST, warnings=(f"cannot resolve {new_commit}",), **base)
+        return replace(out, warnings=(f"cannot resolve {new_commit}",))
     old = repo.resolve_commit(old_commit)
-    base.update(old_commit=old, new_commit=new)
     new_blob = repo.blob_id(new, MANIFEST_PATH)
+    out = replace(out, old_commit=old, new_commit=new, new_blob=new_blob)
     if new_blob is None:
-        return PullSyncOutcome(action=NO_MANIFEST, **base)
-    base["new_blob"] = new_blob
+        return out
     last = read_last_synced(env.git_dir)
     if last == new_blob:
-        return PullSyncOutcome(action=ALREADY_SYNCED, **base)
+        return replace(out, action=ALREADY_SYNCED)
     old_blob = repo.blob_id(old, MANIFEST_PATH)
     if old_blob == new_blob:
-        return PullSyncOutcome(action=UNCHANGED, **base)
+        return replace(out, action=UNCHANGED)
     # Diff from what this clone last acted on when git still has it: that also
     # covers moves no hook saw (reset, stash, libgit2) and local manifest commits.
     old_label = f"pyproject.toml at {_short(old)}"
@@ -218,17 +217,15 @@ def sync_between(
         )
     except ManifestError as exc:
         warning = f"{new_label} does not parse ({exc.message}); models were not synced. Fix it, commit, then run `cfd repair`"
-        return PullSyncOutcome(action=BROKEN_MANIFEST, warnings=(warning,), **base)
-    warnings = tuple(diff.new.problems)
+        return replace(out, action=BROKEN_MANIFEST, warnings=(warning,))
+    out = replace(out, action=SYNCED, warnings=tuple(diff.new.problems))
 
     if not diff.hashes_to_check and not diff.new_intents:
         if diff.no_longer_needed:
             _drop_from_marker(env, diff.no_longer_needed)
         write_last_synced(env.git_dir, new_blob)
-        return PullSyncOutcome(action=SYNCED, warnings=warnings, **base)
-
-    plan = _plan(env, diff, strategy)
-    return _act(env, diff, plan, base, new_blob, warnings, callbacks, cancel)
+        return out
+    return _act(env, diff, _plan(env, diff, out.strategy), out, new_blob, callbacks, cancel)
 
 
 def _plan(env: Environment, diff: ManifestDiff, strategy: str) -> _Plan:
@@ -257,13 +254,12 @@ def _act(
     env: Environment,
     diff: ManifestDiff,
     plan: _Plan,
-    base: dict[str, Any],
+    out: PullSyncOutcome,
     new_blob: str,
-    warnings: tuple[str, ...],
     callbacks: Any,
     cancel: threading.Event | None,
 ) -> PullSyncOutcome:
-    trigger, mode = base["trigger"], base["mode"]
+    trigger, mode = out.trigger, out.mode
     selected_reason = {"download": "interrupted", "background": "background", "defer": "deferred"}[mode]
     entries = (
         _pending_entries(plan.selected, plan.selected_intents, selected_reason, trigger)
@@ -274,31 +270,30 @@ def _act(
     marker = Marker(env.git_dir)
     marker.merge(entries, drop=[*plan.satisfied_keys, *diff.no_longer_needed])
     write_last_synced(env.git_dir, new_blob)
-    result: dict[str, Any] = dict(missing=plan.report.missing, intents=tuple(plan.intents), checked=len(diff.hashes_to_check))
+    out = replace(out, missing=plan.report.missing, intents=tuple(plan.intents), checked=len(diff.hashes_to_check))
 
-    if mode == "download" and (plan.selected or plan.selected_intents):
-        result.update(_download(env, plan, marker, trigger, callbacks, cancel))
-    elif mode == "background" and (plan.selected or plan.selected_intents):
+    chosen = len(plan.selected) + len(plan.selected_intents)
+    if mode == "download" and chosen:
+        out = _download(env, plan, marker, out, callbacks, cancel)
+    elif mode == "background" and chosen:
         # The agent itself syncs with trigger "agent": it must not spawn another.
-        result.update(
-            handed_to_agent=len(plan.selected) + len(plan.selected_intents),
-            agent_started=trigger == "agent" or start_agent(env),
-        )
+        out = replace(out, handed_to_agent=chosen, agent_started=trigger == "agent" or start_agent(env))
     keys = {e.key for e in entries}
-    pending = tuple(e for e in marker.read() if e.key in keys)
-    return PullSyncOutcome(action=SYNCED, warnings=warnings, pending=pending, **base, **result)
+    return replace(out, pending=tuple(e for e in marker.read() if e.key in keys))
 
 
 def _download(
-    env: Environment, plan: _Plan, marker: Marker, trigger: str, callbacks: Any, cancel: threading.Event | None
-) -> dict[str, Any]:
+    env: Environment, plan: _Plan, marker: Marker, out: PullSyncOutcome, callbacks: Any, cancel: threading.Event | None
+) -> PullSyncOutcome:
     try:
         from .repair import sync_models
     except ImportError:  # a build without the download engine: leave them recorded
-        marker.merge(_pending_entries(plan.selected, plan.selected_intents, "deferred", trigger))
-        return {}
-    synced = sync_models(env, plan.selected, plan.selected_intents, callbacks=callbacks, cancel=cancel, trigger=trigger)
-    return dict(downloaded=tuple(synced.models_downloaded), failed=tuple(synced.models_failed))
+        marker.merge(_pending_entries(plan.selected, plan.selected_intents, "deferred", out.trigger))
+        return out
+    synced = sync_models(
+        env, plan.selected, plan.selected_intents, callbacks=callbacks, cancel=cancel, trigger=out.trigger
+    )
+    return replace(out, downloaded=tuple(synced.models_downloaded), failed=tuple(synced.models_failed))
 
 
 def _drop_from_marker(env: Environment, keys: Sequence[str]) -> None:
