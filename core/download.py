@@ -547,7 +547,10 @@ class _Transfer:
 
     def _advance(self, index: int, n: int) -> None:
         with self.lock:
-            self.state.segments[index][2] += n
+            segment = self.state.segments[index]
+            segment[2] += n
+            if segment[1] >= 0 and segment[0] + segment[2] > segment[1]:
+                segment[2] = segment[1] - segment[0]  # a thief took the tail while this chunk was in flight
             self.fetched += n
             self.unsaved += n
             if self.unsaved >= self.options.checkpoint_bytes:
@@ -704,11 +707,10 @@ class _Transfer:
                 return
             self.state.ranges_ok = True
         self.stop.clear()
+        queue = list(pending)
         workers = min(self.options.connections, len(pending))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cfd-segment") as pool:
-            # Only the first pending segment may use the probe's response.
-            futures = [pool.submit(self._with_retries, lambda i=i: self._segment(i, first if i == pending[0] else []))
-                       for i in pending]
+            futures = [pool.submit(self._worker, queue, pending[0], first) for _ in range(workers)]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             if any(f.exception() for f in done):
                 self.stop.set()
@@ -721,6 +723,37 @@ class _Transfer:
         for exc in errors:
             if not isinstance(exc, _Stopped):
                 raise exc
+
+    def _worker(self, queue: list[int], first_index: int, first: list[requests.Response]) -> None:
+        """One connection: take the next pending segment; when none is left, split the biggest rest."""
+        while True:
+            with self.lock:
+                index = queue.pop(0) if queue else None
+            if index is None:
+                index = self._steal()
+                if index is None:
+                    return
+            # Only the first pending segment may use the probe's response.
+            box = first if index == first_index else []
+            self._with_retries(lambda: self._segment(index, box))
+
+    def _steal(self) -> int | None:
+        """Split the segment with the most bytes left (its owner stops at the new end); aria2c does the same,
+        so one slow connection does not leave a long tail."""
+        floor = max(4 * MIB, self.options.segment_min // 2)  # a steal wastes what is in flight to the owner
+        with self.lock:
+            segments = self.state.segments
+            best = max(range(len(segments)), key=lambda i: segments[i][1] - segments[i][0] - segments[i][2])
+            start, end, done = segments[best]
+            if end - start - done < 2 * floor:
+                return None
+            middle = (start + done + (end - start - done) // 2) // MIB * MIB
+            segments[best][1] = middle
+            segments.append([middle, end, 0])
+            if self.state.synced is not None:
+                self.state.synced.append(0)
+            self._save()
+            return len(segments) - 1
 
     def _open_segment(self, index: int, probe: bool = False) -> requests.Response:
         start, end, done = self.state.segments[index]
@@ -750,17 +783,23 @@ class _Transfer:
                     raise _Restart("the server answered a range request with another range")
                 self._check_range_length(_content_length(resp), parsed)
                 self._check_validator(resp)
-                self._pump(resp, index, start + done, min(parsed[1] + 1, end), check_extra=False)
+                self._pump(resp, index, start + done, min(parsed[1] + 1, end), check_extra=False, shrinks=True)
 
-    def _pump(self, resp: requests.Response, index: int, offset: int, end: int | None, *, check_extra: bool) -> None:
-        """Copy the body to the file at `offset` until `end` (None: until EOF)."""
+    def _pump(self, resp: requests.Response, index: int, offset: int, end: int | None, *,
+              check_extra: bool, shrinks: bool = False) -> None:
+        """Copy the body to the file at `offset` until `end` (None: until EOF; `shrinks`: a thief may lower it)."""
+        segment = self.state.segments[index]
         # read1: whatever one recv brings (up to chunk_size), so bytes reach the file
         # (and a checkpoint) promptly on slow links and in big pieces on fast ones.
         read = resp.raw.read1
         chunk = self.options.chunk_size
         limiter, cancel = self.engine.limiter, self.engine.cancel
         host = host_of(resp.url) or "the server"
-        while end is None or offset < end:
+        while True:
+            if shrinks and segment[1] < end:  # type: ignore[operator]
+                end = segment[1]
+            if end is not None and offset >= end:
+                break
             self._halt()
             want = chunk if end is None else min(chunk, end - offset)
             try:

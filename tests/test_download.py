@@ -114,9 +114,10 @@ def test_large_file_uses_parallel_segments_and_three_region_hash(
     outcome = one(job, models_dir, index_path, opts={"connections": 4})
     assert outcome.success, outcome.error
     assert_placed(models_dir, index_path, data)
-    ranges = sorted(r.range for r in server.requests)
-    assert len(ranges) == 4 and all(r and r.startswith("bytes=") for r in ranges)
-    assert server.bytes_sent() == len(data)
+    ranges = [r.range for r in server.requests]
+    # Four segments, plus any tail an idle connection took over from a slower one.
+    assert len(ranges) >= 4 and all(r and r.startswith("bytes=") for r in ranges)
+    assert server.bytes_sent() <= len(data) + 16 * MIB  # a steal wastes what was in flight to the owner
     with ModelIndex(index_path, models_dir) as index:
         assert index.model_row(short_hash_bytes(data)) == (len(data), blake3(data).hexdigest(), None)
 
@@ -560,7 +561,7 @@ def test_write_error_keeps_the_partial_for_resume(server: ModelServer, models_di
     assert (models_dir / ".cfd" / "staging" / f"{staging_name(job.key)}.part").stat().st_size == 2 * MIB
     server.clear_faults()
     outcome = one(job, models_dir, index_path)
-    assert outcome.success and outcome.bytes_fetched <= len(data) - MIB  # only the unwritten rest
+    assert outcome.success and outcome.bytes_fetched < len(data)  # resumed, not restarted
     assert (models_dir / REL).read_bytes() == data
 
 
