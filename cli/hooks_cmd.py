@@ -128,20 +128,26 @@ def run_uninstall(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     status = hooks_status(_repo(args))
+    try:
+        enabled: bool | None = bool(environment(args).settings["cfd.hooks.enabled"])
+    except CfdError:
+        enabled = None
     if args.json:
-        print_json(status.to_json())
+        print_json({**status.to_json(), "enabled": enabled, "skip": bool(os.environ.get("CFD_SKIP"))})
     else:
-        print_hooks_status(status)
+        print_hooks_status(status, enabled)
     return 0 if status.all_installed else 1
 
 
-def print_hooks_status(status: HooksStatus) -> None:
+def print_hooks_status(status: HooksStatus, enabled: bool | None = None) -> None:
     location = status.location
     print(f"Hooks dir: {location.hooks_dir}" + (f" (core.hooksPath = {location.hooks_path})" if location.hooks_path else ""))
     for hook in status.hooks:
         print(f"  {hook.hook:<14} {hook.state}" + (f" — {hook.detail}" if hook.detail else ""))
     if os.environ.get("CFD_SKIP"):
         print("CFD_SKIP is set: the hooks do nothing in this shell.")
+    if enabled is False:
+        print("cfd.hooks.enabled is false: the hooks do nothing (`git config cfd.hooks.enabled true` turns them on).")
     if status.global_template:
         print(f"New clones get the hooks from {status.global_template}.")
     if not status.all_installed:

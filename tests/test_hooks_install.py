@@ -291,3 +291,23 @@ def test_hook_run_is_hidden_and_works_from_path(team):
     ran = cfd("hook-run", "post-checkout", before, bob.head(), "1", cwd=bob.path)
     assert ran.returncode == 0, ran.stderr
     assert a.hash in pending(bob)
+
+
+def test_status_says_when_hooks_are_turned_off(team):
+    _, bob = team
+    install(bob)
+    bob.git("config", "cfd.hooks.enabled", "false")
+    shown = cfd("hooks", "status", cwd=bob.path)
+    assert "cfd.hooks.enabled is false" in shown.stdout
+    assert json.loads(cfd("hooks", "status", "--json", cwd=bob.path).stdout)["enabled"] is False
+
+
+def test_shim_passes_on_exactly_the_legacy_post_checkout_status(team, tmp_path):
+    _, bob = team
+    foreign_logger(hooks_dir(bob) / "post-checkout", tmp_path / "log", exit_code=3)
+    foreign_logger(hooks_dir(bob) / "post-merge", tmp_path / "log", exit_code=3)
+    install(bob)
+    head = bob.head()
+    checkout = subprocess.run([str(hooks_dir(bob) / "post-checkout"), head, head, "1"], cwd=bob.path)
+    merge = subprocess.run([str(hooks_dir(bob) / "post-merge"), "0"], cwd=bob.path)
+    assert (checkout.returncode, merge.returncode) == (3, 0)
