@@ -96,6 +96,7 @@ def run_install(args: argparse.Namespace) -> int:
         for path, line in report.chain:
             print(f"  {path}:\n    {line}")
         print("(or `cfd hooks install --force` to write into that directory anyway)")
+        _report_missing(args)
         return 1
     verb = "up to date" if all(c.action == "unchanged" for c in report.changes) else "installed"
     print(f"cfd hooks {verb} in {report.directory}: {', '.join(c.hook for c in report.changes if c.action != 'conflict')}")

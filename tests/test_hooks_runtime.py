@@ -333,12 +333,10 @@ def test_models_already_present_are_not_recorded(team, cfd_env):
 
 # -- download mode (real HTTP) -----------------------------------------------------------
 
-pytest.importorskip("cfd.core.download")
-
-
 @pytest.fixture
 def served(team, monkeypatch):
     """The team, a ModelServer, and models whose sources point at it (download mode)."""
+    pytest.importorskip("cfd.core.download")
     from cfd.cli.model_server import ModelServer
 
     monkeypatch.delenv("CFD_ON_PULL")
