@@ -160,6 +160,7 @@ class ModelsWatcher:
         self._pending: dict[str, _Pending] = {}
         self._index: ModelIndex | None = None
         self._signatures: dict[int, dict[tuple[int, float], list[Location]]] = {}
+        self._shown_pending = -1
         self._thread = threading.Thread(target=self._run, name="cfd-models", daemon=True)
 
     # -- wiring -------------------------------------------------------------------------
@@ -203,6 +204,9 @@ class ModelsWatcher:
             try:
                 self._apply(batch)
                 self._settle()
+                if len(self._pending) != self._shown_pending:
+                    self._shown_pending = len(self._pending)
+                    self.board.set(pending=self._shown_pending)  # files waiting for their writes to end
             except Exception as exc:  # noqa: BLE001
                 log.exception("models watcher error")
                 self.board.error(f"models watcher: {exc}")
