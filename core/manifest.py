@@ -23,7 +23,7 @@ STATUSES = ("resolved", "unresolved")
 MODELS_TABLE = "tool.comfydock.models"
 WORKFLOWS_TABLE = "tool.comfydock.workflows"
 _HASH_RE = re.compile(r"^[0-9a-fA-F]{8,128}$")
-_CONFLICT_RE = re.compile(rb"^(<{7}|={7}|>{7})(?: |$)", re.MULTILINE)
+_CONFLICT_RE = re.compile(rb"^(<{7}|={7}|>{7})(?: |\r?$)", re.MULTILINE)
 
 
 def stronger(a: str, b: str) -> str:
