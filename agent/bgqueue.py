@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,7 +148,7 @@ class BackgroundQueue:
         retry_base: float = 60.0,
         retry_max: float = 3600.0,
         debounce: float = 0.5,
-        sync: Callable[..., object] | None = None,
+        sync: Callable[..., Any] | None = None,
     ) -> None:
         self.envs = envs
         self.board = board
@@ -258,7 +259,7 @@ class BackgroundQueue:
         log.info("background: %d model(s) for %s", len(wanted), env.repo)
         sync = self._sync or sync_models
         result = sync(rate_limited(env, self.max_rate), models, intents, callbacks=self.progress, cancel=self.cancel, trigger="agent")
-        failed = {filename for filename, _ in result.models_failed}  # type: ignore[attr-defined]
+        failed = {filename for filename, _ in result.models_failed}
         for model in models:
             self._count(model.hash, model.model.filename in failed)
         for ref in intents:

@@ -47,11 +47,18 @@ def resolve_environments(current: str | None, extra: Sequence[str]) -> list[Envi
 
 def make_config(envs: Sequence[Environment], **options: Any) -> AgentConfig:
     models_dir = envs[0].models_dir
+    if not models_dir.is_dir():
+        raise ConfigError(f"the models directory {models_dir} does not exist", "create it, or fix cfd.modelsDir / CFD_MODELS_DIR")
     for env in envs[1:]:
         if env.models_dir.resolve() != models_dir.resolve():
             raise ConfigError(
                 f"{env.repo} uses the models directory {env.models_dir}, not {models_dir}",
                 "one agent serves one models directory: start another agent for that environment",
+            )
+        if env.index_path.resolve() != envs[0].index_path.resolve():
+            raise ConfigError(
+                f"{env.repo} uses the index {env.index_path}, not {envs[0].index_path}",
+                "environments sharing a models directory must share its index (cfd.index / CFD_INDEX)",
             )
     return AgentConfig(
         envs=tuple(envs),
@@ -155,6 +162,10 @@ def paths_for(envs: Sequence[Environment]) -> AgentPaths:
     return agent_paths(envs[0].models_dir)
 
 
-def status_path_for(models_dir: Path) -> Path:
-    """For `cfd status`: where the agent serving `models_dir` writes its progress."""
-    return agent_paths(models_dir).status
+def agent_status_for(models_dir: Path) -> dict[str, Any] | None:
+    """For `cfd status`: the agent serving `models_dir` (its status file plus
+    `running`), or None if none ever ran. Cheap: a file read and a lock probe."""
+    info = agent_info(agent_paths(models_dir))
+    if info.status is None and not info.running:
+        return None
+    return {**(info.status or {}), "running": info.running, "log": str(info.paths.log)}

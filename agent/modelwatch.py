@@ -66,7 +66,9 @@ def visible(relative_path: str) -> bool:
 
 
 def wanted(relative_path: str | None) -> bool:
-    return bool(relative_path) and visible(relative_path) and is_candidate(relative_path.rsplit("/", 1)[-1])  # type: ignore[union-attr]
+    if not relative_path:
+        return False
+    return visible(relative_path) and is_candidate(relative_path.rsplit("/", 1)[-1])
 
 
 @dataclass
@@ -362,22 +364,24 @@ class ModelsWatcher:
         by_signature = self._signatures.get(id(known))
         if by_signature is None:
             by_signature = {}
-            for location in known.values():
-                by_signature.setdefault((location.size, location.mtime), []).append(location)
+            for indexed in known.values():
+                by_signature.setdefault((indexed.size, indexed.mtime), []).append(indexed)
             self._signatures = {id(known): by_signature}  # one table per batch of locations
-        for location in by_signature.get((info.st_size, info.st_mtime), ()):
-            if location.relative_path == relative_path or known.get(location.relative_path) is not location:
+        candidates: list[Location] = by_signature.get((info.st_size, info.st_mtime)) or []
+        for moved_from in candidates:
+            still_indexed = id(known.get(moved_from.relative_path)) == id(moved_from)
+            if moved_from.relative_path == relative_path or not still_indexed:
                 continue
-            if (self.models_dir / location.relative_path).exists():
+            if (self.models_dir / moved_from.relative_path).exists():
                 continue
             with self._index.transaction():
-                self._index.remove_location(location.relative_path)
-                self._index.add_location(location.model_hash, relative_path, info.st_mtime)
-            known.pop(location.relative_path, None)
-            known[relative_path] = Location(location.model_hash, relative_path, info.st_mtime, info.st_size)
+                self._index.remove_moved_from(moved_from.relative_path)
+                self._index.add_moved_from(moved_from.model_hash, relative_path, info.st_mtime)
+            known.pop(moved_from.relative_path, None)
+            known[relative_path] = Location(moved_from.model_hash, relative_path, info.st_mtime, info.st_size)
             self.board.incr("moved")
-            log.info("moved %s -> %s (hash %s kept)", location.relative_path, relative_path, location.model_hash)
-            self.on_indexed(self._index, location.model_hash, relative_path)
+            log.info("moved %s -> %s (hash %s kept)", moved_from.relative_path, relative_path, moved_from.model_hash)
+            self.on_indexed(self._index, moved_from.model_hash, relative_path)
             return True
         return False
 

@@ -43,6 +43,17 @@ def test_two_starts_give_one_agent_and_stop_ends_it(scenario, models_dir, agent_
     assert "not running" in cfd("agent", "stop", cwd=repo).stdout
     after = cfd("agent", "status", cwd=repo)
     assert after.returncode == 1 and "not running" in after.stdout
+    from cfd.agent.control import agent_status_for
+
+    summary = agent_status_for(models_dir)
+    assert summary["running"] is False and summary["state"] == "stopped"
+
+
+def test_a_missing_models_dir_is_a_config_error(scenario, agent_env, tmp_path, monkeypatch):
+    repo = make_env_repo(scenario)
+    monkeypatch.setenv("CFD_MODELS_DIR", str(tmp_path / "nope"))
+    result = cfd("agent", "start", cwd=repo)
+    assert result.returncode == 2 and "does not exist" in result.stderr
 
 
 def test_run_refuses_a_second_agent_for_the_same_models_dir(scenario, models_dir, agent_env, agents):
