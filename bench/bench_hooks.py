@@ -47,7 +47,11 @@ def setup_env(root: Path) -> None:
     for name in list(os.environ):
         if name.startswith(("GIT_", "CFD_")):
             del os.environ[name]
+    # As installed by pip: bytecode compiled once, not at every hook start (this
+    # sandbox sets PYTHONDONTWRITEBYTECODE); the cache goes to the temp dir.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ.update(
+        PYTHONPYCACHEPREFIX=str(root / "pycache"),
         HOME=str(home),
         GIT_CONFIG_GLOBAL=str(home / ".gitconfig"),
         GIT_CONFIG_NOSYSTEM="1",

@@ -106,6 +106,8 @@ def intent_key(ref: WorkflowModelRef) -> str:
 def _pending_entries(
     models: Sequence[MissingModelInfo], intents: Sequence[WorkflowModelRef], reason: str, trigger: str
 ) -> list[PendingEntry]:
+    if not models and not intents:
+        return []  # nothing to convert: spare the hook importing core.repair
     try:  # the repair module owns the canonical conversion
         from .repair import pending_entries
     except ImportError:
