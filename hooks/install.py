@@ -65,7 +65,9 @@ class InstallReport:
 
 
 def default_python() -> str:
-    return sys.executable or "python3"
+    # Git for Windows' sh wants forward slashes (C:/Python/python.exe).
+    python = sys.executable or "python3"
+    return python.replace("\\", "/") if os.name == "nt" else python
 
 
 def _write_shim(path: Path, hook: str, python: str) -> None:
