@@ -1,0 +1,196 @@
+"""Which models the manifest needs and this machine lacks (core/missing.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cfd.core.index import ModelIndex
+from cfd.core.manifest import parse_manifest
+from cfd.core.missing import detect_missing_models, select_for_download
+from helpers.manifest import ManifestBuilder, make_model
+
+HF = "https://huggingface.co/org/repo/resolve/main/"
+CIVITAI = "https://civitai.com/api/download/models/"
+H_GHOST = "fedcba9876543210"
+
+
+@pytest.fixture
+def index(tmp_path: Path, models_dir: Path):  # type: ignore[no-untyped-def]
+    with ModelIndex(tmp_path / "models.db", models_dir) as idx:
+        yield idx
+
+
+def have(index: ModelIndex, relpath: str, seed: int, size: int = 64) -> str:
+    """Put a model on disk and in the index; returns its hash."""
+    model_hash, path = make_model(index.models_dir, relpath, seed, size)
+    index.record_file(model_hash, relpath, size=size, mtime=path.stat().st_mtime)
+    return model_hash
+
+
+def hash_of(seed: int, size: int = 64) -> str:
+    from helpers.manifest import model_bytes, short_hash_for
+
+    return short_hash_for(model_bytes(seed, size))
+
+
+def test_shared_model_is_one_record_with_both_workflows_and_the_strongest_criticality(index: ModelIndex) -> None:
+    h = hash_of(1)
+    text = (
+        ManifestBuilder()
+        .model(h, "a.safetensors", 64, "checkpoints/a.safetensors", "checkpoints", [HF + "a"])
+        .ref("portrait", "a.safetensors", "checkpoints", hash=h, criticality="optional")
+        .ref("landscape", "a.safetensors", "checkpoints", hash=h, criticality="required")
+        .ref("landscape", "a.safetensors", "checkpoints", hash=h, criticality="flexible", node_id="9")
+        .render()
+    )
+    report = detect_missing_models(parse_manifest(text.encode()), index)
+    (info,) = report.missing
+    assert info.model.hash == h == info.hash
+    assert info.workflow_names == ("portrait", "landscape")
+    assert (info.criticality, info.is_required, info.can_download) == ("required", True, True)
+    assert not report.in_sync
+
+
+@pytest.mark.parametrize(
+    ("criticalities", "expected"),
+    [(("optional", None), "flexible"), (("optional", "optional"), "optional"), (("flexible", "required"), "required")],
+)
+def test_criticality_upgrades(index: ModelIndex, criticalities: tuple[str | None, ...], expected: str) -> None:
+    h = hash_of(1)
+    builder = ManifestBuilder().model(h, "a", 64, sources=[HF + "a"])
+    for n, criticality in enumerate(criticalities):
+        builder.ref(f"wf{n}", "a", "checkpoints", hash=h, criticality=criticality)
+    (info,) = detect_missing_models(parse_manifest(builder.render().encode()), index).missing
+    assert info.criticality == expected
+
+
+def test_model_without_source_is_missing_and_unavailable(index: ModelIndex) -> None:
+    h1, h2 = hash_of(1), hash_of(2)
+    text = (
+        ManifestBuilder()
+        .model(h1, "nosrc.safetensors", 64, sources=None)
+        .model(h2, "empty.safetensors", 64, sources=[])
+        .ref("wf", "nosrc.safetensors", "checkpoints", hash=h1, criticality="required")
+        .ref("wf", "empty.safetensors", "checkpoints", hash=h2, node_id="5")
+        .render()
+    )
+    report = detect_missing_models(parse_manifest(text.encode()), index)
+    assert {m.hash for m in report.unavailable} == {h1, h2}
+    assert report.downloadable == ()
+    assert select_for_download(report, "all") == ([], [])
+
+
+def test_deleted_file_is_missing_although_the_index_has_its_row(index: ModelIndex) -> None:
+    h = have(index, "checkpoints/a.safetensors", 1)
+    text = ManifestBuilder().model(h, "a.safetensors", 64, "checkpoints/a.safetensors", sources=[HF + "a"]).ref(
+        "wf", "a.safetensors", "checkpoints", hash=h).render()
+    manifest = parse_manifest(text.encode())
+    assert detect_missing_models(manifest, index).in_sync
+    (index.models_dir / "checkpoints" / "a.safetensors").unlink()
+    report = detect_missing_models(manifest, index)
+    assert [m.hash for m in report.missing] == [h]
+    assert index.has_model(h)
+
+
+def test_a_model_present_under_another_name_counts(index: ModelIndex) -> None:
+    h = have(index, "my-own-folder/renamed.safetensors", 1)
+    text = ManifestBuilder().model(h, "a.safetensors", 64, "checkpoints/a.safetensors", sources=[HF + "a"]).ref(
+        "wf", "a.safetensors", "checkpoints", hash=h).render()
+    assert detect_missing_models(parse_manifest(text.encode()), index).in_sync
+
+
+def test_unresolved_entries(index: ModelIndex) -> None:
+    text = (
+        ManifestBuilder()
+        .ref("wf", "lora.safetensors", "loras", status="unresolved", criticality="optional", node_id="7",
+             sources=[CIVITAI + "1"], relative_path="loras/style/lora.safetensors")
+        .ref("wf", "lost.safetensors", "loras", status="unresolved", node_id="8")  # no source: not found
+        .ref("wf", "maybe.safetensors", "loras", status="unresolved", criticality="optional", node_id="9")
+        .render()
+    )
+    report = detect_missing_models(parse_manifest(text.encode()), index)
+    assert [(r.filename, r.target_path) for r in report.intents] == [("lora.safetensors", "loras/style/lora.safetensors")]
+    assert [r.filename for r in report.not_found] == ["lost.safetensors"]  # optional without source: neither
+    assert report.missing == () and not report.in_sync
+
+
+def test_downloaded_intent_is_remembered_by_its_url(index: ModelIndex, models_dir: Path) -> None:
+    text = ManifestBuilder().ref("wf", "lora.safetensors", "loras", status="unresolved", sources=[CIVITAI + "1"]).render()
+    manifest = parse_manifest(text.encode())
+    h, path = make_model(models_dir, "loras/lora.safetensors", 5, 64)
+    index.record_file(h, "loras/lora.safetensors", size=64, mtime=path.stat().st_mtime, source_url=CIVITAI + "1")
+    report = detect_missing_models(manifest, index)
+    assert report.intents == () and report.in_sync
+    assert [r.filename for r in report.satisfied_intents] == ["lora.safetensors"]
+    path.unlink()
+    assert [r.filename for r in detect_missing_models(manifest, index).intents] == ["lora.safetensors"]
+
+
+def test_dangling_hash_is_a_problem_not_a_crash(index: ModelIndex) -> None:
+    text = ManifestBuilder().ref("wf", "ghost.safetensors", "checkpoints", hash=H_GHOST, criticality="required").render()
+    report = detect_missing_models(parse_manifest(text.encode()), index)
+    assert report.missing == ()
+    assert len(report.problems) == 1 and H_GHOST in report.problems[0]
+
+
+def test_required_models_come_first(index: ModelIndex) -> None:
+    builder = ManifestBuilder()
+    for seed, criticality in enumerate(["optional", "required", "flexible"], 1):
+        h = hash_of(seed)
+        builder.model(h, f"{criticality}.safetensors", 64, sources=[HF + str(seed)])
+        builder.ref("wf", f"{criticality}.safetensors", "checkpoints", hash=h, criticality=criticality, node_id=str(seed))
+    report = detect_missing_models(parse_manifest(builder.render().encode()), index)
+    assert [m.criticality for m in report.missing] == ["required", "flexible", "optional"]
+
+
+def test_hashes_narrow_the_check(index: ModelIndex) -> None:
+    h1, h2 = hash_of(1), hash_of(2)
+    text = (
+        ManifestBuilder()
+        .model(h1, "a", 64, sources=[HF + "a"]).model(h2, "b", 64, sources=[HF + "b"])
+        .ref("wf", "a", "checkpoints", hash=h1).ref("wf", "b", "checkpoints", hash=h2, node_id="5")
+        .render()
+    )
+    report = detect_missing_models(parse_manifest(text.encode()), index, hashes=[h2])
+    assert [m.hash for m in report.missing] == [h2]
+
+
+def test_strategies(index: ModelIndex) -> None:
+    h1, h2, h3 = hash_of(1), hash_of(2), hash_of(3)
+    text = (
+        ManifestBuilder()
+        .model(h1, "req", 64, sources=[HF + "1"]).model(h2, "flex", 64, sources=[HF + "2"]).model(h3, "nosrc", 64)
+        .ref("wf", "req", "checkpoints", hash=h1, criticality="required", node_id="1")
+        .ref("wf", "flex", "checkpoints", hash=h2, criticality="flexible", node_id="2")
+        .ref("wf", "nosrc", "checkpoints", hash=h3, criticality="required", node_id="3")
+        .ref("wf", "i-req", "loras", status="unresolved", criticality="required", sources=[CIVITAI + "1"], node_id="4")
+        .ref("wf", "i-opt", "loras", status="unresolved", criticality="optional", sources=[CIVITAI + "2"], node_id="5")
+        .render()
+    )
+    report = detect_missing_models(parse_manifest(text.encode()), index)
+
+    def names(selection: tuple[list, list]) -> tuple[list[str], list[str]]:  # type: ignore[type-arg]
+        models, intents = selection
+        return [m.model.filename for m in models], [r.filename for r in intents]
+
+    assert names(select_for_download(report, "all")) == (["req", "flex"], ["i-req", "i-opt"])
+    assert names(select_for_download(report, "required")) == (["req"], ["i-req"])
+    assert names(select_for_download(report, "skip")) == ([], [])
+
+
+def test_detection_is_read_only(index: ModelIndex, tmp_path: Path) -> None:
+    h = have(index, "a.safetensors", 1)
+    text = ManifestBuilder().model(h, "a", 64).model(hash_of(9), "b", 64, sources=[HF + "b"]).ref(
+        "wf", "a", "checkpoints", hash=h).ref("wf", "b", "checkpoints", hash=hash_of(9), node_id="2").render()
+
+    def dump() -> list[tuple[object, ...]]:
+        conn = sqlite3.connect(tmp_path / "models.db")
+        return [row for table in ("models", "model_locations", "model_sources", "schema_info")
+                for row in conn.execute(f"SELECT * FROM {table}")]
+
+    before = dump()
+    detect_missing_models(parse_manifest(text.encode()), index)
+    assert dump() == before
