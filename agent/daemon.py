@@ -77,6 +77,7 @@ class Agent:
         self.config = config
         self.paths = config.state_paths()
         self._signal: int | None = None
+        self._stop_reason: str | None = None
 
     # -- marker upkeep (called from the models worker) ------------------------------------
 
@@ -178,6 +179,7 @@ class Agent:
                 hash_rate=c.hash_rate,
                 on_indexed=self._on_indexed,
                 on_scan_done=self._on_scan_done,
+                on_root_gone=lambda: setattr(self, "_stop_reason", f"the models directory {c.models_dir} is gone"),
             )
             git = GitWatcher(list(c.envs), board, self._sync, debounce=c.git_debounce)
             queue = BackgroundQueue(list(c.envs), board, self._cancel, max_rate=c.max_rate, retry_base=c.retry_base)
@@ -193,9 +195,9 @@ class Agent:
             queue.start()
             board.set(state="ready")
             log.info("agent ready (pid %d): watching %s for %s", os.getpid(), c.models_dir, ", ".join(str(e.repo) for e in c.envs))
-            while self._signal is None:
+            while self._signal is None and self._stop_reason is None:
                 time.sleep(0.5)
-            log.info("stopping (signal %d)", self._signal)
+            log.info("stopping (%s)", self._stop_reason or f"signal {self._signal}")
             board.set(state="stopping")
             self._cancel.set()
             observer.stop()

@@ -110,6 +110,9 @@ class _Handler(FileSystemEventHandler):
         return relative.replace(os.sep, "/")
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == self.root:
+            self.watcher.on_root_gone()  # deleted or unmounted: nothing left to watch
+            return
         src = self.rel(event.src_path)
         post = self.watcher.post
         if isinstance(event, FileMovedEvent):
@@ -146,6 +149,7 @@ class ModelsWatcher:
         hash_rate: float = 256 * 1024 * 1024,
         on_indexed: Callable[[ModelIndex, str, str], None] | None = None,
         on_scan_done: Callable[[ModelIndex], None] | None = None,
+        on_root_gone: Callable[[], None] | None = None,
     ) -> None:
         self.models_dir = models_dir
         self._open_index = open_index
@@ -155,6 +159,7 @@ class ModelsWatcher:
         self.tick = max(0.05, min(0.25, settle / 4))
         self.on_indexed = on_indexed or (lambda index, model_hash, relative_path: None)
         self.on_scan_done = on_scan_done or (lambda index: None)
+        self.on_root_gone = on_root_gone or (lambda: None)
         self._stop = threading.Event()
         self._pacer = _Pacer(hash_rate, self._stop)
         self._cond = threading.Condition()

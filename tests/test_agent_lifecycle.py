@@ -156,3 +156,13 @@ def test_status_outside_an_environment_lists_every_agent(scenario, models_dir, a
     shown = cfd("agent", "status", cwd=elsewhere)
     assert shown.returncode == 0 and f"running (pid {agent.proc.pid})" in shown.stdout
     assert str(models_dir) in shown.stdout
+
+
+def test_agent_stops_when_its_models_dir_is_removed(scenario, models_dir, agent_env, agents):
+    import shutil
+
+    repo = make_env_repo(scenario)
+    agent = agents(repo, models_dir)
+    shutil.rmtree(models_dir)
+    assert agent.proc.wait(5) == 0
+    assert "is gone" in agent.paths.log.read_text()
