@@ -27,9 +27,13 @@ class Workspace:
     root: Path
     config: Mapping[str, Any]
 
+    def _section(self, name: str) -> Mapping[str, Any]:
+        section = self.config.get(name)
+        return section if isinstance(section, dict) else {}  # a hand-edited file may hold anything
+
     @property
     def models_dir(self) -> Path:
-        configured = (self.config.get("global_model_directory") or {}).get("path")
+        configured = self._section("global_model_directory").get("path")
         return Path(configured) if isinstance(configured, str) and configured else self.root / "models"
 
     @property
@@ -38,7 +42,7 @@ class Workspace:
 
     @property
     def civitai_token(self) -> str | None:
-        token = (self.config.get("api_credentials") or {}).get("civitai_token")
+        token = self._section("api_credentials").get("civitai_token")
         return token if isinstance(token, str) and token else None
 
 

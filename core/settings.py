@@ -7,6 +7,7 @@ Git config is read with one `git config` call (a few ms, no pygit2 import).
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 from collections.abc import Callable, Mapping
@@ -40,15 +41,21 @@ def _bool(value: str) -> bool:
 
 
 def _positive_int(value: str) -> int:
-    number = int(value.strip())
+    try:
+        number = int(value.strip())
+    except ValueError:
+        number = 0
     if number < 1:
         raise ValueError("expected a whole number of at least 1")
     return number
 
 
 def _seconds(value: str) -> float:
-    number = float(value.strip())
-    if number <= 0:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
         raise ValueError("expected a positive number of seconds")
     return number
 
@@ -57,8 +64,11 @@ def _rate(value: str) -> int:
     """Bytes per second; accepts suffixes K, M, G (binary), 0 = unlimited."""
     text = value.strip().upper().removesuffix("B").removesuffix("/S")
     scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
-    number = float(text[:-1] if scale != 1 else text)
-    if number < 0:
+    try:
+        number = float(text[:-1] if scale != 1 else text)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):
         raise ValueError("expected a rate like 50M (bytes per second) or 0")
     return int(number * scale)
 
