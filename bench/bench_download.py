@@ -210,63 +210,79 @@ def main() -> int:
 
 
 def unthrottled(bench: Bench, runs: int) -> None:
+    """Tools take turns in each round, so the (noisy) disk's drift hits them alike."""
     size = bench.size
     server = Server(bench.source)
+    python = comfydock_python()
+    curl: list[float] = []
+    cfd4: list[dict] = []
+    cfd1: list[dict] = []
+    cd: list[float] = []
     try:
         print("\n== unthrottled loopback ==")
-        curl = statistics.median(bench.timed(["curl", "-s", "-o", str(bench.out / "curl.bin"), server.url]) for _ in range(runs))
-        print(f"curl -o             {rate(size, curl)}")
-        results = [bench.cfd(server.url, 4) for _ in range(runs)]
-        engine = statistics.median(r["engine_s"] for r in results)
-        wall = statistics.median(r["wall_s"] for r in results)
-        rss = max(r["maxrss_kb"] for r in results) / 1024
-        print(f"cfd (4 conns)       {rate(size, engine)}  = {curl / engine:.2f} x curl   "
-              f"[process wall incl. Python start: {rate(size, wall)} = {curl / wall:.2f} x curl]")
-        single = [bench.cfd(server.url, 1) for _ in range(runs)]
-        engine1 = statistics.median(r["engine_s"] for r in single)
-        rss = max(rss, max(r["maxrss_kb"] for r in single) / 1024)
-        print(f"cfd (1 conn)        {rate(size, engine1)}  = {curl / engine1:.2f} x curl")
-        with open(bench.source, "rb") as handle:
-            from blake3 import blake3
-
-            digest = blake3(max_threads=blake3.AUTO)
-            while chunk := handle.read(8 * MIB):
-                digest.update(chunk)
-        full = bench.cfd(server.url, 4, blake3=digest.hexdigest())
-        print(f"cfd + full blake3   {rate(size, full['engine_s'])}  = {curl / full['engine_s']:.2f} x curl (one run)")
-        print(f"cfd peak RSS        {rss:.0f} MB")
-        python = comfydock_python()
-        if python is None:
-            print("comfydock-core      not installed (pip install comfydock-core==1.0.11, or set CFD_BENCH_COMFYDOCK_PYTHON); skipped")
-        else:
-            cd_runs = [r for r in (bench.comfydock(python, server.url) for _ in range(runs)) if r and r["ok"]]
-            if cd_runs:
-                cd = statistics.median(r["engine_s"] for r in cd_runs)
-                print(f"comfydock-core      {rate(size, cd)}  = {curl / cd:.2f} x curl; cfd = {cd / engine:.2f} x comfydock-core")
+        for _ in range(runs):
+            curl.append(bench.timed(["curl", "-s", "-o", str(bench.out / "curl.bin"), server.url]))
+            cfd4.append(bench.cfd(server.url, 4))
+            cfd1.append(bench.cfd(server.url, 1))
+            if python is not None:
+                result = bench.comfydock(python, server.url)
+                if result and result["ok"]:
+                    cd.append(result["engine_s"])
+        full = bench.cfd(server.url, 4, blake3=blake3_of(bench.source))
     finally:
         server.stop()
+    curl_s = statistics.median(curl)
+    engine = statistics.median(r["engine_s"] for r in cfd4)
+    wall = statistics.median(r["wall_s"] for r in cfd4)
+    engine1 = statistics.median(r["engine_s"] for r in cfd1)
+    rss = max(r["maxrss_kb"] for r in cfd4 + cfd1 + [full]) / 1024
+    print(f"curl -o             {rate(size, curl_s)}   runs: {', '.join(f'{t:.2f}' for t in curl)} s")
+    print(f"cfd (4 conns)       {rate(size, engine)}  = {curl_s / engine:.2f} x curl   runs: "
+          f"{', '.join(format(r['engine_s'], '.2f') for r in cfd4)} s")
+    print(f"  (process wall incl. Python start and imports: {rate(size, wall)} = {curl_s / wall:.2f} x curl)")
+    print(f"cfd (1 conn)        {rate(size, engine1)}  = {curl_s / engine1:.2f} x curl")
+    print(f"cfd + full blake3   {rate(size, full['engine_s'])}  = {curl_s / full['engine_s']:.2f} x curl (one run)")
+    print(f"cfd peak RSS        {rss:.0f} MB")
+    if python is None:
+        print("comfydock-core      not installed (pip install comfydock-core==1.0.11, or set CFD_BENCH_COMFYDOCK_PYTHON); skipped")
+    elif cd:
+        cd_s = statistics.median(cd)
+        print(f"comfydock-core      {rate(size, cd_s)}  = {curl_s / cd_s:.2f} x curl; cfd = {cd_s / engine:.2f} x comfydock-core")
+
+
+def blake3_of(path: Path) -> str:
+    from blake3 import blake3
+
+    digest = blake3(max_threads=blake3.AUTO)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 * MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def capped(bench: Bench, runs: int, throttle: float) -> None:
     size = bench.size
     print(f"\n== server capping each connection at {throttle / 1e6:.0f} MB/s ==")
     server = Server(bench.source, throttle)
+    aria = shutil.which("aria2c")
+    aria_runs: list[float] = []
+    cfd_runs: list[float] = []
     try:
-        aria = shutil.which("aria2c")
-        aria_time = None
-        if aria is None:
-            print("aria2c -x8          not installed (apt-get install -y aria2); skipped")
-        else:
-            command = [aria, "-x8", "-s8", "-q", "--allow-overwrite=true", "--auto-file-renaming=false",
-                       "-d", str(bench.out), "-o", "aria.bin", server.url]
-            aria_time = statistics.median(bench.timed(command) for _ in range(runs))
-            print(f"aria2c -x8          {rate(size, aria_time)}")
-        results = [bench.cfd(server.url, 8) for _ in range(runs)]
-        engine = statistics.median(r["engine_s"] for r in results)
-        ratio = f" = {aria_time / engine:.2f} x aria2c" if aria_time else ""
-        print(f"cfd (8 conns)       {rate(size, engine)}{ratio}")
+        for _ in range(runs):
+            if aria is not None:
+                aria_runs.append(bench.timed([aria, "-x8", "-s8", "-q", "--allow-overwrite=true", "--auto-file-renaming=false",
+                                              "-d", str(bench.out), "-o", "aria.bin", server.url]))
+            cfd_runs.append(bench.cfd(server.url, 8)["engine_s"])
     finally:
         server.stop()
+    engine = statistics.median(cfd_runs)
+    if aria is None:
+        print("aria2c -x8          not installed (apt-get install -y aria2); skipped")
+        print(f"cfd (8 conns)       {rate(size, engine)}")
+        return
+    aria_s = statistics.median(aria_runs)
+    print(f"aria2c -x8          {rate(size, aria_s)}")
+    print(f"cfd (8 conns)       {rate(size, engine)} = {aria_s / engine:.2f} x aria2c")
 
 
 def resume(bench: Bench) -> None:

@@ -633,3 +633,12 @@ def test_errors_never_leak_tokens_or_url_secrets(server: ModelServer, models_dir
     tokens = Tokens(hf="hf_supersecret", hf_origin="HF_TOKEN")
     outcome = one(make_job(data, url), models_dir, index_path, opts={"tokens": tokens, "hf_hosts": ("127.0.0.1",)})
     assert not outcome.success and "supersecret" not in outcome.error and "403" in outcome.error
+
+
+@pytest.mark.parametrize("connections", [1, 4])
+def test_server_with_another_size_is_refused(server: ModelServer, models_dir: Path, index_path: Path, connections: int) -> None:
+    data = generate_model_bytes(33, 12 * MIB)
+    url = server.add_file("/m", data[: 8 * MIB])  # the server's file is not the manifest's
+    outcome = one(make_job(data, url), models_dir, index_path, opts={"connections": connections})
+    assert not outcome.success and f"announces {8 * MIB} bytes where the manifest says {12 * MIB}" in outcome.error
+    assert not (models_dir / REL).exists() and len(server.requests) == 1
