@@ -1,9 +1,11 @@
 """Which models the manifest needs that this machine does not have.
 
 A model is missing when a resolved workflow entry names a hash with no indexed
-location existing on disk. Missing models are grouped by hash. Unresolved
-entries with sources are download intents; without sources (and not optional)
-they are "not found". `detect_missing_models` only reads.
+location existing on disk (even a hash the global table lacks: that is also a
+manifest problem, and such a model cannot be downloaded). Missing models are
+grouped by hash. Unresolved entries with sources are download intents; without
+sources (and not optional) they are "not found". `detect_missing_models` only
+reads.
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ def _order(info: MissingModelInfo) -> tuple[int, str]:
     return (-CRITICALITY_RANK[info.criticality], info.model.filename)
 
 
+def _described_by_workflows(model_hash: str, refs: list[WorkflowModelRef]) -> ManifestModel:
+    """A hash the global table lacks (a manifest problem, reported as such) is still a model
+    the workflows need: described by its workflow entries, without size or sources."""
+    ref = min(refs, key=lambda r: (r.filename, r.target_path))
+    return ManifestModel(model_hash, ref.filename, None, ref.target_path, ref.category)
+
+
 def detect_missing_models(
     manifest: Manifest, index: ModelIndex, hashes: Iterable[str] | None = None
 ) -> MissingReport:
@@ -70,7 +79,7 @@ def detect_missing_models(
     wanted = set(hashes) if hashes is not None else None
     needers: dict[str, list[WorkflowModelRef]] = {}
     for ref in manifest.refs:
-        if ref.is_resolved and ref.hash is not None and ref.hash in manifest.models:
+        if ref.is_resolved and ref.hash is not None:
             if wanted is None or ref.hash in wanted:
                 needers.setdefault(ref.hash, []).append(ref)
     present = index.present(needers)
@@ -78,7 +87,7 @@ def detect_missing_models(
     for model_hash, refs in needers.items():
         if model_hash in present:
             continue
-        model = manifest.models[model_hash]
+        model = manifest.models.get(model_hash) or _described_by_workflows(model_hash, refs)
         criticality = refs[0].criticality
         for ref in refs[1:]:
             criticality = stronger(criticality, ref.criticality)

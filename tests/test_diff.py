@@ -203,7 +203,7 @@ def test_dangling_hash_in_new_version_is_a_problem_not_a_crash() -> None:
     assert H4 in diff.newly_needed
     assert any(H4 in p for p in diff.new.problems)
     report = detect_missing_models(diff.new, _EmptyIndex(), diff.hashes_to_check)
-    assert report.missing == ()  # no global entry: reported as a problem, not as a download
+    assert [(m.hash, m.can_download) for m in report.missing] == [(H4, False)]  # needed, not downloadable
 
 
 def test_big_manifest_five_percent_new() -> None:

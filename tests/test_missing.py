@@ -129,11 +129,20 @@ def test_downloaded_intent_is_remembered_by_its_url(index: ModelIndex, models_di
     assert [r.filename for r in detect_missing_models(manifest, index).intents] == ["lora.safetensors"]
 
 
-def test_dangling_hash_is_a_problem_not_a_crash(index: ModelIndex) -> None:
+def test_dangling_hash_is_a_problem_and_an_unavailable_missing_model(index: ModelIndex) -> None:
     text = ManifestBuilder().ref("wf", "ghost.safetensors", "checkpoints", hash=H_GHOST, criticality="required").render()
-    report = detect_missing_models(parse_manifest(text.encode()), index)
-    assert report.missing == ()
+    manifest = parse_manifest(text.encode())
+    report = detect_missing_models(manifest, index)
     assert len(report.problems) == 1 and H_GHOST in report.problems[0]
+    (info,) = report.missing  # the workflow still needs it: not "in sync"
+    assert (info.hash, info.model.filename, info.model.relative_path) == (H_GHOST, "ghost.safetensors", "checkpoints/ghost.safetensors")
+    assert (info.can_download, info.is_required, info.model.size) == (False, True, None)
+    assert not report.in_sync and report.unavailable == (info,)
+    # The file is there after all (indexed under its hash): nothing is missing, the problem stays.
+    have_ghost = make_model(index.models_dir, "checkpoints/ghost.safetensors", 7, 64)
+    index.record_file(H_GHOST, "checkpoints/ghost.safetensors", size=64, mtime=have_ghost[1].stat().st_mtime)
+    report = detect_missing_models(manifest, index)
+    assert report.missing == () and report.in_sync and len(report.problems) == 1
 
 
 def test_required_models_come_first(index: ModelIndex) -> None:

@@ -1,0 +1,350 @@
+"""The real command line in a subprocess: `cfd status`, `cfd config`, `cfd index scan`, --help.
+
+Every malformed input must end as one clear `cfd: error:` line (plus a hint), exit 2,
+and never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cfd.cli.main import build_parser
+from cfd.core import __version__
+from cfd.core.marker import Marker, PendingEntry
+from cfd.core.settings import SPECS
+from helpers.gitscenario import run_git
+from helpers.manifest import ManifestBuilder, make_model
+
+HF = "https://huggingface.co/org/repo/resolve/main/"
+CIVITAI = "https://civitai.com/api/download/models/"
+
+
+def cfd(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cfd.cli.main", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit 2, one `cfd: error:` line (and at most a hint line), no traceback."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert lines and lines[0].startswith("cfd: error: "), result.stderr
+    assert len(lines) <= 2 and all(line.startswith("hint: ") for line in lines[1:]), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+class Env:
+    """One environment repo (.cec), its models dir and index, as a user has them."""
+
+    def __init__(self, root: Path, cfd_env: dict[str, str]) -> None:
+        self.repo = root / "env" / ".cec"
+        self.repo.mkdir(parents=True)
+        run_git("init", "-q", cwd=self.repo)
+        self.models = Path(cfd_env["CFD_MODELS_DIR"])
+        self.vars = cfd_env
+
+    def write(self, text: str | bytes) -> None:
+        path = self.repo / "pyproject.toml"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+
+    def run(self, *args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+        return cfd(*args, cwd=self.repo, env={**self.vars, **overrides})
+
+    def status_json(self) -> tuple[int, dict]:  # type: ignore[type-arg]
+        result = self.run("status", "--json")
+        assert result.stderr == "" or "warning" in result.stderr, result.stderr
+        return result.returncode, json.loads(result.stdout)
+
+
+@pytest.fixture
+def env(tmp_path: Path, cfd_env: dict[str, str]) -> Env:
+    return Env(tmp_path, cfd_env)
+
+
+def two_workflows(env: Env, present: bool) -> tuple[str, str]:
+    """wf1 and wf2 share checkpoint A (required in wf2); wf2 also wants LoRA B (no source)."""
+    a, _ = make_model(env.models, "checkpoints/a.safetensors", 1, 4096)
+    b, _ = make_model(env.models, "loras/b.safetensors", 2, 2048)
+    if not present:
+        (env.models / "checkpoints" / "a.safetensors").unlink()
+        (env.models / "loras" / "b.safetensors").unlink()
+    env.write(
+        ManifestBuilder()
+        .model(a, "a.safetensors", 4096, "checkpoints/a.safetensors", "checkpoints", [HF + "a.safetensors?token=SECRET"])
+        .model(b, "b.safetensors", 2048, "loras/b.safetensors", "loras", sources=None)
+        .ref("wf1", "a.safetensors", "checkpoints", hash=a, criticality="flexible")
+        .ref("wf2", "a.safetensors", "checkpoints", hash=a, criticality="required")
+        .ref("wf2", "b.safetensors", "loras", hash=b, criticality="optional", node_id="5", node_type="LoraLoader")
+        .render()
+    )
+    return a, b
+
+
+# --- exit codes and --json -------------------------------------------------------------
+
+
+def test_in_sync_exits_0(env: Env) -> None:
+    two_workflows(env, present=True)
+    scan = env.run("index", "scan")
+    assert scan.returncode == 0 and scan.stdout.startswith("2 file(s): 2 hashed"), scan
+    result = env.run("status")
+    assert result.returncode == 0, result
+    assert "In sync" in result.stdout
+    code, data = env.status_json()
+    assert code == 0 and data["in_sync"] is True and data["missing"] == []
+
+
+def test_missing_models_exit_1_with_the_contracted_json(env: Env) -> None:
+    a, b = two_workflows(env, present=False)
+    env.write((env.repo / "pyproject.toml").read_text() + (
+        '\n[[tool.comfydock.workflows.wf1.models]]\nfilename = "style.safetensors"\ncategory = "loras"\n'
+        f'criticality = "optional"\nstatus = "unresolved"\nsources = ["{CIVITAI}99"]\n'
+        'nodes = [{node_id = "9", node_type = "LoraLoader", widget_idx = 0, widget_value = "style.safetensors"}]\n'
+    ))
+    Marker(env.repo / ".git").write([PendingEntry(
+        key=a, filename="a.safetensors", relative_path="checkpoints/a.safetensors", size=4096,
+        sources=(HF + "a.safetensors?token=SECRET",), criticality="required", workflows=("wf1", "wf2"), reason="deferred",
+    )])
+    code, data = env.status_json()
+    assert code == 1
+    assert data["in_sync"] is False
+    assert {"in_sync", "missing", "intents", "problems", "pending"} <= set(data)
+    by_hash = {m["hash"]: m for m in data["missing"]}
+    assert by_hash[a] == {
+        "hash": a, "filename": "a.safetensors", "relative_path": "checkpoints/a.safetensors", "size": 4096,
+        "criticality": "required", "workflows": ["wf1", "wf2"], "can_download": True,
+        "sources": [HF + "a.safetensors?token=***"],  # secrets never printed
+    }
+    assert by_hash[b]["can_download"] is False and by_hash[b]["sources"] == []
+    assert [m["hash"] for m in data["missing"]] == [a, b]  # required first
+    (intent,) = data["intents"]
+    assert (intent["workflow"], intent["filename"], intent["relative_path"]) == ("wf1", "style.safetensors", "loras/style.safetensors")
+    assert data["problems"] == []
+    (pending,) = data["pending"]
+    assert pending["key"] == a and pending["reason"] == "deferred" and "SECRET" not in json.dumps(pending)
+    assert "SECRET" not in env.run("status").stdout
+
+
+def test_plain_text_when_not_a_terminal(env: Env) -> None:
+    two_workflows(env, present=False)
+    result = env.run("status")
+    assert result.returncode == 1
+    out = result.stdout
+    assert "\x1b[" not in out and "✅" not in out and "⬇" not in out
+    assert "- wf1 — 1 model(s) need downloading" in out
+    assert "- wf2 — 1 model(s) need downloading" in out
+    assert "required  checkpoints/a.safetensors (4.0 KiB)" in out
+    assert "loras/b.safetensors (2.0 KiB) — no source" in out
+    assert "Run `cfd repair`" in out
+
+
+def test_terminal_output_uses_comfydock_status_language(env: Env) -> None:
+    two_workflows(env, present=False)
+    main_fd, child_fd = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cfd.cli.main", "status"], cwd=env.repo, env=env.vars,
+            stdout=child_fd, stderr=subprocess.PIPE, timeout=60,
+        )
+        os.close(child_fd)
+        chunks = []
+        while True:
+            try:
+                data = os.read(main_fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(main_fd)
+    out = b"".join(chunks).decode()
+    assert proc.returncode == 1
+    assert "⬇️  wf1 — 1 model(s) need downloading" in out or "⬇️ wf1 — 1 model(s) need downloading" in out
+
+
+def test_empty_environment_is_in_sync(env: Env) -> None:
+    env.write('[project]\nname = "x"\n\n[tool.comfydock]\ncomfyui_version = "v0.3.40"\n')
+    result = env.run("status")
+    assert result.returncode == 0 and "No models or workflows" in result.stdout
+
+
+# --- malformed manifests: a located error, or a listed problem; never a traceback ------
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        pytest.param(b'[project]\nname = "x"\n<<<<<<< HEAD\n[tool.comfydock.models]\n=======\n>>>>>>> b\n',
+                     ("pyproject.toml:3: merge-conflict marker",), id="conflict-markers"),
+        pytest.param(b"[tool.comfydock.models\n", ("pyproject.toml: invalid TOML",), id="bad-toml"),
+        pytest.param(b'[project]\nname = "\xff\xfe"\n', ("pyproject.toml:2: not valid UTF-8",), id="invalid-utf8"),
+        pytest.param(b"[tool.comfydock]\n" + b"x = " + b"[" * 3000 + b"]" * 3000, ("pyproject.toml",), id="deep-nesting"),
+    ],
+)
+def test_unreadable_pyproject(env: Env, content: bytes, fragments: tuple[str, ...]) -> None:
+    env.write(content)
+    assert_clean_error(env.run("status"), *fragments)
+    assert_clean_error(env.run("status", "--json"), *fragments)
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        pytest.param('{filename = "a.safetensors", size = "big", sources = ["https://x/a"]}', "'size' must be a non-negative integer", id="wrong-type"),
+        pytest.param('{size = 10, sources = ["https://x/a"]}', "missing 'filename'", id="missing-field"),
+        pytest.param(None, "names hash dcf5f306c2a63465, which [tool.comfydock.models] lacks", id="dangling-hash"),
+    ],
+)
+def test_bad_entries_are_listed_problems(env: Env, entry: str | None, problem: str) -> None:
+    table = f"[tool.comfydock.models]\ndcf5f306c2a63465 = {entry}\n" if entry else ""
+    env.write(
+        f'[tool.comfydock]\n{table}\n[[tool.comfydock.workflows.wf1.models]]\nfilename = "a.safetensors"\n'
+        'category = "checkpoints"\nhash = "dcf5f306c2a63465"\n'
+    )
+    result = env.run("status")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.returncode == 1  # the workflow still needs a model this machine lacks
+    problem_lines = [line for line in result.stdout.splitlines() if problem in line]
+    assert len(problem_lines) == 1 and "pyproject.toml: [tool.comfydock." in problem_lines[0]
+    code, data = env.status_json()
+    assert code == 1 and any(problem in p for p in data["problems"])
+
+
+# --- errors in the setup ---------------------------------------------------------------
+
+
+def test_no_environment(tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    assert_clean_error(cfd("status", cwd=tmp_path, env=cfd_env), "no ComfyDock environment found")
+    assert_clean_error(cfd("status", "--env", str(tmp_path / "nope"), cwd=tmp_path, env=cfd_env), "does not exist")
+
+
+def test_missing_pyproject_after_all(env: Env) -> None:
+    # A repo found through its parent's .cec/ must hold pyproject.toml; here the env dir is given directly.
+    assert_clean_error(env.run("status"), "no ComfyDock environment found")
+
+
+def test_bad_setting(env: Env) -> None:
+    two_workflows(env, present=True)
+    assert_clean_error(env.run("status", CFD_JOBS="many"), "CFD_JOBS = 'many' is not valid")
+    run_git("config", "cfd.models", "some", cwd=env.repo)
+    assert_clean_error(env.run("status"), "cfd.models = 'some' is not valid")
+
+
+def test_no_models_dir_configured(env: Env) -> None:
+    two_workflows(env, present=True)
+    result = cfd("status", cwd=env.repo, env={k: v for k, v in env.vars.items() if k not in ("CFD_MODELS_DIR", "CFD_INDEX")})
+    assert_clean_error(result, "no models directory configured")
+
+
+def test_index_that_is_not_a_database(env: Env) -> None:
+    two_workflows(env, present=True)
+    Path(env.vars["CFD_INDEX"]).write_bytes(b"garbage" * 1000)
+    assert_clean_error(env.run("status"), "cannot open the model index")
+    assert_clean_error(env.run("index", "scan"), "cannot open the model index")
+
+
+def test_corrupt_pending_marker_is_a_warning_not_an_error(env: Env) -> None:
+    two_workflows(env, present=True)
+    env.run("index", "scan")
+    marker = env.repo / ".git" / "cfd" / "pending.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{not json")
+    result = env.run("status")
+    assert result.returncode == 0
+    assert "cfd: warning: the pending marker was corrupt" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- cfd index scan ----------------------------------------------------------------------
+
+
+def test_index_scan_json_and_rescan(env: Env) -> None:
+    env.write(ManifestBuilder().render())
+    make_model(env.models, "checkpoints/a.safetensors", 1, 4096)
+    first = json.loads(env.run("index", "scan", "--json").stdout)
+    assert first == {"files": 1, "hashed": 1, "unchanged": 0, "removed": 0, "errors": []}
+    second = json.loads(env.run("index", "scan", "--json").stdout)
+    assert (second["hashed"], second["unchanged"]) == (0, 1)
+
+
+# --- cfd config ----------------------------------------------------------------------------
+
+
+def test_config_shows_values_and_their_sources(env: Env) -> None:
+    two_workflows(env, present=True)
+    run_git("config", "cfd.models", "all", cwd=env.repo)
+    run_git("config", "--global", "cfd.onPull", "defer", cwd=env.repo)
+    result = env.run("config", CFD_JOBS="3")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("cfd.")}
+    assert lines["cfd.models"].split()[1:] == ["all", "[git", "config", "(local)]"]
+    assert lines["cfd.onPull"].split()[1:] == ["defer", "[git", "config", "(global)]"]
+    assert lines["cfd.jobs"].split()[1:] == ["3", "[env", "CFD_JOBS]"]
+    assert lines["cfd.retries"].endswith("[default]")
+    assert lines["cfd.modelsDir"].split()[1:] == [env.vars["CFD_MODELS_DIR"], "[env", "CFD_MODELS_DIR]"]
+    data = json.loads(env.run("config", "--json", CFD_JOBS="3").stdout)
+    rows = {row["key"]: row for row in data["settings"]}
+    assert rows["cfd.jobs"] == {"key": "cfd.jobs", "value": "3", "source": "env CFD_JOBS"}
+    assert {spec.key for spec in SPECS} == set(rows)
+
+
+def test_config_help_names_every_variable(env: Env) -> None:
+    result = env.run("config", "--help")
+    for spec in SPECS:
+        assert spec.key in result.stdout and spec.env in result.stdout
+
+
+def test_config_with_bad_value_is_a_clean_error(env: Env) -> None:
+    two_workflows(env, present=True)
+    assert_clean_error(env.run("config", CFD_ALLOW_PRIVATE_NETWORKS="perhaps"), "CFD_ALLOW_PRIVATE_NETWORKS = 'perhaps'")
+
+
+# --- --help and --version ------------------------------------------------------------------
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command a user can see in some --help (hidden plumbing like `hook-run` aside)."""
+    found = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            listed = {choice.dest for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if name in listed:
+                    found += _commands(sub, prefix + (name,))
+    return found
+
+
+COMMANDS = _commands(build_parser())
+
+
+def test_the_contracted_commands_exist() -> None:
+    assert {(), ("status",), ("config",), ("index",), ("index", "scan")} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "cfd")
+def test_help(command: tuple[str, ...], tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    result = cfd(*command, "--help", cwd=tmp_path, env=cfd_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: cfd{' ' if command else ''}{' '.join(command)}")
+    assert result.stderr == ""
+
+
+def test_version(tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    result = cfd("--version", cwd=tmp_path, env=cfd_env)
+    assert (result.returncode, result.stdout.strip()) == (0, f"cfd {__version__}")
+
+
+def test_unknown_command_is_a_usage_error(tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    result = cfd("statsu", cwd=tmp_path, env=cfd_env)
+    assert result.returncode == 2 and "invalid choice" in result.stderr and "Traceback" not in result.stderr
