@@ -358,7 +358,11 @@ class ModelsWatcher:
             if location and location.size == info.st_size and location.mtime == info.st_mtime:
                 self.on_indexed(self._index, location.model_hash, relative_path)  # indexed by someone else (the engine)
                 continue
-            self._hash(relative_path, info, known)
+            try:
+                self._hash(relative_path, info, known)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stall the rest of the batch
+                log.exception("cannot index %s", relative_path)
+                self.board.error(f"cannot index {relative_path}: {exc}")
 
     def _adopt(self, relative_path: str, info: os.stat_result, known: dict[str, Location]) -> bool:
         """A file whose size and exact mtime match an indexed location whose file is gone
@@ -380,8 +384,8 @@ class ModelsWatcher:
             if (self.models_dir / moved_from.relative_path).exists():
                 continue
             with self._index.transaction():
-                self._index.remove_moved_from(moved_from.relative_path)
-                self._index.add_moved_from(moved_from.model_hash, relative_path, info.st_mtime)
+                self._index.remove_location(moved_from.relative_path)
+                self._index.add_location(moved_from.model_hash, relative_path, info.st_mtime)
             known.pop(moved_from.relative_path, None)
             known[relative_path] = Location(moved_from.model_hash, relative_path, info.st_mtime, info.st_size)
             self.board.incr("moved")

@@ -133,6 +133,21 @@ def test_files_changed_while_no_agent_ran_are_caught_up_at_start(scenario, model
     assert locations(models_dir) == {"new.safetensors": new_hash}
 
 
+def test_file_moved_while_no_agent_ran_keeps_its_hash(scenario, models_dir, agent_env, agents):
+    repo = make_env_repo(scenario)
+    agent = agents(repo, models_dir)
+    model_hash, path = make_model(models_dir, "a/one.safetensors", seed=12, size=MIB)
+    wait_for(lambda: "a/one.safetensors" in locations(models_dir), what="indexed")
+    assert agent.stop() == 0
+    (models_dir / "b").mkdir()
+    os.rename(path, models_dir / "b" / "renamed.safetensors")
+    os.utime(models_dir / "b", (time.time() - 60, time.time() - 60))
+    agent = agents(repo, models_dir)
+    assert locations(models_dir) == {"b/renamed.safetensors": model_hash}
+    wait_for(lambda: agent.stats().get("moved") == 1, what="adopted as a move")
+    assert "hashed" not in agent.stats()
+
+
 def test_a_burst_of_files_is_indexed(scenario, models_dir, agent_env, agents, tmp_path):
     repo = make_env_repo(scenario)
     agent = agents(repo, models_dir)
