@@ -130,6 +130,7 @@ class DownloadOptions:
     segment_min: int = 32 * MIB  # a file is split only into segments at least this big
     chunk_size: int = MIB  # most bytes per read; 4 MiB reads cost glibc heap growth (RSS) and no speed
     checkpoint_bytes: int = 4 * MIB  # sidecar saved after this much progress: a kill loses at most this
+    flush_bytes: int = 64 * MIB  # write back to disk in the background every so often (0: only at the end)
     max_redirects: int = 10
     max_rate: int = 0  # bytes/s over all downloads; 0 = unlimited
     user_agent: str = "cfd/0.1"
@@ -373,6 +374,41 @@ class _FullHash:
         return (self.b3.hexdigest() if self.b3 else None, self.s256.hexdigest() if self.s256 else None)
 
 
+class _Flusher:
+    """Writes a file's dirty pages back while the download goes on.
+
+    Without it a multi-GB file sits in the page cache (the kernel waits for 10 % of
+    RAM to be dirty) and the final fsync writes all of it, after the network is done.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.wanted = threading.Event()
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, name="cfd-flush", daemon=True)
+        self.thread.start()
+
+    def poke(self) -> None:
+        self.wanted.set()
+
+    def _run(self) -> None:
+        sync = getattr(os, "fdatasync", os.fsync)
+        while True:
+            self.wanted.wait()
+            self.wanted.clear()
+            if self.closing:
+                return
+            try:
+                sync(self.fd)
+            except OSError:
+                return  # the final fsync reports real trouble
+
+    def close(self) -> None:
+        self.closing = True
+        self.wanted.set()
+        self.thread.join()
+
+
 def _parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
     match = re.match(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", value or "")
     if not match:
@@ -459,6 +495,8 @@ class _Transfer:
         self.unsaved = 0
         self.last_progress = 0.0
         self.fd = -1
+        self.unflushed = 0
+        self.flusher: _Flusher | None = None
         self.state: _State
         self.hasher: StreamingShortHasher | None = None
         self.full: _FullHash | None = None
@@ -471,6 +509,8 @@ class _Transfer:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         self.engine.register(self)
+        if self.options.flush_bytes > 0:
+            self.flusher = _Flusher(self.fd)
         try:
             loaded = _State.load(self.sidecar, self.shown, self.job.size, os.fstat(self.fd).st_size)
             if loaded is None:
@@ -487,6 +527,8 @@ class _Transfer:
             return self._verify()
         finally:
             self.engine.unregister(self)
+            if self.flusher is not None:
+                self.flusher.close()
             os.close(self.fd)
 
     def discard(self) -> None:
@@ -560,6 +602,10 @@ class _Transfer:
             if self.unsaved >= self.options.checkpoint_bytes:
                 self.unsaved = 0
                 self._save()
+            self.unflushed += n
+            if self.flusher is not None and self.unflushed >= self.options.flush_bytes:
+                self.unflushed = 0
+                self.flusher.poke()
             done, now = self.state.done, time.monotonic()
             report = now - self.last_progress >= 0.1
             if report:
@@ -719,14 +765,11 @@ class _Transfer:
             if any(f.exception() for f in done):
                 self.stop.set()
                 self.abort()
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        for kind in (_Cancelled, _DiskError, _Failure, _Restart):
-            for exc in errors:
-                if isinstance(exc, kind):
-                    raise exc
-        for exc in errors:
-            if not isinstance(exc, _Stopped):
-                raise exc
+        errors = [e for e in (f.exception() for f in futures) if e is not None and not isinstance(e, _Stopped)]
+        if errors:
+            # The most telling first: a cancel, a disk error, a lying server, then a restart.
+            order = (_Cancelled, _DiskError, _Failure, _Restart)
+            raise min(errors, key=lambda e: next((i for i, k in enumerate(order) if isinstance(e, k)), len(order)))
 
     def _worker(self, queue: list[int], first_index: int, first: list[requests.Response]) -> None:
         """One connection: take the next pending segment; when none is left, split the biggest rest."""
@@ -961,8 +1004,10 @@ class _Engine:
             try:
                 resp = self.session.get(url, headers=sent, stream=True, allow_redirects=False,
                                         timeout=(opts.connect_timeout, opts.stall_timeout))
-            except requests.RequestException as exc:
+            except (requests.ConnectionError, requests.Timeout) as exc:
                 raise _Failure(f"{parts.hostname}: {_network_reason(exc)}", retry=True) from None
+            except requests.RequestException as exc:
+                raise _Failure(f"{shown}: {_network_reason(exc)}") from None
             if resp.status_code in _REDIRECTS and resp.headers.get("Location"):
                 url = urljoin(url, resp.headers["Location"])
                 resp.close()
@@ -1210,6 +1255,10 @@ def download_models(
                 engine.abort_all()
         for future, i in futures.items():
             outcomes[i] = future.result()
+    except BaseException:
+        cancel.set()  # never wait below for transfers nobody will collect
+        engine.abort_all()
+        raise
     finally:
         pool.shutdown(wait=True)
         engine.close()

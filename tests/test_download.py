@@ -642,3 +642,17 @@ def test_server_with_another_size_is_refused(server: ModelServer, models_dir: Pa
     outcome = one(make_job(data, url), models_dir, index_path, opts={"connections": connections})
     assert not outcome.success and f"announces {8 * MIB} bytes where the manifest says {12 * MIB}" in outcome.error
     assert not (models_dir / REL).exists() and len(server.requests) == 1
+
+
+def test_unreachable_source_falls_through_to_the_next(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/m"
+    data = generate_model_bytes(34, MIB)
+    good = server.add_file("/m", data)
+    outcome = one(make_job(data, dead), models_dir, index_path, opts={"retries": 2})
+    assert not outcome.success and "connection refused" in outcome.error and "2 attempts" in outcome.error
+    outcome = one(make_job(data, dead, good), models_dir, index_path, opts={"retries": 2})
+    assert outcome.success and outcome.source == good
