@@ -5,8 +5,8 @@ mode, or our own HEAD sync), `interrupted` and `failed` (retried with
 exponential backoff). What to fetch is re-derived from the working manifest, so
 sources are the real URLs (the marker keeps redacted ones). Downloads go
 through `core.repair.sync_models` (the engine runs `cfd.jobs` at a time and
-resumes `.part` files, so a restart resumes); `cfd.agent.maxRate` is enforced
-here by back-pressure in the progress callback (see `rate_limited`). A marker write (from a hook, or
+resumes `.part` files, so a restart resumes); `cfd.agent.maxRate` is handed to
+the engine's own rate limiter. A marker write (from a hook, or
 `cfd repair`) wakes the queue through a watch on `<git_dir>/cfd`.
 """
 
@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from dataclasses import replace
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -44,39 +43,11 @@ def lock_path(models_dir: Path, key: str) -> Path:
     return models_dir / ".cfd" / "locks" / f"{staging_name(key)}.lock"
 
 
-def rate_limited(env: Environment, max_rate: int) -> Environment:
-    """sync_models builds the engine's options from settings and has no max_rate knob, so
-    the cap is applied in the progress callback; one connection per file makes that
-    callback's thread the only reader of each file, so sleeping there caps the rate."""
-    if max_rate <= 0:
-        return env
-    return replace(env, settings=env.settings.with_value("cfd.connections", 1, "agent (cfd.agent.maxRate)"))
-
-
-class Throttle:
-    """Shared byte budget for all downloads; sleeping in the callback slows the socket reads."""
-
-    def __init__(self, rate: int, cancel: threading.Event) -> None:
-        self.rate, self.cancel = rate, cancel
-        self._lock = threading.Lock()
-        self._next = time.monotonic()
-
-    def consume(self, amount: int) -> None:
-        if self.rate <= 0 or amount <= 0:
-            return
-        with self._lock:
-            now = time.monotonic()
-            self._next = max(self._next, now - 1.0) + amount / self.rate  # at most 1 s of burst credit
-            delay = self._next - now
-        if delay > 0:
-            self.cancel.wait(delay)
-
-
 class Progress:
     """ComfyDock's BatchDownloadCallbacks shape, rendered into the status file."""
 
-    def __init__(self, board: StatusBoard, throttle: Throttle) -> None:
-        self.board, self.throttle = board, throttle
+    def __init__(self, board: StatusBoard) -> None:
+        self.board = board
         self._files: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
 
@@ -93,7 +64,6 @@ class Progress:
         now = time.monotonic()
         with self._lock:
             state = self._files.setdefault(filename, {"seen": 0.0, "t": now, "speed": 0.0, "shown": 0.0})
-            # A resumed part counts once against the budget: a little slower, never faster.
             delta = max(0, downloaded - int(state["seen"]))
             elapsed = now - state["t"]
             if delta and elapsed > 0:
@@ -110,7 +80,6 @@ class Progress:
                 filename,
                 {"file": filename, "downloaded": downloaded, "total": total, "percent": percent, "speed": int(speed)},
             )
-        self.throttle.consume(delta)
 
     def on_file_complete(self, filename: str, success: bool, error: str | None) -> None:
         with self._lock:
@@ -155,7 +124,7 @@ class BackgroundQueue:
         self.cancel = cancel
         self.retry_base, self.retry_max, self.debounce = retry_base, retry_max, debounce
         self.max_rate = max_rate
-        self.progress = Progress(board, Throttle(max_rate, cancel))
+        self.progress = Progress(board)
         self._sync = sync
         self._attempts: dict[str, int] = {}
         self._cond = threading.Condition()
@@ -258,7 +227,9 @@ class BackgroundQueue:
             return
         log.info("background: %d model(s) for %s", len(wanted), env.repo)
         sync = self._sync or sync_models
-        result = sync(rate_limited(env, self.max_rate), models, intents, callbacks=self.progress, cancel=self.cancel, trigger="agent")
+        result = sync(
+            env, models, intents, callbacks=self.progress, cancel=self.cancel, trigger="agent", max_rate=self.max_rate
+        )
         failed = {filename for filename, _ in result.models_failed}
         for model in models:
             self._count(model.hash, model.model.filename in failed)

@@ -153,6 +153,7 @@ def _download(
     jobs: list[DownloadJob],
     callbacks: DownloadCallbacks | None,
     cancel: threading.Event | None,
+    max_rate: int = 0,
 ) -> list[DownloadOutcome]:
     from .download import DownloadOptions, DownloadOutcome, download_models
 
@@ -161,7 +162,7 @@ def _download(
             jobs,
             models_dir=env.models_dir,
             index_path=env.index_path,
-            options=DownloadOptions.from_settings(env),
+            options=DownloadOptions.from_settings(env, **({"max_rate": max_rate} if max_rate else {})),
             callbacks=callbacks,
             cancel=cancel,
         )
@@ -211,15 +212,18 @@ def sync_models(
     cancel: threading.Event | None = None,
     trigger: str = "",
     warn: Warn | None = None,
+    max_rate: int = 0,
 ) -> SyncResult:
-    """Download `models` and `intents`; failures and interruptions go to the marker, successes leave it."""
+    """Download `models` and `intents`; failures and interruptions go to the marker, successes leave it.
+
+    `max_rate` (bytes/s over all files, 0 = unlimited) is the agent's `cfd.agent.maxRate`."""
     jobs = jobs_from(models, intents)
     if not jobs:
         return SyncResult([], [], [])
     marker = Marker(env.git_dir, warn)
     base = {entry.key: entry for entry in pending_entries(models, intents, "failed", trigger)}
     try:
-        outcomes = _download(env, jobs, callbacks, cancel)
+        outcomes = _download(env, jobs, callbacks, cancel, max_rate)
     except KeyboardInterrupt:
         marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
         raise
