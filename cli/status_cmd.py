@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cfd.core.status import StatusReport, compute_status
 
@@ -25,11 +26,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     report = compute_status(environment(args), warn)
+    agent = agent_status(report)
     if args.json:
-        print_json(report.to_json())
+        print_json({**report.to_json(), "agent": agent})
     else:
         print_status(report, fancy=is_terminal())
+        print_agent(agent)
     return 0 if report.in_sync else 1
+
+
+def agent_status(report: StatusReport) -> dict[str, Any] | None:
+    """What the background agent for this models dir is doing (None: never ran)."""
+    from cfd.agent.control import agent_status_for
+
+    try:
+        return agent_status_for(report.env.models_dir)
+    except (OSError, ValueError):
+        return None
+
+
+def print_agent(agent: dict[str, Any] | None) -> None:
+    if not agent or not agent.get("running"):
+        return
+    downloads = agent.get("downloads") or []
+    if not downloads:
+        print(f"Agent: running (pid {agent.get('pid', '?')}), idle.")
+        return
+    print(f"Agent: running (pid {agent.get('pid', '?')}), downloading:")
+    for item in downloads:
+        percent = item.get("percent")
+        speed = item.get("speed") or 0
+        print(f"    {item.get('file')} {'' if percent is None else f'{percent:.0f}% '}at {human_size(int(speed))}/s")
 
 
 def print_status(status: StatusReport, fancy: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import plistlib
 import subprocess
@@ -35,6 +36,11 @@ def test_two_starts_give_one_agent_and_stop_ends_it(scenario, models_dir, agent_
         shown = cfd("agent", "status", cwd=repo)
         assert shown.returncode == 0 and f"running (pid {status['pid']})" in shown.stdout
         assert str(paths.log) in shown.stdout
+        # `cfd status` tells the truth about the agent too.
+        overall = cfd("status", cwd=repo)
+        assert f"Agent: running (pid {status['pid']}), idle." in overall.stdout
+        overall_json = json.loads(cfd("status", "--json", cwd=repo).stdout)
+        assert overall_json["agent"]["running"] is True and overall_json["agent"]["pid"] == status["pid"]
     finally:
         stopped = cfd("agent", "stop", cwd=repo)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
@@ -47,6 +53,7 @@ def test_two_starts_give_one_agent_and_stop_ends_it(scenario, models_dir, agent_
 
     summary = agent_status_for(models_dir)
     assert summary["running"] is False and summary["state"] == "stopped"
+    assert "Agent:" not in cfd("status", cwd=repo).stdout
 
 
 def test_a_missing_models_dir_is_a_config_error(scenario, agent_env, tmp_path, monkeypatch):
