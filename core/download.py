@@ -379,10 +379,15 @@ class _Flusher:
 
     Without it a multi-GB file sits in the page cache (the kernel waits for 10 % of
     RAM to be dirty) and the final fsync writes all of it, after the network is done.
+    On Linux POSIX_FADV_DONTNEED starts write-back without forcing a journal commit
+    (measured ~1.5x faster than periodic fdatasync here) and drops pages already
+    written, so a 6 GB download does not evict everything else from the cache. When
+    the file will be read back (a full-hash pass) the pages are kept: fdatasync.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, keep_cached: bool) -> None:
         self.fd = fd
+        self.drop = not keep_cached and hasattr(os, "posix_fadvise")
         self.wanted = threading.Event()
         self.closing = False
         self.thread = threading.Thread(target=self._run, name="cfd-flush", daemon=True)
@@ -399,7 +404,10 @@ class _Flusher:
             if self.closing:
                 return
             try:
-                sync(self.fd)
+                if self.drop:
+                    os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                else:
+                    sync(self.fd)
             except OSError:
                 return  # the final fsync reports real trouble
 
@@ -510,7 +518,7 @@ class _Transfer:
         self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         self.engine.register(self)
         if self.options.flush_bytes > 0:
-            self.flusher = _Flusher(self.fd)
+            self.flusher = _Flusher(self.fd, keep_cached=self.full is not None)
         try:
             loaded = _State.load(self.sidecar, self.shown, self.job.size, os.fstat(self.fd).st_size)
             if loaded is None:
