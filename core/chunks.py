@@ -25,6 +25,7 @@ import tomllib
 from collections import Counter, defaultdict
 from typing import Any
 
+from . import fasttoml
 from .diff import ManifestDiff, partial_manifest
 from .manifest import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, stronger
 
@@ -210,6 +211,9 @@ def _compare(old: list[str], new: list[str]) -> tuple[list[str], list[str], list
 def _parse(text: str) -> dict[str, Any]:
     if text.endswith("\r"):
         text += "\n"  # a CRLF document cut before its "\n["
+    fast = fasttoml.loads(text)
+    if fast is not None:
+        return fast
     try:
         return tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError):
@@ -253,6 +257,24 @@ class _Side:
 
     def add_line(self, line: str) -> None:
         self.add(_MODELS_LINE + line)
+
+    def add_all(self, pieces: list[str], lines: list[str]) -> None:
+        """The changed pieces and model lines of one version, read in one parse.
+
+        They are parts of one valid document, so together they are one too (the
+        lines before the first header first, model lines under their header).
+        """
+        roots = [piece for piece in pieces if piece.startswith("\n")]
+        tables = [piece for piece in pieces if not piece.startswith("\n")]
+        for piece in tables:
+            if piece.startswith("["):
+                _header(piece)  # a "[" line that is no header cannot be read on its own
+        heads = [line for line in lines if line.lstrip().startswith("[")]  # the models table's own first line
+        models = [line for line in lines if not line.lstrip().startswith("[")]
+        if models and not heads:
+            heads = [_MODELS_LINE[:-1]]
+        if roots or tables or heads:
+            self.add("\n".join(roots + tables + heads + models))
 
     def by_hash(self) -> dict[str, list[WorkflowModelRef]]:
         grouped: dict[str, list[WorkflowModelRef]] = defaultdict(list)
@@ -301,14 +323,8 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
         raise ChunkFallback  # let the full reader name the conflict marker
 
     old_side, new_side = _Side(old_label), _Side(new_label)
-    for side, pieces, lines in ((old_side, only_old, old_lines), (new_side, only_new, new_lines)):
-        for piece in pieces:
-            if piece.startswith("["):
-                _header(piece)  # a "[" line that is no header cannot be read on its own
-            side.add(piece)
-        for line in lines:
-            # The first line holds the table header: it parses as it is.
-            side.add(line) if line.lstrip().startswith("[") else side.add_line(line)
+    old_side.add_all(only_old, old_lines)
+    new_side.add_all(only_new, new_lines)
 
     # Unchanged workflow entries, found by the hash they name (parsed on demand).
     old_by_hash, new_by_hash = old_side.by_hash(), new_side.by_hash()

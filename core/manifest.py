@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import fasttoml
 from .errors import ManifestError
 
 CRITICALITY_RANK = {"optional": 1, "flexible": 2, "required": 3}
@@ -129,6 +130,9 @@ def decode_toml(data: bytes, label: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ManifestError(f"{label}:{line}: not valid UTF-8", "save pyproject.toml as UTF-8") from None
+    fast = fasttoml.loads(text)  # ComfyDock's usual layout, several times faster; None when unsure
+    if fast is not None:
+        return fast
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -22,6 +22,7 @@ from comfydock_core.models.manifest import ManifestWorkflowModel as CDWorkflowMo
 from comfydock_core.models.workflow import WorkflowNodeWidgetRef  # noqa: E402
 from comfydock_core.repositories.model_repository import ModelRepository  # noqa: E402
 
+from cfd.core import fasttoml  # noqa: E402
 from cfd.core.diff import diff_manifest_bytes, diff_manifests  # noqa: E402
 from cfd.core.index import ModelIndex  # noqa: E402
 from cfd.core.manifest import parse_manifest  # noqa: E402
@@ -218,6 +219,7 @@ def test_pyproject_written_by_comfydock_parses_to_the_same_records(tmp_path: Pat
     manager = comfydock_pyproject(path, with_second_workflow=True)
     manifest = parse_manifest(path.read_bytes(), str(path))
     assert manifest.problems == ()
+    assert fasttoml.loads(path.read_text()) is not None  # ComfyDock's layout takes the fast reader
     theirs = {m.hash: m for m in manager.models.get_all()}
     assert set(manifest.models) == set(theirs)
     for model_hash, model in manifest.models.items():

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import random
+import tomllib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cfd.core import fasttoml
 from cfd.core.errors import ManifestError
 from cfd.core.manifest import EMPTY_MANIFEST, parse_manifest
-from helpers.manifest import ManifestBuilder
+from helpers.manifest import ManifestBuilder, big_manifest
+from test_diff import random_doc  # the manifest generator of the differential-diff property
 
 H1, H2, H3 = "dcf5f306c2a63465", "0123456789abcdef", "fedcba9876543210"
 LABEL = "/env/.cec/pyproject.toml"
@@ -256,3 +262,72 @@ def test_dangling_hash_is_a_problem_naming_workflow_file_and_hash() -> None:
 def test_resolved_entry_without_hash() -> None:
     problems = problems_of('[[tool.comfydock.workflows.wf.models]]\nfilename = "a.safetensors"\nstatus = "resolved"\n')
     assert problems == [f"{LABEL}: [tool.comfydock.workflows.wf.models[0]] 'a.safetensors' is resolved but has no hash"]
+
+
+# --- the fast reader (core/fasttoml.py): tomllib's answer or none ------------------------
+
+_JUNK = ["=", ",", "[", "]", "{", "}", "1", "a", "-", '"', "\n", " ", "#", "'", ".", "\\", "\t", "true", "-0", "01",
+         "1e5", "1.5", "+1", "1_0", "nan", "NaN", "= 1", ", a = 1", "{}", "[]", "\n\n", "x = [1,\n2]\n", "y = {a = 1}\n",
+         "\nz = [{a = [1]}]", "[[", "]]", "\n[tool.comfydock.models]\n", "\n[[tool.comfydock.workflows.wf1.models]]\n",
+         "\n[tool.comfydock.workflows]\nx = 1\n", "models.a = 1\n", "é", "99999999999999999999999"]
+
+
+def _same_document(fast: dict, reference: dict) -> bool:  # type: ignore[type-arg]
+    def workflows(doc: dict) -> list[str] | None:  # type: ignore[type-arg]
+        found = doc.get("tool", {}).get("comfydock", {}).get("workflows")
+        return list(found) if isinstance(found, dict) else None
+
+    return fast == reference and workflows(fast) == workflows(reference)  # workflow order is status order
+
+
+@settings(max_examples=400, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), damage=st.integers(0, 3))
+def test_fast_reader_gives_tomllibs_answer_or_none(seed: int, damage: int) -> None:
+    rng = random.Random(seed)
+    doc = random_doc(rng)
+    if rng.random() < 0.7:  # mostly ComfyDock's own layout, which the fast path takes
+        doc.description, doc.crlf, doc.inline_workflows = False, False, set()
+        for model in doc.models.values():
+            model.style, model.comment = "inline", None
+    text = doc.render()
+    for _ in range(damage):
+        at = rng.randrange(len(text) + 1)
+        text = text[:at] + rng.choice(_JUNK) + text[at + rng.choice([0, 0, 1, 3]):]
+    fast = fasttoml.loads(text)
+    try:
+        reference = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        assert fast is None, text
+        return
+    assert fast is None or _same_document(fast, reference), text
+
+
+def test_fast_reader_takes_comfydocks_layout() -> None:
+    old, new = big_manifest(300, 30, 5, new_fraction=0.1)
+    for text in (old, new):
+        fast = fasttoml.loads(text)
+        assert fast is not None and _same_document(fast, tomllib.loads(text))
+    assert fasttoml.loads(SPEC_EXAMPLE.decode()) is None  # comments: tomllib reads it
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[tool.comfydock.models]\nabc = {filename = "a", filename = "b"}\n',  # duplicate key
+        '[tool.comfydock.models]\nabc = {filename = "a"}\nabc = {filename = "b"}\n',
+        '[tool.comfydock.models]\nabc = {filename = "a", size = 1\n}\n',  # newline inside an inline table
+        '[[tool.comfydock.workflows.w.models]]\nsize = 1 2\n',
+        '[[tool.comfydock.workflows.w.models]]\nsize = 1, x = 2\n',
+        '[[tool.comfydock.workflows.w.models]]\nx = [1\n2]\n',
+        '[tool.comfydock]\nmodels = {}\n[tool.comfydock.models]\nabc = {filename = "a"}\n',
+        '[tool.comfydock.workflows]\nw = {path = "x"}\n[[tool.comfydock.workflows.w.models]]\nfilename = "a"\n',
+        '[tool.comfydock.models]\nabc = {size = NaN}\n',
+        '[tool.comfydock.models]\nabc = {filename = "a\x7f"}\n',
+    ],
+)
+def test_fast_reader_never_accepts_what_tomllib_rejects(text: str) -> None:
+    with pytest.raises(tomllib.TOMLDecodeError):
+        tomllib.loads(text)
+    assert fasttoml.loads(text) is None
+    with pytest.raises(ManifestError):
+        parse_manifest(text.encode())
