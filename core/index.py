@@ -90,6 +90,7 @@ class ModelIndex:
         self.db_path = Path(db_path)
         self.models_dir = Path(models_dir)
         self.base_directory = str(self.models_dir.resolve())
+        self._root = str(self.models_dir)
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -164,16 +165,27 @@ class ModelIndex:
     def locations_of(self, hashes: Iterable[str]) -> dict[str, list[Location]]:
         wanted = list(dict.fromkeys(hashes))
         found: dict[str, list[Location]] = {}
-        for start in range(0, len(wanted), 500):
-            batch = wanted[start : start + 500]
-            marks = ",".join("?" * len(batch))
+        query = (
+            "SELECT l.model_hash, l.relative_path, l.mtime, m.file_size FROM model_locations l "
+            "JOIN models m ON m.hash = l.model_hash WHERE +l.base_directory = ? AND l.model_hash IN ({})"
+        )  # unary +: look rows up by hash, not by scanning every location of the directory per batch
+        if len(wanted) > 2000:
+            # Most of the directory anyway (`cfd status`): one pass over it is cheaper.
+            wanted_set = set(wanted)
             rows = self._conn.execute(
                 "SELECT l.model_hash, l.relative_path, l.mtime, m.file_size FROM model_locations l "
-                f"JOIN models m ON m.hash = l.model_hash WHERE l.base_directory = ? AND l.model_hash IN ({marks})",
-                (self.base_directory, *batch),
+                "JOIN models m ON m.hash = l.model_hash WHERE l.base_directory = ?",
+                (self.base_directory,),
             )
             for row in rows:
-                found.setdefault(row[0], []).append(Location(row[0], row[1], row[2], row[3]))
+                if row[0] in wanted_set:
+                    found.setdefault(row[0], []).append(Location(*row))
+            return found
+        for start in range(0, len(wanted), 500):
+            batch = wanted[start : start + 500]
+            rows = self._conn.execute(query.format(",".join("?" * len(batch))), (self.base_directory, *batch))
+            for row in rows:
+                found.setdefault(row[0], []).append(Location(*row))
         return found
 
     def present(self, hashes: Iterable[str]) -> dict[str, str]:
@@ -188,7 +200,7 @@ class ModelIndex:
 
     def _exists(self, location: Location) -> bool:
         try:
-            return os.stat(self.models_dir / location.relative_path).st_size == location.size
+            return os.stat(os.path.join(self._root, location.relative_path)).st_size == location.size
         except OSError:
             return False
 
