@@ -64,7 +64,9 @@ def print_status(status: StatusReport, fancy: bool) -> None:
     report = status.report
     print(f"Environment: {status.env.repo}")
     print(f"Models:      {status.env.models_dir}")
-    if not status.manifest.workflows and not status.manifest.models:
+    if not status.manifest.has_comfydock and not status.manifest.problems:
+        print("pyproject.toml has no [tool.comfydock] table: not a ComfyDock environment, nothing to sync.")
+    elif not status.manifest.workflows and not status.manifest.models:
         print("No models or workflows in pyproject.toml.")
     for workflow in status.workflows:
         if workflow.ok:

@@ -180,6 +180,13 @@ def test_empty_environment_is_in_sync(env: Env) -> None:
     assert result.returncode == 0 and "No models or workflows" in result.stdout
 
 
+def test_a_plain_python_project_is_named_as_such(env: Env) -> None:
+    env.write('[project]\nname = "x"\n')
+    result = env.run("status")
+    assert result.returncode == 0
+    assert "no [tool.comfydock] table: not a ComfyDock environment" in result.stdout
+
+
 # --- malformed manifests: a located error, or a listed problem; never a traceback ------
 
 
