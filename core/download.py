@@ -9,7 +9,9 @@ into the models directory:
   (source, validator, size, per-segment progress); a later run resumes with
   `Range` + `If-Range` and accepts only a 206 that starts where we are;
 * several files at once (`jobs`), and a large file split into ranges fetched on
-  several connections (`connections`) when the server honours ranges;
+  several connections (`connections`) when the server honours ranges; an idle
+  connection takes over half of the biggest remaining range (no slow tail);
+* write-back starts in the background, so the final fsync finds little left to do;
 * the short hash is computed from the bytes as they arrive; a full blake3/sha256
   from the manifest is checked too; a mismatch discards the data and names the source;
 * fsync, then a no-clobber move into place; the index records model, location and source;
