@@ -143,7 +143,7 @@ def test_good_unusual_values(repo: Path) -> None:
 # --- finding the environment and its workspace ----------------------------------------
 
 
-def test_environment_found_from_a_subdirectory(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_found_from_a_subdirectory(repo: Path) -> None:
     (repo / "workflows").mkdir()
     env = open_environment(repo / "workflows", environ={"CFD_MODELS_DIR": "/m"})
     assert env.repo == repo.resolve()

@@ -237,8 +237,8 @@ def test_no_environment(tmp_path: Path, cfd_env: dict[str, str]) -> None:
     assert_clean_error(cfd("status", "--env", str(tmp_path / "nope"), cwd=tmp_path, env=cfd_env), "does not exist")
 
 
-def test_missing_pyproject_after_all(env: Env) -> None:
-    # A repo found through its parent's .cec/ must hold pyproject.toml; here the env dir is given directly.
+def test_repo_without_pyproject_is_not_an_environment(env: Env) -> None:
+    # The .cec repo exists but holds no pyproject.toml yet.
     assert_clean_error(env.run("status"), "no ComfyDock environment found")
 
 
