@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("comfydock_core", reason="comfydock-core (dev extra) is the compatibility oracle")
+# comfydock-core (the dev extra) is the compatibility oracle: a missing oracle is a failure, not a skip.
+import comfydock_core  # noqa: E402,F401
 
 from comfydock_core.analyzers.model_scanner import ModelScanner  # noqa: E402
 from comfydock_core.managers.pyproject_manager import PyprojectManager  # noqa: E402

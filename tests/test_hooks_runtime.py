@@ -336,7 +336,6 @@ def test_models_already_present_are_not_recorded(team, cfd_env):
 @pytest.fixture
 def served(team, monkeypatch):
     """The team, a ModelServer, and models whose sources point at it (download mode)."""
-    pytest.importorskip("cfd.core.download")
     from cfd.cli.model_server import ModelServer
 
     monkeypatch.delenv("CFD_ON_PULL")
@@ -434,7 +433,6 @@ def test_background_mode_starts_the_agent_which_downloads(served, cfd_env):
     import time
 
     alice, bob, _, server, model = served
-    pytest.importorskip("cfd.cli.agent_cmd")
     a = model(45)
     bob.git("config", "cfd.onPull", "background")
     publish(alice, manifest(a))
