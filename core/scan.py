@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ConfigError
 from .index import ModelIndex
 from .shorthash import short_hash_file
 
@@ -84,6 +85,12 @@ def index_file(index: ModelIndex, relative_path: str, stat: os.stat_result | Non
 
 
 def scan_models(index: ModelIndex, progress: Callable[[str], None] | None = None) -> ScanResult:
+    if not index.models_dir.is_dir():
+        # An unmounted drive looks like an empty folder that lost every file: forget nothing.
+        raise ConfigError(
+            f"the models directory {index.models_dir} does not exist or is not a directory",
+            "mount it, or fix cfd.modelsDir / CFD_MODELS_DIR (the index was left as it was)",
+        )
     known = index.locations()
     files = hashed = unchanged = 0
     errors: list[str] = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cfd.core.errors import ConfigError
 from cfd.core.index import ModelIndex
 from cfd.core.scan import index_file, is_candidate, scan_models
 from helpers.manifest import make_model, short_hash_for
@@ -135,3 +136,16 @@ def test_index_file_matches_comfydock_hash(index: ModelIndex, models_dir: Path) 
     data = b"abcdefghij"
     (models_dir / "t.safetensors").write_bytes(data)
     assert index_file(index, "t.safetensors") == short_hash_for(data) == "7bc234d9c29950da"
+
+
+def test_missing_models_dir_is_an_error_and_the_index_is_kept(index: ModelIndex, models_dir: Path, tmp_path: Path) -> None:
+    """An unmounted drive must not look like a folder whose models were all deleted."""
+    a, _ = make_model(models_dir, "checkpoints/a.safetensors", 1, 64)
+    scan_models(index)
+    models_dir.rename(tmp_path / "unmounted")
+    with pytest.raises(ConfigError) as caught:
+        scan_models(index)
+    assert str(models_dir) in caught.value.message
+    assert set(index.locations()) == {"checkpoints/a.safetensors"}
+    (tmp_path / "unmounted").rename(models_dir)
+    assert index.present([a]) == {a: "checkpoints/a.safetensors"}

@@ -285,6 +285,13 @@ def test_index_scan_json_and_rescan(env: Env) -> None:
     assert (second["hashed"], second["unchanged"]) == (0, 1)
 
 
+def test_index_scan_of_a_missing_models_dir_is_a_clean_error(env: Env, tmp_path: Path) -> None:
+    env.write(ManifestBuilder().render())
+    make_model(env.models, "checkpoints/a.safetensors", 1, 64)
+    assert env.run("index", "scan").returncode == 0
+    assert_clean_error(env.run("index", "scan", CFD_MODELS_DIR=str(tmp_path / "unmounted")), "does not exist")
+
+
 # --- cfd config ----------------------------------------------------------------------------
 
 
