@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .manifest import WorkflowModelRef
 from .urls import redact_url
 
 MARKER_NAME = "pending.json"
@@ -61,6 +62,15 @@ class PendingEntry:
             trigger=str(data.get("trigger", "")),
             hash=data.get("hash") if isinstance(data.get("hash"), str) else None,
         )
+
+
+def intent_key(ref: WorkflowModelRef) -> str:
+    """`intent:<workflow>/<node>/<widget>`: an intent's marker key, stable across manifest versions."""
+    if ref.node_id is None and ref.widget_idx is None:
+        return f"intent:{ref.workflow}//{ref.filename}"
+    node = "" if ref.node_id is None else ref.node_id
+    widget = "" if ref.widget_idx is None else ref.widget_idx
+    return f"intent:{ref.workflow}/{node}/{widget}"
 
 
 class Marker:

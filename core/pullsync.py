@@ -28,7 +28,7 @@ from .errors import ManifestError
 from .gitrepo import MANIFEST_PATH, GitRepo, open_repo
 from .index import ModelIndex
 from .manifest import WorkflowModelRef
-from .marker import Marker, PendingEntry
+from .marker import Marker, PendingEntry, intent_key
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, select_for_download
 
 LAST_SYNCED = "last-synced"
@@ -94,60 +94,14 @@ def write_last_synced(git_dir: Path, blob_id: str) -> None:
 # -- marker entries -----------------------------------------------------------
 
 
-def intent_key(ref: WorkflowModelRef) -> str:
-    """The marker key of an intent (same as core.repair.intent_key)."""
-    if ref.node_id is None and ref.widget_idx is None:
-        return f"intent:{ref.workflow}//{ref.filename}"
-    node = "" if ref.node_id is None else ref.node_id
-    widget = "" if ref.widget_idx is None else ref.widget_idx
-    return f"intent:{ref.workflow}/{node}/{widget}"
-
-
 def _pending_entries(
     models: Sequence[MissingModelInfo], intents: Sequence[WorkflowModelRef], reason: str, trigger: str
 ) -> list[PendingEntry]:
     if not models and not intents:
         return []  # nothing to convert: spare the hook importing core.repair
-    try:  # the repair module owns the canonical conversion
-        from .repair import pending_entries
-    except ImportError:
-        return _local_pending_entries(models, intents, reason, trigger)
+    from .repair import pending_entries  # the canonical conversion; not imported when nothing is pending
+
     return list(pending_entries(models, intents, reason, trigger))
-
-
-def _local_pending_entries(
-    models: Sequence[MissingModelInfo], intents: Sequence[WorkflowModelRef], reason: str, trigger: str
-) -> list[PendingEntry]:
-    entries = [
-        PendingEntry(
-            key=m.model.hash,
-            filename=m.model.filename,
-            relative_path=m.model.relative_path,
-            size=m.model.size,
-            sources=m.model.sources,
-            criticality=m.criticality,
-            workflows=m.workflow_names,
-            reason=reason,
-            trigger=trigger,
-            hash=m.model.hash,
-        )
-        for m in models
-    ]
-    entries += [
-        PendingEntry(
-            key=intent_key(r),
-            filename=r.filename,
-            relative_path=r.target_path,
-            size=None,
-            sources=r.sources,
-            criticality=r.criticality,
-            workflows=(r.workflow,),
-            reason=reason,
-            trigger=trigger,
-        )
-        for r in intents
-    ]
-    return entries
 
 
 # -- the sync -----------------------------------------------------------------

@@ -22,7 +22,7 @@ from .environment import Environment
 from .errors import CfdError
 from .index import ModelIndex
 from .manifest import WorkflowModelRef, stronger
-from .marker import Marker, PendingEntry
+from .marker import Marker, PendingEntry, intent_key
 from .missing import STRATEGIES, MissingModelInfo, MissingReport, detect_missing_models, select_for_download
 from .status import load_working_manifest
 from .urls import redact_url
@@ -37,15 +37,6 @@ _URL_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 def scrub(text: str | None) -> str | None:
     """Error text with every URL in it redacted (errors end up in the marker and JSON)."""
     return None if text is None else _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
-
-
-def intent_key(ref: WorkflowModelRef) -> str:
-    """`intent:<workflow>/<node>/<widget>`: an intent's identity across manifest versions."""
-    if ref.node_id is None and ref.widget_idx is None:
-        return f"intent:{ref.workflow}//{ref.filename}"
-    node = "" if ref.node_id is None else ref.node_id
-    widget = "" if ref.widget_idx is None else ref.widget_idx
-    return f"intent:{ref.workflow}/{node}/{widget}"
 
 
 def intent_groups(intents: Iterable[WorkflowModelRef]) -> dict[str, list[WorkflowModelRef]]:
