@@ -120,21 +120,40 @@ def git_dir_of(repo: Path) -> Path:
 
 
 def find_repo(start: Path) -> Path:
-    """The environment repo containing `start` (or `start/.cec`)."""
+    """The environment repo containing `start` (or `start/.cec`).
+
+    From inside `environments/<name>/ComfyUI/` (a git clone of ComfyUI, which has
+    a pyproject.toml of its own) the environment is the sibling `.cec/`: a repo
+    whose pyproject.toml has no [tool.comfydock] table is taken only when no
+    `.cec/` is found further up.
+    """
     start = start.expanduser().resolve()
     if not start.exists():
         raise EnvironmentNotFound(f"{start} does not exist", "pass --env with the path of a ComfyDock environment")
+    fallback: Path | None = None
+    inside_a_repo = False
     for candidate in [start, *start.parents]:
         if (candidate / ".cec" / PYPROJECT).is_file():
             return candidate / ".cec"
-        if (candidate / PYPROJECT).is_file() and (candidate / ".git").exists():
-            return candidate
-        if (candidate / ".git").exists():
-            break  # a git repo without pyproject.toml: do not climb into an enclosing one
+        is_repo = (candidate / ".git").exists()
+        if not inside_a_repo and is_repo and (candidate / PYPROJECT).is_file():
+            if _has_comfydock_table(candidate / PYPROJECT):
+                return candidate
+            fallback = candidate
+        inside_a_repo = inside_a_repo or is_repo  # never take an enclosing repo's pyproject.toml
+    if fallback is not None:
+        return fallback
     raise EnvironmentNotFound(
         f"no ComfyDock environment found at or above {start}",
         "run cfd inside an environment (a git repo with pyproject.toml, or its parent holding .cec/) or pass --env PATH",
     )
+
+
+def _has_comfydock_table(pyproject: Path) -> bool:
+    try:
+        return b"tool.comfydock" in pyproject.read_bytes()
+    except OSError:
+        return False
 
 
 def open_environment(

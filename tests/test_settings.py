@@ -165,6 +165,26 @@ def test_no_environment_is_a_clear_error(tmp_path: Path) -> None:
         open_environment(tmp_path / "nope", environ={})
 
 
+@pytest.mark.parametrize("comfyui_has_pyproject", [True, False])
+def test_inside_the_comfyui_clone_the_environment_is_the_sibling_cec(tmp_path: Path, comfyui_has_pyproject: bool) -> None:
+    cec = make_workspace(tmp_path / "ws", {})
+    comfyui = cec.parent / "ComfyUI"
+    (comfyui / "custom_nodes" / "some-pack").mkdir(parents=True)
+    run_git("init", "-q", cwd=comfyui)
+    if comfyui_has_pyproject:
+        (comfyui / "pyproject.toml").write_text('[project]\nname = "ComfyUI"\nversion = "0.3.40"\n')
+    env = open_environment(comfyui / "custom_nodes" / "some-pack", environ={})
+    assert env.repo == cec.resolve()
+
+
+def test_a_repo_without_comfydock_table_is_still_taken_when_nothing_else_is_found(tmp_path: Path) -> None:
+    repo = tmp_path / "plain"
+    repo.mkdir()
+    run_git("init", "-q", cwd=repo)
+    (repo / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    assert find_repo(repo) == repo.resolve()
+
+
 def test_git_repo_without_pyproject_does_not_climb_into_an_outer_one(repo: Path) -> None:
     inner = repo / "vendor" / "other"
     inner.mkdir(parents=True)
