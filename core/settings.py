@@ -143,8 +143,9 @@ def read_git_config(repo: Path | None) -> dict[str, tuple[str, str]]:
     # -z output: "scope\0key\nvalue\0" per entry; later (more local) entries win.
     parts = result.stdout.decode("utf-8", "replace").split("\0")
     for scope, entry in zip(parts[0::2], parts[1::2]):
-        key, _, value = entry.partition("\n")
-        found[key.lower()] = (value, scope)
+        key, separator, value = entry.partition("\n")
+        # A key written without "= value" is git's shorthand for true.
+        found[key.lower()] = (value if separator else "true", scope)
     return found
 
 

@@ -80,6 +80,12 @@ def test_git_config_keys_are_case_insensitive(repo: Path) -> None:
     assert settings["cfd.onPull"] == "defer" and settings["cfd.allowPrivateNetworks"] is True
 
 
+def test_git_boolean_shorthand_means_true(repo: Path) -> None:
+    with open(repo / ".git" / "config", "a") as config:
+        config.write("[cfd]\n\tallowPrivateNetworks\n")  # as `git config` documents booleans
+    assert resolve_settings(repo, environ={})["cfd.allowPrivateNetworks"] is True
+
+
 def test_environment_variable_over_git_config(repo: Path) -> None:
     run_git("config", "cfd.models", "skip", cwd=repo)
     settings = resolve_settings(repo, environ={"CFD_MODELS": "ALL", "CFD_ON_PULL": ""})
