@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cfd.core.errors import ConfigError
 from cfd.core.settings import SPECS
 
 from .common import add_env_argument, environment, print_json
@@ -30,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
     for setting in env.settings.all():
         value = setting.value
         if setting.key == "cfd.index" and value is None:
-            value, source = env.index_path, "default (<modelsDir>/.cfd/models.db)"
+            try:
+                value, source = env.index_path, "default (<modelsDir>/.cfd/models.db)"
+            except ConfigError:  # no models dir yet: `cfd config` is where one looks for it
+                source = "default (<modelsDir>/.cfd/models.db; no models dir set)"
         else:
             source = setting.source
         rows.append({"key": setting.key, "value": None if value is None else str(value), "source": source})

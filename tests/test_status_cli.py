@@ -313,6 +313,13 @@ def test_config_shows_values_and_their_sources(env: Env) -> None:
     assert {spec.key for spec in SPECS} == set(rows)
 
 
+def test_config_works_before_a_models_dir_is_set(env: Env) -> None:
+    env.write(ManifestBuilder().render())
+    result = cfd("config", cwd=env.repo, env={k: v for k, v in env.vars.items() if k not in ("CFD_MODELS_DIR", "CFD_INDEX")})
+    assert result.returncode == 0, result.stderr
+    assert any(line.split()[:2] == ["cfd.modelsDir", "(unset)"] for line in result.stdout.splitlines())
+
+
 def test_config_help_names_every_variable(env: Env) -> None:
     result = env.run("config", "--help")
     for spec in SPECS:
