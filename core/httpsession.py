@@ -1,0 +1,255 @@
+"""The download engine's HTTP side: one session, redirects walked by hand, retries.
+
+Every hop of a redirect chain is re-checked (scheme, and the address it resolves
+to unless private networks are allowed); a token is sent only while the chain
+stays on its first host over https. Failures come back as one-line `Failure`s
+that say whether a retry may help (and how long the server asked us to wait).
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from .downloadtypes import MIB, Cancelled, DownloadOptions, Failure, clean
+from .errors import UnsafeManifestValue
+from .safety import check_host, check_url
+from .tokens import CIVITAI_HOSTS, HF_HOSTS, auth_header, service_of, token_hint
+from .urls import _SECRET_PARAMS, host_of, redact_url
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+# --------------------------------------------------------------------------- source URLs
+
+
+def prepare_url(url: str, hf_hosts: tuple[str, ...] = HF_HOSTS, civitai_hosts: tuple[str, ...] = CIVITAI_HOSTS) -> str:
+    """Check a source URL and turn known page links into download links.
+
+    Hugging Face `/blob/` (the web page) becomes `/resolve/` (the file); a Civitai
+    model page with `modelVersionId` becomes the API download URL.
+    """
+    check_url(url)
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    service = service_of(host, hf_hosts, civitai_hosts)
+    if service == "huggingface" and "/blob/" in parts.path:
+        return urlunsplit(parts._replace(path=parts.path.replace("/blob/", "/resolve/", 1)))
+    if service == "civitai" and re.match(r"^/models/\d+", parts.path):
+        version = parse_qs(parts.query).get("modelVersionId", [""])[0]
+        if version.isdigit():
+            return urlunsplit((parts.scheme, parts.netloc, f"/api/download/models/{version}", "", ""))
+    return url
+
+
+def storable_url(url: str) -> str:
+    """The URL as the index stores it: unchanged unless it carries credentials."""
+    parts = urlsplit(url)
+    has_secret = "@" in parts.netloc or any(_SECRET_PARAMS.match(k) for k in parse_qs(parts.query, keep_blank_values=True))
+    return redact_url(url) if has_secret else url
+
+
+# --------------------------------------------------------------------------- errors and retries
+
+
+def network_reason(exc: BaseException) -> str:
+    """A short human reason for a requests/urllib3/socket error, without URLs."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (socket.timeout, TimeoutError, urllib3.exceptions.ReadTimeoutError)):
+            return "timed out"
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, (ConnectionResetError, BrokenPipeError)):
+            return "connection reset"
+        if isinstance(current, (http.client.IncompleteRead, urllib3.exceptions.IncompleteRead)):
+            return "connection closed early"
+        if isinstance(current, socket.gaierror):
+            return "host name not found"
+        nxt = current.__cause__ or current.__context__
+        if nxt is None and current.args and isinstance(current.args[-1], BaseException):
+            nxt = current.args[-1]
+        current = nxt
+    return clean(type(exc).__name__)
+
+
+def retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def backoff(options: DownloadOptions, attempt: int, retry_after: float | None) -> float:
+    delay = min(options.backoff_cap, options.backoff_base * 2 ** (attempt - 1))
+    delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: clients that failed together retry apart
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, options.retry_after_cap))
+    return delay
+
+
+def with_retries(unit: Callable[[], None], options: DownloadOptions, cancel: threading.Event,
+                 halt: Callable[[], None], fetched: Callable[[], int]) -> None:
+    """Run `unit`, again after a backoff while it fails with a retryable `Failure`.
+
+    `halt` raises when the work should stop; `fetched` counts bytes so far.
+    """
+    attempts = 0
+    while True:
+        halt()
+        before = fetched()
+        try:
+            return unit()
+        except Failure as exc:
+            if not exc.retry:
+                raise
+            if fetched() - before >= MIB:
+                attempts = 0  # it made progress: a flaky link, not a dead source
+            attempts += 1
+            if attempts >= options.retries:
+                raise Failure(f"{exc.message} (gave up after {attempts} attempts)") from None
+            if cancel.wait(backoff(options, attempts, exc.retry_after)):
+                raise Cancelled() from None
+            halt()
+
+
+class RateLimiter:
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.next = time.monotonic()
+
+    def consume(self, n: int, cancel: threading.Event) -> None:
+        with self.lock:
+            now = time.monotonic()
+            self.next = max(self.next, now) + n / self.rate
+            delay = self.next - now
+        if delay > 0.005:
+            cancel.wait(delay)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    match = re.match(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", value or "")
+    if not match:
+        return None
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), int(match.group(2)), total
+
+
+def content_length(resp: requests.Response) -> int | None:
+    value = resp.headers.get("Content-Length", "")
+    return int(value) if value.strip().isdigit() else None
+
+
+def abort_response(resp: requests.Response) -> None:
+    """Unblock a thread reading this response (cancel, or a sibling segment failed)."""
+    raw = resp.raw
+    for conn in (getattr(raw, "_connection", None), getattr(raw, "connection", None)):
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class HttpClient:
+    """One `requests.Session` for a whole batch (connection reuse), opened through `open`."""
+
+    def __init__(self, options: DownloadOptions) -> None:
+        self.options = options
+        self.session = requests.Session()
+        size = options.jobs * options.connections + 4
+        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"User-Agent": options.user_agent, "Accept-Encoding": "identity", "Accept": "*/*"})
+        self._checked_hosts: set[tuple[str, int]] = set()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _check_address(self, url: str) -> None:
+        parts = urlsplit(url)
+        key = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        if self.options.allow_private_networks or key in self._checked_hosts:
+            return
+        try:
+            check_host(key[0], key[1], allow_private=False)
+        except ConnectionError as exc:
+            raise Failure(str(exc), retry=True) from None
+        except UnsafeManifestValue as exc:
+            raise Failure(str(exc)) from None
+        self._checked_hosts.add(key)
+
+    def open(self, url: str, headers: dict[str, str], shown: str) -> requests.Response:
+        """GET `url`, following redirects by hand: each hop re-checked, tokens kept on their own host."""
+        opts = self.options
+        first = urlsplit(url)
+        token_allowed = True
+        for _hop in range(opts.max_redirects + 1):
+            try:
+                check_url(url)
+            except UnsafeManifestValue as exc:
+                raise Failure(f"{shown} redirected to a refused URL: {exc.message}") from None
+            self._check_address(url)
+            parts = urlsplit(url)
+            # Once the chain leaves the first host (or drops to plain http), no token follows.
+            if parts.hostname != first.hostname or (first.scheme == "https" and parts.scheme != "https"):
+                token_allowed = False
+            service = service_of(parts.hostname or "", opts.hf_hosts, opts.civitai_hosts)
+            sent = dict(headers)
+            if token_allowed:
+                sent.update(auth_header(opts.tokens, service))
+            try:
+                resp = self.session.get(url, headers=sent, stream=True, allow_redirects=False,
+                                        timeout=(opts.connect_timeout, opts.stall_timeout))
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise Failure(f"{parts.hostname}: {network_reason(exc)}", retry=True) from None
+            except requests.RequestException as exc:
+                raise Failure(f"{shown}: {network_reason(exc)}") from None
+            if resp.status_code in _REDIRECTS and resp.headers.get("Location"):
+                url = urljoin(url, resp.headers["Location"])
+                resp.close()
+                continue
+            self._check_status(resp, shown, service if token_allowed else None)
+            return resp
+        raise Failure(f"{shown}: more than {opts.max_redirects} redirects")
+
+    def _check_status(self, resp: requests.Response, shown: str, service: str | None) -> None:
+        code = resp.status_code
+        if code in (200, 206, 416):
+            return
+        resp.close()
+        host = host_of(resp.url) or "the server"
+        if code == 429 or code == 408 or code >= 500:
+            raise Failure(f"{host} answered {code}", retry=True, retry_after=retry_after(resp.headers.get("Retry-After")))
+        if code in (401, 403):
+            raise Failure(f"{host} refused access to {shown} ({code}); {token_hint(self.options.tokens, service, code)}")
+        if code in (404, 410):
+            raise Failure(f"{shown} was not found ({code}); fix or replace this source in pyproject.toml")
+        raise Failure(f"{host} answered {code} for {shown}")

@@ -1,0 +1,371 @@
+"""Fetching one file from one source: ranges on several connections, or one stream.
+
+A large file on a server that honours ranges is split into MiB-aligned segments,
+each fetched on its own connection; an idle connection takes over half of the
+biggest remaining range (no slow tail). A resume sends `Range` + `If-Range` and
+accepts only a 206 that starts where we are; a server that ignores ranges gets
+one stream from the start.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+import urllib3
+
+from .downloadtypes import MIB, Cancelled, DiskError, DownloadCallbacks, DownloadJob, DownloadOptions, Failure
+from .httpsession import (
+    HttpClient,
+    RateLimiter,
+    abort_response,
+    content_length,
+    network_reason,
+    parse_content_range,
+    with_retries,
+)
+from .staging import Result, StagingFile, State
+from .urls import host_of, redact_url
+
+
+class _Restart(Exception):
+    """The server's copy changed or it answered a resume oddly: start this source over."""
+
+
+class _NoRanges(Exception):
+    """The server ignored our Range request; carries its 200 response to stream instead."""
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__("no ranges")
+        self.response = response
+
+
+class _Stopped(Exception):
+    """A sibling segment failed; this one stops quietly."""
+
+
+def plan_segments(size: int | None, connections: int, segment_min: int) -> list[list[int]]:
+    if size is None:
+        return [[0, -1, 0]]
+    count = max(1, min(connections, size // max(segment_min, MIB)))
+    step = -(-size // count // MIB) * MIB  # MiB-aligned
+    bounds = [min(i * step, size) for i in range(count)] + [size]
+    return [[bounds[i], bounds[i + 1], 0] for i in range(count) if bounds[i] < bounds[i + 1]]
+
+
+class Batch:
+    """What the transfers of one `download_models` call share, and which of them are running."""
+
+    def __init__(self, options: DownloadOptions, callbacks: DownloadCallbacks, cancel: threading.Event) -> None:
+        self.options, self.callbacks, self.cancel = options, callbacks, cancel
+        self.limiter = RateLimiter(options.max_rate) if options.max_rate > 0 else None
+        self.client = HttpClient(options)
+        self._transfers: set[Transfer] = set()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def register(self, transfer: Transfer) -> None:
+        with self._lock:
+            self._transfers.add(transfer)
+
+    def unregister(self, transfer: Transfer) -> None:
+        with self._lock:
+            self._transfers.discard(transfer)
+
+    def abort_all(self) -> None:
+        with self._lock:
+            transfers = list(self._transfers)
+        for transfer in transfers:
+            transfer.abort()
+
+
+class Transfer:
+    """Fetch one job from one source into its staging file; verify; leave it ready to place."""
+
+    def __init__(self, batch: Batch, job: DownloadJob, source: str, url: str, staging: Path) -> None:
+        self.batch, self.job, self.source, self.url = batch, job, source, url
+        self.options = batch.options
+        self.shown = redact_url(source)
+        self.file = StagingFile(staging, job, self.shown, self.options,
+                                lambda done, size: batch.callbacks.on_file_progress(job.filename, done, size))
+        self.lock = self.file.lock  # one lock for the state, the work queue and the open responses
+        self.stop = threading.Event()
+        self.responses: set[requests.Response] = set()
+
+    @property
+    def fetched(self) -> int:
+        return self.file.fetched
+
+    @property
+    def state(self) -> State:
+        return self.file.state
+
+    def run(self) -> Result:
+        self.file.open()
+        self.batch.register(self)
+        try:
+            if not self.file.resume():
+                self._reset()
+            try:
+                self._fetch()
+            except (Cancelled, DiskError, Failure):
+                self.file.checkpoint(sync=True)
+                raise
+            self.batch.callbacks.on_file_progress(self.job.filename, self.state.done, self.state.size)
+            return self.file.verify()
+        finally:
+            self.batch.unregister(self)
+            self.file.close()
+
+    def _reset(self) -> None:
+        """Start this source over (fresh plan, empty file)."""
+        self.file.reset(plan_segments(self.job.size, self.options.connections, self.options.segment_min))
+
+    def _halt(self) -> None:
+        if self.batch.cancel.is_set():
+            raise Cancelled()
+        if self.stop.is_set():
+            raise _Stopped()
+
+    def _with_retries(self, unit: Callable[[], None]) -> None:
+        with_retries(unit, self.options, self.batch.cancel, self._halt, lambda: self.file.fetched)
+
+    @contextmanager
+    def _tracked(self, resp: requests.Response) -> Iterator[requests.Response]:
+        with self.lock:
+            self.responses.add(resp)
+        try:
+            yield resp
+        finally:
+            with self.lock:
+                self.responses.discard(resp)
+            resp.close()
+
+    def abort(self) -> None:
+        with self.lock:
+            responses = list(self.responses)
+        for resp in responses:
+            abort_response(resp)
+
+    # -- fetching ----------------------------------------------------------
+
+    def _fetch(self) -> None:
+        restarts = 0
+        while not self.state.complete():
+            try:
+                if len(self.state.segments) > 1:
+                    self._fetch_segments()
+                else:
+                    self._with_retries(lambda: self._stream_single(None))
+                    if self.state.size is None:
+                        self.file.learn_size(self.state.segments[0][2])  # no length given: what arrived is the file
+            except _Restart as exc:
+                restarts += 1
+                if restarts > self.options.retries:
+                    raise Failure(f"{self.shown}: {exc}; gave up after {restarts} restarts") from None
+                self._reset()
+
+    def _request(self, start: int, end: int | None) -> requests.Response:
+        headers = {}
+        if start > 0 or end is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+            validator = self.state.validator()
+            if validator:
+                headers["If-Range"] = validator
+        return self.batch.client.open(self.url, headers, self.shown)
+
+    def _check_validator(self, resp: requests.Response) -> None:
+        etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+        state = self.state
+        if state.etag is None and state.last_modified is None:
+            state.etag, state.last_modified = etag, modified
+        elif (state.etag and etag and etag != state.etag) or (not state.etag and state.last_modified and modified != state.last_modified):
+            raise _Restart("the file changed on the server")
+
+    def _check_body(self, resp: requests.Response, length: int | None, expected: int | None) -> None:
+        if resp.headers.get("Content-Type", "").lower().startswith("text/html"):
+            raise Failure(
+                f"{self.shown} returned a web page instead of the model file (a login page, or a link to a page rather than the file?)"
+            )
+        if expected is not None and length is not None and length != expected:
+            raise Failure(
+                f"{self.shown} announces {length} bytes where the manifest says {expected}; refused (wrong file, or a lying server)"
+            )
+
+    def _stream_single(self, resp: requests.Response | None) -> None:
+        offset = self.state.segments[0][2]
+        resp = resp if resp is not None else self._request(offset, None)
+        with self._tracked(resp):
+            code, size = resp.status_code, self.state.size
+            length = content_length(resp)
+            if code == 416:
+                raise _Restart("the server refused to resume (416)")
+            if code == 200:
+                if offset:  # the server ignored Range (or the file changed): start over on this response
+                    self.state.segments[0][2] = offset = 0
+                    self.state.etag = self.state.last_modified = None
+                    if self.file.full:
+                        self.file.full.reset()
+                total = length
+            else:
+                parsed = parse_content_range(resp.headers.get("Content-Range"))
+                if parsed is None or parsed[0] != offset:
+                    raise _Restart("the server resumed at another offset")
+                self._check_range_length(length, parsed)
+                total = parsed[2]
+            self._check_validator(resp)
+            self._check_body(resp, total, size)
+            if size is None and total is not None:
+                self.file.learn_size(total)
+                size = total
+            if self.file.full and self.file.full.position != offset:
+                self.file.full.catch_up(self.file.fd, offset)
+            self._pump(resp, 0, offset, size, check_extra=length is None)
+
+    def _check_range_length(self, length: int | None, parsed: tuple[int, int, int | None]) -> None:
+        if length is not None and length != parsed[1] - parsed[0] + 1:
+            raise Failure(f"{self.shown} sends {length} bytes for a range of {parsed[1] - parsed[0] + 1}; refused (a lying server)")
+
+    def _fetch_segments(self) -> None:
+        self.stop.clear()
+        pending = [i for i, (s, e, d) in enumerate(self.state.segments) if s + d < e]
+        first: list[requests.Response] = []
+        if not self.state.ranges_ok:
+            try:
+                self._with_retries(lambda: first.append(self._open_segment(pending[0], probe=True)))
+            except _NoRanges as exc:
+                # The server ignores ranges: one stream from the start, on the response we have.
+                self.state.segments = [[0, self.state.size or -1, 0]]
+                self.file.save()
+                box = [exc.response]
+                self._with_retries(lambda: self._stream_single(box.pop() if box else None))
+                return
+            self.state.ranges_ok = True
+        queue = list(pending)
+        workers = min(self.options.connections, len(pending))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cfd-segment") as pool:
+            futures = [pool.submit(self._worker, queue, pending[0], first) for _ in range(workers)]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            if any(f.exception() for f in done):
+                self.stop.set()
+                self.abort()
+        errors = [e for e in (f.exception() for f in futures) if e is not None and not isinstance(e, _Stopped)]
+        if errors:
+            # The most telling first: a cancel, a disk error, a lying server, then a restart.
+            order = (Cancelled, DiskError, Failure, _Restart)
+            raise min(errors, key=lambda e: next((i for i, k in enumerate(order) if isinstance(e, k)), len(order)))
+
+    def _worker(self, queue: list[int], first_index: int, first: list[requests.Response]) -> None:
+        """One connection: take the next pending segment; when none is left, split the biggest rest."""
+        while True:
+            with self.lock:
+                index = queue.pop(0) if queue else None
+            if index is None:
+                index = self._steal()
+                if index is None:
+                    return
+            # Only the first pending segment may use the probe's response.
+            box = first if index == first_index else []
+            self._with_retries(lambda: self._segment(index, box))
+
+    def _steal(self) -> int | None:
+        """Split the segment with the most bytes left (its owner stops at the new end); aria2c does the same,
+        so one slow connection does not leave a long tail."""
+        floor = max(4 * MIB, self.options.segment_min // 2)  # a steal wastes what is in flight to the owner
+        with self.lock:
+            segments = self.state.segments
+            best = max(range(len(segments)), key=lambda i: segments[i][1] - segments[i][0] - segments[i][2])
+            start, end, done = segments[best]
+            if end - start - done < 2 * floor:
+                return None
+            middle = (start + done + (end - start - done) // 2) // MIB * MIB
+            segments[best][1] = middle
+            segments.append([middle, end, 0])
+            if self.state.synced is not None:
+                self.state.synced.append(0)
+            self.file.save()
+            return len(segments) - 1
+
+    def _open_segment(self, index: int, probe: bool = False) -> requests.Response:
+        start, end, done = self.state.segments[index]
+        resp = self._request(start + done, end)
+        if resp.status_code not in (200, 206) or (resp.status_code == 200 and not probe):
+            resp.close()
+            raise _Restart(f"the server stopped honouring ranges ({resp.status_code})")
+        if resp.status_code == 200:
+            total = content_length(resp)
+        else:
+            parsed = parse_content_range(resp.headers.get("Content-Range"))
+            total = parsed[2] if parsed else None
+        try:
+            self._check_body(resp, total, self.state.size)  # before other connections start
+        except Failure:
+            resp.close()
+            raise
+        if resp.status_code == 200:
+            raise _NoRanges(resp)
+        return resp
+
+    def _segment(self, index: int, first: list[requests.Response]) -> None:
+        while True:
+            start, end, done = self.state.segments[index]
+            if start + done >= end:
+                return
+            self._halt()
+            resp = first.pop() if first else self._open_segment(index)
+            with self._tracked(resp):
+                parsed = parse_content_range(resp.headers.get("Content-Range"))
+                if parsed is not None and parsed[2] is not None:
+                    self._check_body(resp, parsed[2], self.state.size)
+                if parsed is None or parsed[0] != start + done or parsed[1] < parsed[0] or parsed[2] != self.state.size:
+                    raise _Restart("the server answered a range request with another range")
+                self._check_range_length(content_length(resp), parsed)
+                self._check_validator(resp)
+                self._pump(resp, index, start + done, min(parsed[1] + 1, end), check_extra=False, shrinks=True)
+
+    def _pump(self, resp: requests.Response, index: int, offset: int, end: int | None, *,
+              check_extra: bool, shrinks: bool = False) -> None:
+        """Copy the body to the file at `offset` until `end` (None: until EOF; `shrinks`: a thief may lower it)."""
+        segment = self.state.segments[index]
+        # read1: whatever one recv brings (up to chunk_size), so bytes reach the file
+        # (and a checkpoint) promptly on slow links and in big pieces on fast ones.
+        read = resp.raw.read1
+        chunk = self.options.chunk_size
+        limiter, cancel = self.batch.limiter, self.batch.cancel
+        host = host_of(resp.url) or "the server"
+        while True:
+            if shrinks and segment[1] < end:  # type: ignore[operator]
+                end = segment[1]
+            if end is not None and offset >= end:
+                break
+            self._halt()
+            want = chunk if end is None else min(chunk, end - offset)
+            try:
+                data = read(want, decode_content=False)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+                self._halt()
+                stalled = network_reason(exc) == "timed out"
+                reason = f"sent nothing for {self.options.stall_timeout:g} s (stalled)" if stalled else network_reason(exc)
+                raise Failure(f"{host}: {reason} at byte {offset} of {end or '?'}", retry=True) from None
+            if not data:
+                break
+            self.file.store(index, offset, data)
+            offset += len(data)
+            if limiter is not None:
+                limiter.consume(len(data), cancel)
+        if end is not None and offset < end:
+            raise Failure(f"{host} closed the connection at byte {offset} of {end}", retry=True)
+        if check_extra and end is not None:
+            try:
+                extra = read(1, decode_content=False)
+            except Exception:  # noqa: BLE001 - a broken tail after a complete body is harmless
+                extra = b""
+            if extra:
+                raise Failure(f"{self.shown} sent more bytes than the manifest's size ({end}); cut off and refused")

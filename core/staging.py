@@ -1,0 +1,317 @@
+"""A download in progress: `<models_dir>/.cfd/staging/<key>.part` and its JSON sidecar.
+
+The sidecar records source, validator, size and per-segment progress, so a later
+run resumes where this one stopped; bytes are hashed as they land, and the file
+is checked (size, short hash, full hash) and fsynced before anyone places it.
+A per-key lock in `.cfd/locks` keeps two processes off the same staging file.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from hashlib import sha256 as _sha256
+from pathlib import Path
+
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+
+from .downloadtypes import DiskError, DownloadJob, DownloadOptions, Failure
+from .fullhash import FullHash
+from .shorthash import StreamingShortHasher, short_hash_file
+from .writeback import Flusher
+
+_HEX16 = re.compile(r"^[0-9a-f]{16}$")
+
+
+def staging_name(key: str) -> str:
+    """A file-system-safe name for a job's key (hashes as-is, intents hashed)."""
+    if _HEX16.match(key):
+        return key
+    return "intent-" + _sha256(key.encode("utf-8")).hexdigest()[:24]
+
+
+def partial_bytes(staging_dir: Path, job: DownloadJob) -> int:
+    """How much of `job` an earlier run left in staging (per its sidecar)."""
+    try:
+        data = json.loads((staging_dir / f"{staging_name(job.key)}.json").read_text(encoding="utf-8"))
+        return sum(int(seg[2]) for seg in data.get("segments", []))
+    except (OSError, ValueError, TypeError, IndexError):
+        return 0
+
+
+@contextmanager
+def held_lock(path: Path, cancel: threading.Event) -> Iterator[bool]:
+    """Hold the lock file `path`; yields False if `cancel` was set while another process held it."""
+    lock = FileLock(str(path))
+    while True:  # another process may hold it: wait, but stay cancellable
+        try:
+            lock.acquire(timeout=0.2)
+            break
+        except LockTimeout:
+            if cancel.is_set():
+                yield False
+                return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def disk_message(exc: OSError, what: str) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing {what}"
+    if exc.errno == errno.EFBIG:
+        return f"file too large for the file system while writing {what}"
+    return f"cannot write {what}: {exc.strerror or exc}"
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+_BOOT_ID = _boot_id()
+
+
+@dataclass
+class State:
+    """What the sidecar remembers; segments are [start, end, done] (end -1: size unknown)."""
+
+    source: str
+    size: int | None
+    segments: list[list[int]]
+    etag: str | None = None
+    last_modified: str | None = None
+    ranges_ok: bool = False
+    synced: list[int] | None = None  # per-segment `done` at the last fsync
+    boot_id: str | None = _BOOT_ID
+
+    @property
+    def done(self) -> int:
+        return sum(seg[2] for seg in self.segments)
+
+    def complete(self) -> bool:
+        return self.size is not None and all(seg[0] + seg[2] >= seg[1] for seg in self.segments)
+
+    def validator(self) -> str | None:
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def load(cls, path: Path, source: str, size: int | None, part_size: int) -> State | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            state = cls(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+        if state.source != source or (size is not None and state.size != size):
+            return None
+        if state.boot_id != _BOOT_ID:
+            # The machine restarted: only bytes flushed by fsync are known to be on disk.
+            if not state.synced or len(state.synced) != len(state.segments):
+                return None
+            for seg, synced in zip(state.segments, state.synced):
+                seg[2] = min(seg[2], synced)
+            state.boot_id = _BOOT_ID
+        if any(seg[0] + seg[2] > part_size for seg in state.segments):
+            return None
+        return state
+
+
+@dataclass
+class Result:
+    short_hash: str
+    size: int
+    blake3: str | None
+    sha256: str | None
+
+
+class StagingFile:
+    """One job's `.part` file and sidecar while one source fills it, at absolute offsets.
+
+    `lock` guards `state`; the segment workers and the sidecar writes share it.
+    """
+
+    def __init__(self, staging: Path, job: DownloadJob, shown: str, options: DownloadOptions,
+                 on_progress: Callable[[int, int | None], None]) -> None:
+        self.job, self.shown, self.options, self.on_progress = job, shown, options, on_progress
+        self.part = staging.with_suffix(".part")
+        self.sidecar = staging.with_suffix(".json")
+        self.lock = threading.Lock()
+        self.fetched = 0
+        self.unsaved = 0
+        self.last_progress = 0.0
+        self.fd = -1
+        self.unflushed = 0
+        self.flusher: Flusher | None = None
+        self.state: State
+        self.hasher: StreamingShortHasher | None = None
+        self.full: FullHash | None = None
+        if job.blake3 or job.sha256:
+            self.full = FullHash(bool(job.blake3), bool(job.sha256))
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def open(self) -> None:
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        if self.options.flush_bytes > 0:
+            self.flusher = Flusher(self.fd, keep_cached=self.full is not None)
+
+    def close(self) -> None:
+        if self.flusher is not None:
+            self.flusher.close()
+        os.close(self.fd)
+
+    def resume(self) -> bool:
+        """Take up the progress the sidecar records; False if there is none that fits this source."""
+        loaded = State.load(self.sidecar, self.shown, self.job.size, os.fstat(self.fd).st_size)
+        if loaded is None:
+            return False
+        self.state = loaded
+        self._new_hasher(seed=True)
+        return True
+
+    def discard(self) -> None:
+        for path in (self.part, self.sidecar):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def reset(self, segments: list[list[int]]) -> None:
+        """Start over (fresh plan, empty file)."""
+        size = self.job.size
+        self.state = State(self.shown, size, segments)
+        try:
+            os.ftruncate(self.fd, 0)
+            if size:
+                os.ftruncate(self.fd, size)  # sparse; pwrite fills it
+        except OSError as exc:
+            raise DiskError(disk_message(exc, self.job.filename)) from None
+        self._new_hasher(seed=False)
+        if self.full:
+            self.full.reset()
+        self.save()
+
+    def _new_hasher(self, seed: bool) -> None:
+        size = self.state.size
+        self.hasher = StreamingShortHasher(size) if size is not None else None
+        if self.hasher is not None and seed:
+            ranges = [(s, s + d) for s, _e, d in self.state.segments if d]
+            self.hasher.seed_from_file(self.part, ranges)
+
+    def learn_size(self, total: int) -> None:
+        """An intent's size, learnt from the first response."""
+        self.state.size = total
+        self.state.segments = [[0, total, self.state.segments[0][2]]]
+        try:
+            os.ftruncate(self.fd, max(total, os.fstat(self.fd).st_size))
+        except OSError as exc:
+            raise DiskError(disk_message(exc, self.job.filename)) from None
+        self._new_hasher(seed=self.state.done > 0)
+        self.save()
+
+    # -- progress and checkpoints -----------------------------------------
+
+    def save(self) -> None:
+        tmp = self.sidecar.with_suffix(".json.tmp")
+        try:
+            tmp.write_text(self.state.to_json(), encoding="utf-8")
+            os.replace(tmp, self.sidecar)
+        except OSError as exc:
+            raise DiskError(disk_message(exc, f"the progress file of {self.job.filename}")) from None
+
+    def checkpoint(self, sync: bool = False) -> None:
+        with self.lock:
+            try:
+                if sync:
+                    os.fsync(self.fd)
+                    self.state.synced = [seg[2] for seg in self.state.segments]
+                self.save()
+            except (OSError, DiskError):
+                pass  # best effort: the next run may re-fetch a little more
+
+    def store(self, index: int, offset: int, data: bytes) -> None:
+        """Write bytes of segment `index` at `offset`, hash them and count them."""
+        self._write(offset, data)
+        if self.hasher is not None:
+            self.hasher.update_at(offset, data)
+        if self.full is not None:
+            self.full.feed(offset, data)
+        self._advance(index, len(data))
+
+    def _advance(self, index: int, n: int) -> None:
+        with self.lock:
+            segment = self.state.segments[index]
+            segment[2] += n
+            if segment[1] >= 0 and segment[0] + segment[2] > segment[1]:
+                segment[2] = segment[1] - segment[0]  # a thief took the tail while this chunk was in flight
+            self.fetched += n
+            self.unsaved += n
+            if self.unsaved >= self.options.checkpoint_bytes:
+                self.unsaved = 0
+                self.save()
+            self.unflushed += n
+            if self.flusher is not None and self.unflushed >= self.options.flush_bytes:
+                self.unflushed = 0
+                self.flusher.poke()
+            done, now = self.state.done, time.monotonic()
+            report = now - self.last_progress >= 0.1
+            if report:
+                self.last_progress = now
+        if report:
+            self.on_progress(done, self.state.size)
+
+    def _write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view, offset = view[written:], offset + written
+        except OSError as exc:
+            raise DiskError(disk_message(exc, self.job.filename) + "; the partial download is kept for the next run") from None
+
+    # -- verification ------------------------------------------------------
+
+    def verify(self) -> Result:
+        size = self.state.size if self.state.size is not None else self.state.done
+        actual = os.fstat(self.fd).st_size
+        if actual != size or self.state.done != size:
+            self.discard()
+            raise Failure(f"{self.shown}: got {self.state.done} bytes where {size} were expected; discarded")
+        short = self.hasher.hexdigest() if self.hasher is not None else short_hash_file(self.part)
+        expected = self.job.expected_hash
+        if expected and short != expected.lower():
+            self.discard()
+            raise Failure(
+                f"{self.shown} sent data that does not match the manifest (short hash {short}, expected {expected}); discarded"
+            )
+        b3 = s256 = None
+        if self.full is not None:
+            self.full.catch_up(self.fd, size)
+            b3, s256 = self.full.digests()
+            for name, got, want in (("blake3", b3, self.job.blake3), ("sha256", s256, self.job.sha256)):
+                if want and got != want.lower():
+                    self.discard()
+                    raise Failure(f"{self.shown} sent data whose {name} does not match the manifest; discarded")
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise DiskError(disk_message(exc, self.job.filename)) from None
+        return Result(short, size, b3, s256)
