@@ -19,9 +19,26 @@ from cfd.core.errors import CfdError
 
 # Modules under cfd.cli that add subcommands, in --help order.
 COMMAND_MODULES = ("status_cmd", "repair_cmd", "hooks_cmd", "agent_cmd", "index_cmd", "config_cmd", "demo_cmd")
+# Which module defines each command: a command run by name imports only its own module
+# (every cfd start pays for the imports; --help and mistakes still see them all).
+MODULE_OF = {
+    "status": "status_cmd", "repair": "repair_cmd", "hooks": "hooks_cmd", "hook-run": "hooks_cmd",
+    "agent": "agent_cmd", "index": "index_cmd", "config": "config_cmd", "demo": "demo_cmd",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv (skipping the global --env PATH), if any."""
+    words = iter(argv)
+    for word in words:
+        if word == "--env":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cfd",
         description="Keep AI model files in sync with git-shared ComfyUI environments.",
@@ -34,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment to work on (a .cec repo or the folder holding .cec/); default: the current directory",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    modules = (MODULE_OF[only],) if only in MODULE_OF else COMMAND_MODULES
+    for name in modules:
         try:
             module = importlib.import_module(f"cfd.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -46,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
