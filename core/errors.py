@@ -18,7 +18,7 @@ class CfdError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message} ({self.hint})"
+        return self.message if not self.hint else f"{self.message}; {self.hint}"
 
 
 class ConfigError(CfdError):
