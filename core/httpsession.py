@@ -120,6 +120,11 @@ def with_retries(unit: Callable[[], None], options: DownloadOptions, cancel: thr
         except Failure as exc:
             if not exc.retry:
                 raise
+            if exc.retry_after is not None and exc.retry_after > options.retry_after_cap:
+                # "Come back tomorrow": waiting (even capped) would only hold a hook or
+                # `cfd repair` hostage; the file stays pending for a later run.
+                raise Failure(f"{exc.message} and asks to wait {_duration(exc.retry_after)}; "
+                              "not waiting that long: run `cfd repair` later") from None
             if fetched() - before >= MIB:
                 attempts = 0  # it made progress: a flaky link, not a dead source
             attempts += 1
@@ -128,6 +133,16 @@ def with_retries(unit: Callable[[], None], options: DownloadOptions, cancel: thr
             if cancel.wait(backoff(options, attempts, exc.retry_after)):
                 raise Cancelled() from None
             halt()
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
 
 
 class RateLimiter:

@@ -1,0 +1,257 @@
+"""SIGKILL at random points: of `cfd repair`, of a hook downloading inside a real `git pull`,
+and of the agent. Seeded (CFD_CHAOS_SEEDS runs, default 3), real processes, a real server.
+
+After every kill a user finds: no partial file at any model path, an index that opens and
+agrees with the disk, markers that parse. The next run completes and fetches again at most
+a few MiB per file the kill interrupted (counted by the server).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+from helpers import Scenario
+from helpers.chaos import (
+    MIB,
+    Served,
+    chaos_seeds,
+    check_invariants,
+    children_of,
+    cmdline,
+    kill_at_random_point,
+    manifest,
+    pending_keys,
+    report,
+    run_cfd,
+    serve,
+    spawn_cfd,
+    wait_until,
+)
+
+from cfd.agent.paths import agent_paths
+from cfd.agent.statusfile import read_status
+from cfd.cli.model_server import ModelServer
+from cfd.core.pullsync import read_last_synced
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+SEEDS = chaos_seeds()
+RATE = 24 * MIB  # per connection while a kill is pending: each run takes a second or two
+# What a kill may cost per interrupted file: the engine saves progress every 4 MiB, plus
+# the reads in flight on its connections. "A few MiB".
+REFETCH_PER_FILE = 6 * MIB
+
+
+@pytest.fixture
+def server():
+    with ModelServer() as srv:
+        yield srv
+
+
+def models_for(rng: random.Random, server: ModelServer) -> list[Served]:
+    """Three to four models; one big enough to be fetched on two connections."""
+    sizes = [64 * MIB + rng.randrange(MIB), rng.randrange(6, 14) * MIB + rng.randrange(MIB), rng.randrange(2, 6) * MIB + 17]
+    if rng.random() < 0.5:
+        sizes.append(rng.randrange(3, 8) * MIB)
+    salt = rng.randrange(1 << 20)
+    return [serve(server, f"m{i}-{salt}.safetensors", salt + i, size) for i, size in enumerate(sizes)]
+
+
+def throttle(server: ModelServer, models: list[Served], rate: float | None) -> None:
+    for m in models:
+        if rate:
+            server.set_fault(m.path, throttle=rate)
+        else:
+            server.clear_faults(m.path)
+
+
+def engine_settings(rng: random.Random) -> dict[str, str]:
+    return {"CFD_JOBS": str(rng.choice([1, 2, 4])), "CFD_CONNECTIONS": str(rng.choice([1, 2, 4])), "CFD_STALL_TIMEOUT": "10"}
+
+
+def check_refetch(server: ModelServer, models: list[Served], interrupted: int) -> int:
+    total = sum(m.size for m in models)
+    refetched = server.bytes_sent() - total
+    assert refetched <= interrupted * REFETCH_PER_FILE, (
+        f"fetched {refetched / MIB:.1f} MiB again for {interrupted} interrupted file(s)")
+    return refetched
+
+
+# --------------------------------------------------------------------------- cfd repair
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, cfd_env: dict[str, str],
+                           models_dir: Path) -> None:
+    rng = random.Random(seed)
+    models = models_for(rng, server)
+    clone = scenario.clone("bob")
+    clone.commit("environment", {"pyproject.toml": manifest(models).render()})
+    env = {**cfd_env, **engine_settings(rng)}
+    index, git_dir = Path(cfd_env["CFD_INDEX"]), clone.path / ".git"
+    kills, interrupted, points = rng.randint(1, 3), 0, []
+    total = sum(m.size for m in models)
+
+    throttle(server, models, RATE)
+    for _ in range(kills):
+        proc = spawn_cfd("repair", "--yes", cwd=clone.path, env=env)
+        points.append(kill_at_random_point(rng, proc, server.bytes_sent, total))
+        proc.communicate(timeout=60)
+        facts = check_invariants(models_dir, index, [git_dir], models)
+        interrupted += len(facts["partials"])
+
+    throttle(server, models, None)
+    final = run_cfd("repair", "--yes", cwd=clone.path, env=env)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert "Traceback" not in final.stderr
+    check_invariants(models_dir, index, [git_dir], models, complete=True)
+    assert pending_keys(git_dir) == {}
+    assert clone.is_clean()
+    refetched = check_refetch(server, models, interrupted)
+    report(f"kill-repair[{seed}]", faults=kills, runs_survived=kills, files=len(models), total_mib=round(total / MIB, 1),
+           interrupted_files=interrupted, refetched_mib=round(refetched / MIB, 2), points=";".join(points))
+
+
+# --------------------------------------------------------------------------- a hook inside git pull
+
+
+def hook_process(pull_pid: int) -> int | None:
+    """The Python the post-merge hook runs (the shim execs it), once it has started."""
+    for pid in children_of(pull_pid):
+        line = cmdline(pid)
+        if "cfd" in line and "python" in line:
+            return pid
+    return None
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigkill_of_a_hook_mid_download(seed: int, scenario: Scenario, server: ModelServer, cfd_env: dict[str, str],
+                                        models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(1000 + seed)
+    for key, value in {**cfd_env, **engine_settings(rng), "CFD_MODELS": "all"}.items():
+        if key.startswith("CFD_"):
+            monkeypatch.setenv(key, value)
+    import os
+
+    env = dict(os.environ)
+    models = models_for(rng, server)
+    scenario.seed({"pyproject.toml": manifest([]).render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    installed = run_cfd("hooks", "install", cwd=bob.path, env=env)
+    assert installed.returncode == 0, installed.stderr
+    alice.commit("new models", {"pyproject.toml": manifest(models).render()})
+    alice.push()
+    index, git_dir = Path(cfd_env["CFD_INDEX"]), bob.path / ".git"
+    total = sum(m.size for m in models)
+
+    throttle(server, models, RATE)
+    import subprocess
+
+    pull = subprocess.Popen(["git", "pull", "-q"], cwd=bob.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    victim = wait_until(lambda: hook_process(pull.pid), 30, "the post-merge hook to start", poll=0.002)
+    point = kill_at_random_point(rng, pull, server.bytes_sent, total, victim=lambda: victim)
+    out, err = pull.communicate(timeout=60)
+    assert pull.returncode == 0, err  # a killed hook never fails the pull
+    assert bob.is_clean(), bob.status()
+    facts = check_invariants(models_dir, index, [git_dir], models)
+    # Nothing is lost: once the hook has acted on this manifest (last-synced), what the
+    # kill left undone is in the marker (recorded before any byte was fetched); killed
+    # earlier, the next hook acts again. Either way `cfd status` still counts it missing.
+    left = {m.hash for m in models if m.relpath not in facts["placed"]}
+    blob = bob.rev_parse("HEAD:pyproject.toml")
+    if read_last_synced(git_dir) == blob:
+        recorded = pending_keys(git_dir)
+        assert left <= set(recorded), (point, left - set(recorded))
+    status = run_cfd("status", "--json", cwd=bob.path, env=env)
+    assert status.returncode == (1 if left else 0), status.stdout + status.stderr
+
+    throttle(server, models, None)
+    final = run_cfd("repair", "--yes", cwd=bob.path, env=env)
+    assert final.returncode == 0, final.stdout + final.stderr
+    check_invariants(models_dir, index, [git_dir], models, complete=True)
+    assert pending_keys(git_dir) == {} and bob.is_clean()
+    refetched = check_refetch(server, models, len(facts["partials"]))
+    report(f"kill-hook[{seed}]", faults=1, runs_survived=1, files=len(models), total_mib=round(total / MIB, 1),
+           interrupted_files=len(facts["partials"]), refetched_mib=round(refetched / MIB, 2), point=point)
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+def agent_pid(models_dir: Path) -> int | None:
+    status = read_status(agent_paths(models_dir).status) or {}
+    return status.get("pid") if status.get("state") == "ready" else None
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigkill_of_the_agent(seed: int, scenario: Scenario, server: ModelServer, cfd_env: dict[str, str],
+                              models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hook in background mode hands the models to the agent it starts; the agent is killed."""
+    rng = random.Random(2000 + seed)
+    for key, value in {**cfd_env, **engine_settings(rng), "CFD_MODELS": "all", "CFD_ON_PULL": "background"}.items():
+        if key.startswith("CFD_"):
+            monkeypatch.setenv(key, value)
+    import os
+    import signal
+
+    env = dict(os.environ)
+    models = models_for(rng, server)
+    scenario.seed({"pyproject.toml": manifest([]).render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    assert run_cfd("hooks", "install", cwd=bob.path, env=env).returncode == 0
+    alice.commit("new models", {"pyproject.toml": manifest(models).render()})
+    alice.push()
+    index, git_dir = Path(cfd_env["CFD_INDEX"]), bob.path / ".git"
+    total = sum(m.size for m in models)
+    kills, interrupted, points = rng.randint(1, 2), 0, []
+
+    throttle(server, models, RATE)
+    try:
+        pulled = bob.pull()
+        assert pulled.returncode == 0 and "background" in pulled.stderr, pulled.stderr
+        for round_ in range(kills):
+            if round_:
+                assert run_cfd("agent", "start", cwd=bob.path, env=env).returncode == 0
+            pid = wait_until(lambda: agent_pid(models_dir), 30, "the agent to be ready")
+
+            class _Alive:
+                def poll(self) -> int | None:
+                    try:
+                        os.kill(pid, 0)
+                    except ProcessLookupError:
+                        return 0
+                    return None
+
+            points.append(kill_at_random_point(rng, _Alive(), server.bytes_sent, total, victim=lambda: pid))  # type: ignore[arg-type]
+            wait_until(lambda: _Alive().poll() is not None or _zombie(pid), 10, "the agent to die")
+            facts = check_invariants(models_dir, index, [git_dir], models)
+            interrupted += len(facts["partials"])
+        throttle(server, models, None)
+        # The user (or the next background hook) starts it again; it resumes by itself.
+        assert run_cfd("agent", "start", cwd=bob.path, env=env).returncode == 0
+        wait_until(lambda: all((models_dir / m.relpath).is_file() for m in models) and pending_keys(git_dir) == {},
+                   90, "the restarted agent to finish", poll=0.1)
+    finally:
+        run_cfd("agent", "stop", cwd=bob.path, env=env)
+        pid = agent_pid(models_dir)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    check_invariants(models_dir, index, [git_dir], models, complete=True)
+    refetched = check_refetch(server, models, interrupted)
+    report(f"kill-agent[{seed}]", faults=kills, runs_survived=kills, files=len(models), total_mib=round(total / MIB, 1),
+           interrupted_files=interrupted, refetched_mib=round(refetched / MIB, 2), points=";".join(points))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
