@@ -57,7 +57,7 @@ from .placement import place, space_errors
 from .safety import safe_relative_path, target_path
 from .segments import Batch, Transfer, plan_segments
 from .shorthash import short_hash_file
-from .staging import held_lock, staging_name
+from .staging import discard_staging, held_lock, staging_name
 from .urls import redact_url
 
 __all__ = [
@@ -84,9 +84,21 @@ class _Engine:
         self.staging_dir = models_dir / ".cfd" / "staging"
         self.locks_dir = models_dir / ".cfd" / "locks"
         self.batch = Batch(options, callbacks, cancel)
+        self.setup_error: str | None = None
 
     def close(self) -> None:
         self.batch.close()
+
+    def prepare(self) -> str | None:
+        """Create cfd's folders in the models dir; the one-line reason when that is impossible."""
+        try:
+            for folder in (self.models_dir, self.staging_dir, self.locks_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.models_dir) else ""
+            return (f"cannot write in the models directory {self.models_dir}: {exc.strerror or exc}{where}; "
+                    "make it writable (or set cfd.modelsDir to another folder) and run `cfd repair` again")
+        return None
 
     def run_job(self, job: DownloadJob, number: int, total: int, space_error: str | None) -> DownloadOutcome:
         self.callbacks.on_file_start(job.filename, number, total)
@@ -106,17 +118,37 @@ class _Engine:
         relpath = safe_relative_path(job.relative_path, job.filename)
         target = target_path(self.models_dir, relpath)
         name = staging_name(job.key)
-        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        if self.setup_error:  # nothing can be written: a file already there is still fine
+            with ModelIndex(self.index_path, self.models_dir) as index:
+                return self._already_there(job, relpath, target, index) or failed(job, self.setup_error)
         with held_lock(self.locks_dir / f"{name}.lock", self.cancel) as held:
             if not held:
                 return failed(job, INTERRUPTED)
             with ModelIndex(self.index_path, self.models_dir) as index:
                 present = self._already_there(job, relpath, target, index)
                 if present is not None:
+                    discard_staging(self.staging_dir, name)  # a run killed after placing it left these
                     return present
                 if space_error:
                     return failed(job, space_error)
+                folder_error = self._make_folder(relpath, target)
+                if folder_error:
+                    return failed(job, folder_error)
                 return self._download(job, relpath, target, name, index)
+
+    def _make_folder(self, relpath: str, target: Path) -> str | None:
+        """Create the target's folder before fetching anything (a file in the way is said now, not after)."""
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return None
+        except OSError as exc:
+            blocker = next((p for p in [*reversed(target.parent.parents), target.parent]
+                            if self.models_dir in p.parents and os.path.lexists(p) and not p.is_dir()), None)
+            if blocker is not None:
+                shown = blocker.relative_to(self.models_dir).as_posix()
+                return (f"cannot create the folder for {relpath}: {shown} in the models directory is a file, not a folder; "
+                        "move it away and run `cfd repair` again")
+            return f"cannot create the folder for {relpath}: {exc.strerror or exc}"
 
     def _already_there(self, job: DownloadJob, relpath: str, target: Path, index: ModelIndex) -> DownloadOutcome | None:
         if job.expected_hash:
@@ -189,8 +221,8 @@ def download_models(
     callbacks = callbacks or DownloadCallbacks()
     cancel = cancel or threading.Event()
     models_path = Path(models_dir)
-    models_path.mkdir(parents=True, exist_ok=True)
     engine = _Engine(models_path, Path(index_path), options, callbacks, cancel)
+    engine.setup_error = engine.prepare()
     total = len(jobs)
     callbacks.on_batch_start(total)
     early = space_errors(jobs, models_path, engine.staging_dir)

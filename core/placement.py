@@ -29,6 +29,10 @@ def place(job: DownloadJob, relpath: str, target: Path, staged: StagingFile, sou
     shown = redact_url(source)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the folder was there when the download started
+        return failed(job, f"cannot place {relpath}: cannot create its folder ({exc.strerror or exc}); the verified "
+                           f"download is kept in {staged.part} and the next run places it", fetched)
+    try:
         move_no_clobber(staged.part, target)
     except FileExistsError:
         staged.discard()

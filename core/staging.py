@@ -47,6 +47,15 @@ def partial_bytes(staging_dir: Path, job: DownloadJob) -> int:
         return 0
 
 
+def discard_staging(staging_dir: Path, name: str) -> None:
+    """Remove what a download of `name` left in staging (best effort; hold its lock)."""
+    for suffix in (".part", ".json", ".json.tmp"):
+        try:
+            (staging_dir / f"{name}{suffix}").unlink()
+        except OSError:
+            pass
+
+
 @contextmanager
 def held_lock(path: Path, cancel: threading.Event) -> Iterator[bool]:
     """Hold the lock file `path`; yields False if `cancel` was set while another process held it."""

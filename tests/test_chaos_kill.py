@@ -255,3 +255,34 @@ def _zombie(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+# --------------------------------------------------------------------------- the narrowest window
+
+
+def test_killed_between_the_move_and_the_cleanup(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str],
+                                                 models_dir: Path) -> None:
+    """The state a kill leaves right after the hard link into place, before the staging files are
+    removed and the index is written (too narrow to hit by timing: built by hand). The next run
+    indexes the file without fetching it and leaves no staging file linked to it."""
+    import os
+
+    from cfd.core.index import ModelIndex
+
+    m = serve(server, "placed.safetensors", 77, 3 * MIB)
+    clone = scenario.clone("bob")
+    clone.commit("environment", {"pyproject.toml": manifest([m]).render()})
+    target = models_dir / m.relpath
+    target.parent.mkdir(parents=True)
+    target.write_bytes(m.data)
+    staging = models_dir / ".cfd" / "staging"
+    staging.mkdir(parents=True)
+    os.link(target, staging / f"{m.hash}.part")
+    (staging / f"{m.hash}.json").write_text('{"source": "x", "size": 1, "segments": [[0, 1, 1]]}')
+    assert target.stat().st_nlink == 2
+    index = Path(cfd_env["CFD_INDEX"])
+    ModelIndex(index, models_dir).close()
+    result = run_cfd("repair", "--yes", cwd=clone.path, env=cfd_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server.requests == []
+    check_invariants(models_dir, index, [clone.path / ".git"], [m], complete=True)
