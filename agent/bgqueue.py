@@ -187,7 +187,7 @@ class BackgroundQueue:
 
     def _serve(self, env: Environment) -> float | None:
         """Download what is due for one environment; returns seconds until something else is."""
-        entries = [e for e in Marker(env.git_dir).read() if e.reason in RETRIED]
+        entries = [e for e in Marker(env.git_dir, log.warning).read() if e.reason in RETRIED]
         self.board.set(queue=len(entries))
         if not entries:
             return None
@@ -221,7 +221,7 @@ class BackgroundQueue:
         # Present by now (copied in, fetched by someone else): nothing left to do for them.
         done = [key for key in due if key not in missing_keys and key not in wanted]
         if done:
-            Marker(env.git_dir).merge((), drop=done)
+            Marker(env.git_dir, log.warning).merge((), drop=done)
             log.info("dropped %d pending entr(ies) already present", len(done))
         if not wanted:
             return

@@ -112,7 +112,7 @@ class Agent:
         """Drop pending entries whose model arrived while no agent watched."""
         locations = index.locations()
         for env in self.config.envs:
-            entries = Marker(env.git_dir).read()
+            entries = Marker(env.git_dir, log.warning).read()
             present = index.present([e.key for e in entries if not e.key.startswith("intent:")])
             for entry in entries:
                 if entry.key in present:

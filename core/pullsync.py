@@ -177,10 +177,9 @@ def sync_between(
     out = replace(out, action=SYNCED, warnings=tuple(diff.new.problems))
 
     if not diff.hashes_to_check and not diff.new_intents:
-        if diff.no_longer_needed:
-            _drop_from_marker(env, diff.no_longer_needed)
+        notes = _drop_from_marker(env, diff.no_longer_needed) if diff.no_longer_needed else []
         write_last_synced(env.git_dir, new_blob)
-        return out
+        return replace(out, warnings=(*notes, *out.warnings))
     return _act(env, diff, _plan(env, diff, out.strategy), out, new_blob, callbacks, cancel)
 
 
@@ -223,7 +222,8 @@ def _act(
         + _pending_entries(plan.report.unavailable, (), "no-source", trigger)
     )
     # Recorded before any download: a kill or Ctrl-C leaves the marker saying what is left.
-    marker = Marker(env.git_dir)
+    notes: list[str] = []  # a corrupt marker is set aside: the hook says so
+    marker = Marker(env.git_dir, notes.append)
     marker.merge(entries, drop=[*plan.satisfied_keys, *diff.no_longer_needed])
     write_last_synced(env.git_dir, new_blob)
     out = replace(out, missing=plan.report.missing, intents=tuple(plan.intents), checked=len(diff.hashes_to_check))
@@ -235,7 +235,8 @@ def _act(
         # The agent itself syncs with trigger "agent": it must not spawn another.
         out = replace(out, handed_to_agent=chosen, agent_started=trigger == "agent" or start_agent(env))
     keys = {e.key for e in entries}
-    return replace(out, pending=tuple(e for e in marker.read() if e.key in keys))
+    pending = tuple(e for e in marker.read() if e.key in keys)
+    return replace(out, pending=pending, warnings=(*dict.fromkeys(notes), *out.warnings))
 
 
 def _download(
@@ -252,10 +253,12 @@ def _download(
     return replace(out, downloaded=tuple(synced.models_downloaded), failed=tuple(synced.models_failed))
 
 
-def _drop_from_marker(env: Environment, keys: Sequence[str]) -> None:
-    marker = Marker(env.git_dir)
+def _drop_from_marker(env: Environment, keys: Sequence[str]) -> list[str]:
+    notes: list[str] = []
+    marker = Marker(env.git_dir, notes.append)
     if marker.path.exists():
         marker.merge((), drop=keys)
+    return notes
 
 
 def start_agent(env: Environment) -> bool:
