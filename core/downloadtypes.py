@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .tokens import CIVITAI_HOSTS, HF_HOSTS, Tokens, load_tokens
+from .tokens import CIVITAI_HOSTS, HF_HOSTS, Tokens, hf_hosts_from_env, load_tokens
 from .urls import redact_url
 
 MIB = 1 << 20
@@ -76,6 +76,9 @@ class DownloadOptions:
     connect_timeout: float = 10.0
     retries: int = 5  # attempts per source on connection errors, 5xx, 429
     allow_private_networks: bool = False
+    # "host" or "host:port" reachable although private (API only: a mirror one trusts, or a
+    # test's first hop); every other hop of a redirect chain is still checked.
+    private_hosts: tuple[str, ...] = ()
     tokens: Tokens = field(default_factory=Tokens)
     hf_hosts: tuple[str, ...] = HF_HOSTS
     civitai_hosts: tuple[str, ...] = CIVITAI_HOSTS
@@ -101,6 +104,7 @@ class DownloadOptions:
             "retries": s["cfd.retries"],
             "allow_private_networks": bool(s["cfd.allowPrivateNetworks"]),
             "tokens": load_tokens(workspace_civitai_token=getattr(env, "civitai_token", None)),
+            "hf_hosts": hf_hosts_from_env(),
         }
         values.update(overrides)
         return cls(**values)

@@ -9,6 +9,7 @@ that say whether a retry may help (and how long the server asked us to wait).
 from __future__ import annotations
 
 import http.client
+import logging
 import random
 import re
 import socket
@@ -28,6 +29,19 @@ from .tokens import CIVITAI_HOSTS, HF_HOSTS, auth_header, service_of, token_hint
 from .urls import _SECRET_PARAMS, host_of, redact_url
 
 _REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class _RedactQueries(logging.Filter):
+    """urllib3 logs each request line at DEBUG, query string included: a signed URL's
+    `token=` / `sig=` must not reach a log an application turned up to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_url(a) if isinstance(a, str) and "?" in a else a for a in record.args)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_RedactQueries())
 
 
 # --------------------------------------------------------------------------- source URLs
@@ -212,6 +226,8 @@ class HttpClient:
         parts = urlsplit(url)
         key = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
         if self.options.allow_private_networks or key in self._checked_hosts:
+            return
+        if key[0] in self.options.private_hosts or f"{key[0]}:{key[1]}" in self.options.private_hosts:
             return
         try:
             check_host(key[0], key[1], allow_private=False)

@@ -25,6 +25,9 @@ MODELS_TABLE = "tool.comfydock.models"
 WORKFLOWS_TABLE = "tool.comfydock.workflows"
 _HASH_RE = re.compile(r"^[0-9a-fA-F]{8,128}$")
 _CONFLICT_RE = re.compile(rb"^(<{7}|={7}|>{7})(?: |\r?$)", re.MULTILINE)
+# C0/C1 controls and DEL: in a name they would forge output lines or drive the terminal
+# (escape sequences) wherever cfd prints it; no real model file or workflow has them.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def stronger(a: str, b: str) -> str:
@@ -228,6 +231,9 @@ class _Reader:
         refs: list[WorkflowModelRef] = []
         for name, workflow in table.items():
             where = f"{WORKFLOWS_TABLE}.{name}"
+            if _CONTROL_RE.search(name):
+                self.problem(f"{WORKFLOWS_TABLE}.{name!r}", "workflow name contains control characters (ignored)")
+                continue
             if not isinstance(workflow, dict):
                 self.problem(where, "is not a table")
                 continue
@@ -290,6 +296,9 @@ class _Reader:
         if not isinstance(value, str) or not value:
             self.problem(where, f"'{key}' must be a non-empty string, not {_describe(value)}")
             return None
+        if _CONTROL_RE.search(value):
+            self.problem(where, f"'{key}' contains control characters: {_describe(value)}")
+            return None
         return value
 
     def choice(self, entry: dict[str, Any], key: str, where: str, allowed: tuple[str, ...], default: str) -> str:
@@ -315,7 +324,7 @@ class _Reader:
         if not isinstance(value, list):
             self.problem(where, f"'sources' must be an array of URLs, not {_describe(value)}")
             return ()
-        good = tuple(item for item in value if isinstance(item, str) and item)
+        good = tuple(item for item in value if isinstance(item, str) and item and not _CONTROL_RE.search(item))
         if len(good) != len(value):
             self.problem(where, "'sources' holds entries that are not URL strings (ignored)")
         return good

@@ -26,19 +26,31 @@ _RESERVED_TOP = ".cfd"
 ALLOWED_SCHEMES = ("http", "https")
 
 
+NAME_MAX = 255  # bytes in one path component (ext4, APFS, NTFS in UTF-16 units)
+PATH_MAX = 1024  # bytes below the models dir: real model paths are far shorter
+
+
 def _bad_chars(text: str) -> bool:
-    return any(ord(ch) < 32 or ch == "\x7f" for ch in text)
+    return any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in text)
+
+
+def _shown(text: str) -> str:
+    """A manifest value for a message: quoted, escaped, and never longer than a line."""
+    return repr(text) if len(text) <= 120 else repr(text[:100]) + f"… ({len(text)} characters)"
 
 
 def safe_filename(filename: str) -> str:
     """A bare file name: no separators, no `..`, no control characters."""
     if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or _bad_chars(filename):
         raise UnsafeManifestValue(
-            f"refusing model filename {filename!r}: it must be a plain file name",
+            f"refusing model filename {_shown(filename)}: it must be a plain file name",
             "fix the entry in pyproject.toml (ask who committed it)",
         )
     if _DRIVE.match(filename) or (os.name == "nt" and _WINDOWS_RESERVED.match(filename)):
-        raise UnsafeManifestValue(f"refusing model filename {filename!r}", "fix the entry in pyproject.toml")
+        raise UnsafeManifestValue(f"refusing model filename {_shown(filename)}", "fix the entry in pyproject.toml")
+    if len(filename.encode("utf-8", "surrogatepass")) > NAME_MAX:
+        raise UnsafeManifestValue(f"refusing model filename {_shown(filename)}: longer than {NAME_MAX} bytes",
+                                  "fix the entry in pyproject.toml")
     return filename
 
 
@@ -67,9 +79,13 @@ def safe_relative_path(relative_path: str, filename: str | None = None) -> str:
             problem = "it points into cfd's own .cfd folder"
         elif any(_DRIVE.match(p) for p in parts) or (os.name == "nt" and any(_WINDOWS_RESERVED.match(p) for p in parts)):
             problem = "it contains a reserved name"
+        elif any(len(p.encode("utf-8", "surrogatepass")) > NAME_MAX for p in parts):
+            problem = f"a name in it is longer than {NAME_MAX} bytes"
+        elif len(text.encode("utf-8", "surrogatepass")) > PATH_MAX:
+            problem = f"it is longer than {PATH_MAX} bytes"
     if problem:
         raise UnsafeManifestValue(
-            f"refusing model path {relative_path!r}: {problem}; paths must stay inside the models directory",
+            f"refusing model path {_shown(relative_path or '')}: {problem}; paths must stay inside the models directory",
             "fix the entry in pyproject.toml (ask who committed it)",
         )
     return "/".join(parts)
@@ -86,14 +102,14 @@ def check_url(url: str) -> str:
         scheme, host = parts.scheme.lower(), parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise UnsafeManifestValue(f"refusing source {redact_url(url)!r}: not a valid URL", "fix the source in pyproject.toml") from None
+        raise UnsafeManifestValue(f"refusing source {_shown(redact_url(url))}: not a valid URL", "fix the source in pyproject.toml") from None
     if scheme not in ALLOWED_SCHEMES:
         raise UnsafeManifestValue(
-            f"refusing source {redact_url(url)!r}: only http and https URLs are downloaded",
+            f"refusing source {_shown(redact_url(url))}: only http and https URLs are downloaded",
             "fix the source in pyproject.toml",
         )
     if not host or _bad_chars(url) or " " in url:
-        raise UnsafeManifestValue(f"refusing source {redact_url(url)!r}: not a valid URL", "fix the source in pyproject.toml")
+        raise UnsafeManifestValue(f"refusing source {_shown(redact_url(url))}: not a valid URL", "fix the source in pyproject.toml")
     return url
 
 

@@ -61,6 +61,18 @@ def load_tokens(environ: Mapping[str, str] | None = None, workspace_civitai_toke
     return Tokens(hf, civitai, hf_origin, civitai_origin)
 
 
+def hf_hosts_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The Hugging Face hosts, plus the host of HF_ENDPOINT (a mirror, as huggingface_hub has it)."""
+    environ = os.environ if environ is None else environ
+    endpoint = environ.get("HF_ENDPOINT", "").strip()
+    if not endpoint:
+        return HF_HOSTS
+    from .urls import host_of
+
+    host = host_of(endpoint if "://" in endpoint else f"https://{endpoint}")
+    return HF_HOSTS + (host,) if host and host not in HF_HOSTS else HF_HOSTS
+
+
 def host_in(host: str, domains: tuple[str, ...]) -> bool:
     """`host` is one of `domains` or a subdomain of one."""
     host = host.lower().rstrip(".")

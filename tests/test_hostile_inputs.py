@@ -1,0 +1,561 @@
+"""A teammate's pyproject.toml is untrusted input, met through the real commands.
+
+Paths that climb out of the models directory, URLs of other schemes or with credentials,
+hosts on loopback / private / link-local addresses, redirects into the LAN, absurd sizes,
+wrong types, a 100,000-entry table, deep nesting, invalid UTF-8, control characters that
+would forge output lines: never a traceback, never a write outside the models directory,
+never a request that should not be made, and a token never shows up anywhere.
+Property tests (hypothesis) drive the reader, the diff, `cfd repair` and the hook's sync
+over generated hostile manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Clone, ManifestBuilder, Scenario
+from helpers.chaos import MIB, Served, manifest, report, run_cfd, serve
+from helpers.manifest import big_manifest, toml_value
+
+from cfd.cli.model_server import ModelServer, generate_model_bytes
+from cfd.core.index import ModelIndex
+from cfd.core.marker import MARKER_NAME
+
+pytestmark = pytest.mark.timeout(180)
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+
+
+@pytest.fixture
+def server():
+    with ModelServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, cfd_env: dict[str, str]) -> dict[str, Any]:
+    """A models dir inside a sandbox folder: anything written beside it is an escape."""
+    root = tmp_path / "sandbox"
+    models = root / "deep" / "er" / "models"
+    models.mkdir(parents=True)
+    (root / "outside").mkdir()
+    (root / "outside" / "keep.txt").write_text("untouched\n")
+    env = {**cfd_env, "CFD_MODELS_DIR": str(models), "CFD_STALL_TIMEOUT": "2", "CFD_RETRIES": "1"}
+    return {"root": root, "models": models, "outside": root / "outside", "env": env, "index": Path(cfd_env["CFD_INDEX"])}
+
+
+def snapshot(root: Path, models: Path) -> dict[str, tuple[int, float]]:
+    """Every file under `root` except the models dir, with size and mtime."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        if Path(folder) == models.parent:
+            dirs[:] = [d for d in dirs if d != models.name]
+        for name in files:
+            path = Path(folder) / name
+            found[str(path)] = (path.stat().st_size, path.stat().st_mtime)
+    return found
+
+
+def clean_output(*texts: str) -> None:
+    for text in texts:
+        assert "Traceback" not in text, text
+        assert "internal error" not in text and "unexpected error" not in text, text
+        assert not CONTROL.search(text), f"control characters reach the terminal: {text[:2000]!r}"
+
+
+def env_with(scenario: Scenario, text: str | bytes, name: str = "bob") -> Clone:
+    clone = scenario.clone(name)
+    clone.commit("environment", {"pyproject.toml": text})
+    return clone
+
+
+def repair_json(clone: Clone, env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
+    result = run_cfd("repair", "--yes", "--json", cwd=clone.path, env=env)
+    clean_output(result.stderr)
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+# --------------------------------------------------------------------------- paths that escape
+
+
+ESCAPES = {
+    "dotdot": "../escape-dotdot.safetensors",
+    "dotdot-deep": "checkpoints/../../../../escape-deep.safetensors",
+    "dotdot-very-deep": "/".join([".."] * 40) + "/tmp/cfd-escape-very-deep.safetensors",
+    "absolute": "{outside}/escape-absolute.safetensors",
+    "windows-drive": "C:\\escape-windows.safetensors",
+    "windows-drive-slash": "C:/escape-windows2.safetensors",
+    "unc": "\\\\server\\share\\escape-unc.safetensors",
+    "backslash-dotdot": "..\\..\\escape-backslash.safetensors",
+    "nul": "checkpoints/escape\x00nul.safetensors",
+    "newline": "checkpoints/escape\nnewline.safetensors",
+    "cfd-own-folder": ".cfd/staging/escape-staging.part",
+    "only-dots": "./../.",
+    "long-name": "checkpoints/" + "x" * 300 + ".safetensors",
+    "long-path": "a/" * 3000 + "escape-long.safetensors",
+}
+BAD_FILENAMES = {
+    "filename-dotdot": "../escape-fn.safetensors",
+    "filename-absolute": "/etc/escape-fn",
+    "filename-drive": "C:\\escape-fn",
+    "filename-nul": "escape\x00fn",
+    "filename-newline": "escape\nfn.safetensors",
+    "filename-escape-seq": "\x1b]0;pwned\x07\x1b[2J.safetensors",
+}
+
+
+def test_path_escapes_are_refused_before_any_request(scenario: Scenario, server: ModelServer, sandbox: dict[str, Any]) -> None:
+    models, outside = sandbox["models"], sandbox["outside"]
+    good = serve(server, "good.safetensors", 1, MIB)
+    builder = manifest([good])
+    hostile: list[tuple[str, Served, str]] = []
+    for number, (label, relpath) in enumerate({**ESCAPES, **{k: f"checkpoints/ok-{k}.safetensors" for k in BAD_FILENAMES}}.items()):
+        m = serve(server, f"h{number}.safetensors", 100 + number, 4096)
+        relpath = relpath.format(outside=outside)
+        filename = BAD_FILENAMES.get(label, m.name)
+        builder.model(m.hash, filename, m.size, relpath, "checkpoints", [m.url])
+        builder.ref("wf-hostile", filename, "checkpoints", hash=m.hash, criticality="required", status="resolved",
+                    node_id=str(number))
+        # The same path as a download intent (no hash: nothing to verify it against).
+        builder.ref("wf-intents", filename, "loras", criticality="required", status="unresolved", node_id=str(number),
+                    sources=[m.url], relative_path=relpath)
+        hostile.append((label, m, relpath))
+    clone = env_with(scenario, builder.render())
+    before = snapshot(sandbox["root"], models)
+    landings = {label: landing(models, relpath) for label, _, relpath in hostile}
+    existed = {label: os.path.lexists(path) for label, path in landings.items() if path}
+
+    status = run_cfd("status", cwd=clone.path, env=sandbox["env"])
+    clean_output(status.stdout, status.stderr)
+    assert status.returncode == 1
+    status_json = run_cfd("status", "--json", cwd=clone.path, env=sandbox["env"])
+    code, data, stderr = repair_json(clone, sandbox["env"])
+    text = run_cfd("repair", "--yes", cwd=clone.path, env=sandbox["env"])
+    clean_output(text.stdout, text.stderr)
+    assert code == 1
+    assert (models / good.relpath).read_bytes() == good.data  # the good entry is not held back
+    failed = {f["key"]: f["error"] for f in data["failed"]}
+    for label, m, relpath in hostile:
+        if label in ("nul", "newline"):
+            # The reader drops a path with control characters (a listed problem) and the entry
+            # falls back to <category>/<filename>, inside the models dir.
+            assert any(label in p or "control characters" in p for p in json.loads(status_json.stdout)["problems"])
+        else:
+            assert server.requests_for(m.path) == [], f"{label}: fetched although refused"
+        if m.hash in failed:
+            assert "refusing" in failed[m.hash], (label, failed[m.hash])
+            assert len(failed[m.hash]) < 400, (label, len(failed[m.hash]))
+        if landings[label]:
+            assert os.path.lexists(landings[label]) == existed[label], f"{label}: written outside: {landings[label]}"
+    assert snapshot(sandbox["root"], models) == before, "something was written beside the models directory"
+    assert not Path("/tmp/cfd-escape-very-deep.safetensors").exists()
+    marker = (clone.path / ".git" / "cfd" / MARKER_NAME).read_text()
+    assert "\\u001b" not in marker and "\x1b" not in marker
+    report("hostile-paths", inputs=len(hostile) * 2, fetched=0, written_outside=0)
+
+
+def landing(models: Path, relpath: str) -> str | None:
+    """Where a path would land if nothing checked it, when that is outside the models dir."""
+    path = os.path.normpath(os.path.join(models, relpath.replace("\\", "/").replace("\x00", "")))
+    return None if path.startswith(str(models) + os.sep) else path
+
+
+def test_hook_refuses_path_escapes_too(scenario: Scenario, server: ModelServer, sandbox: dict[str, Any],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {**sandbox["env"], "CFD_MODELS": "all"}.items():
+        if key.startswith("CFD_"):
+            monkeypatch.setenv(key, value)
+    models = sandbox["models"]
+    scenario.seed({"pyproject.toml": ManifestBuilder().render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
+    builder = ManifestBuilder()
+    served = []
+    for number, (label, relpath) in enumerate(ESCAPES.items()):
+        if label in ("nul", "newline"):
+            continue  # dropped by the reader; the entry falls back inside (see above)
+        m = serve(server, f"p{number}.safetensors", 200 + number, 2048)
+        builder.model(m.hash, m.name, m.size, relpath.format(outside=sandbox["outside"]), "checkpoints", [m.url])
+        builder.ref("wf", m.name, "checkpoints", hash=m.hash, criticality="required", status="resolved", node_id=str(number))
+        served.append(m)
+    alice.commit("hostile", {"pyproject.toml": builder.render()})
+    alice.push()
+    before = snapshot(sandbox["root"], models)
+    pulled = bob.pull()
+    assert pulled.returncode == 0 and bob.is_clean()
+    clean_output(pulled.stderr)
+    assert server.requests == []
+    assert snapshot(sandbox["root"], models) == before
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def test_other_schemes_and_credentials(scenario: Scenario, server: ModelServer, sandbox: dict[str, Any]) -> None:
+    secret_words = ("s3cretPW", "SECRET_QUERY_TOKEN", "SECRET_SIG_VALUE")
+    data = generate_model_bytes(5, MIB)
+    path = "/checkpoints/cred.safetensors"
+    server.add_file(path, data)
+    with_credentials = server.url(path).replace("http://", "http://alice:s3cretPW@") + "?token=SECRET_QUERY_TOKEN&sig=SECRET_SIG_VALUE"
+    bad_schemes = ["file:///etc/passwd", "ftp://example.com/x.safetensors", "data:text/plain;base64,aGVsbG8=",
+                   "javascript:alert(1)", "gopher://example.com/x", "http://", "https:///nohost", "http://127.0.0.1:99999/x",
+                   " http://127.0.0.1/x", "http://exa mple.com/x"]
+    builder = ManifestBuilder()
+    from helpers.manifest import short_hash_for
+
+    cred_hash = short_hash_for(data)
+    builder.model(cred_hash, "cred.safetensors", len(data), "checkpoints/cred.safetensors", "checkpoints", [with_credentials])
+    builder.ref("wf", "cred.safetensors", "checkpoints", hash=cred_hash, criticality="required", status="resolved", node_id="1")
+    bad_hashes = []
+    for number, url in enumerate(bad_schemes):
+        h = f"{number + 1:016x}"
+        bad_hashes.append(h)
+        builder.model(h, f"s{number}.safetensors", 10, f"checkpoints/s{number}.safetensors", "checkpoints", [url])
+        builder.ref("wf", f"s{number}.safetensors", "checkpoints", hash=h, criticality="required", status="resolved",
+                    node_id=str(10 + number))
+    clone = env_with(scenario, builder.render())
+    outputs = []
+    for args in (("status",), ("status", "--json"), ("repair", "--dry-run"), ("repair", "--yes"), ("repair", "--yes", "--json")):
+        result = run_cfd(*args, cwd=clone.path, env=sandbox["env"])
+        clean_output(result.stdout, result.stderr)
+        outputs += [result.stdout, result.stderr]
+    assert (sandbox["models"] / "checkpoints" / "cred.safetensors").read_bytes() == data
+    assert server.requests_for(path)[0].headers.get("Authorization", "").startswith("Basic ")  # the URL's own credentials
+    data_json = json.loads(outputs[-2])
+    failed = {f["key"]: f["error"] for f in data_json["failed"]}
+    assert all(h in failed for h in bad_hashes), failed
+    assert sum("only http and https" in failed[h] for h in bad_hashes) >= 5
+    stored = [(clone.path / ".git" / "cfd" / MARKER_NAME).read_text(), dump_index(sandbox["index"])]
+    for word in secret_words:
+        for text in outputs + stored:
+            assert word not in text, f"{word} leaked: {text[:300]}"
+    report("hostile-urls", inputs=len(bad_schemes) + 1, fetched_bad=0, secrets_leaked=0)
+
+
+def dump_index(path: Path) -> str:
+    with sqlite3.connect(path) as con:
+        return "\n".join(con.iterdump())
+
+
+PRIVATE = [
+    "http://127.0.0.1:{port}/m.safetensors",
+    "http://localhost:{port}/m.safetensors",
+    "http://[::1]:{port}/m.safetensors",
+    "http://[::ffff:127.0.0.1]:{port}/m.safetensors",
+    "http://0.0.0.0:{port}/m.safetensors",
+    "http://2130706433:{port}/m.safetensors",  # 127.0.0.1 as one number
+    "http://0x7f000001:{port}/m.safetensors",
+    "http://127.1:{port}/m.safetensors",
+    "http://10.0.0.1/m.safetensors",
+    "http://192.168.1.1/m.safetensors",
+    "http://172.16.0.1/m.safetensors",
+    "http://100.64.0.1/m.safetensors",  # carrier-grade NAT
+    "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+    "http://[fe80::1]/m.safetensors",
+    "http://[fd00::1]/m.safetensors",
+]
+
+
+def test_private_addresses_are_refused_without_a_connection(scenario: Scenario, server: ModelServer,
+                                                            sandbox: dict[str, Any]) -> None:
+    data = generate_model_bytes(6, 4096)
+    server.add_file("/m.safetensors", data)
+    builder = ManifestBuilder()
+    hashes = []
+    for number, url in enumerate(PRIVATE):
+        h = f"{number + 0x100:016x}"
+        hashes.append(h)
+        builder.model(h, f"p{number}.safetensors", 4096, f"checkpoints/p{number}.safetensors", "checkpoints",
+                      [url.format(port=server.port)])
+        builder.ref("wf", f"p{number}.safetensors", "checkpoints", hash=h, criticality="required", status="resolved",
+                    node_id=str(number))
+    clone = env_with(scenario, builder.render())
+    env = {**sandbox["env"], "CFD_ALLOW_PRIVATE_NETWORKS": "false", "CFD_JOBS": "8"}
+    started = time.monotonic()
+    code, data_json, _ = repair_json(clone, env)
+    elapsed = time.monotonic() - started
+    assert code == 1
+    failed = {f["key"]: f["error"] for f in data_json["failed"]}
+    for h, url in zip(hashes, PRIVATE):
+        assert "loopback, private or link-local" in failed[h] or "cannot resolve" in failed[h], (url, failed[h])
+    assert server.requests == []
+    assert elapsed < 15, "refusals must not wait for connection timeouts"
+    report("hostile-private-hosts", inputs=len(PRIVATE), connections=0, seconds=round(elapsed, 1))
+
+
+def test_redirect_from_a_public_host_into_the_lan_is_refused(server: ModelServer, tmp_path: Path) -> None:
+    """The first hop counts as public (DownloadOptions.private_hosts, the API's trusted-mirror list);
+    every redirect target is checked again and refused without a connection."""
+    from cfd.core.download import DownloadJob, DownloadOptions, download_models
+    from cfd.core.shorthash import short_hash_bytes
+
+    data = generate_model_bytes(7, MIB)
+    with ModelServer() as lan:
+        lan.add_file("/secret", data)
+        targets = {
+            "loopback": lan.url("/secret"),
+            "localhost": lan.url("/secret").replace("127.0.0.1", "localhost"),
+            "metadata": "http://169.254.169.254/latest/meta-data/iam",
+            "private": "http://10.1.2.3/secret",
+            "ipv6-loopback": f"http://[::1]:{lan.port}/secret",
+        }
+        jobs = []
+        for label, target in targets.items():
+            server.set_fault(f"/{label}", redirect_to=target)
+            jobs.append(DownloadJob(short_hash_bytes(data), f"{label}.safetensors", f"checkpoints/{label}.safetensors",
+                                    len(data), (server.url(f"/{label}"),), short_hash_bytes(data)))
+        options = DownloadOptions(private_hosts=(f"127.0.0.1:{server.port}",), retries=1, connect_timeout=2)
+        outcomes = []
+        for job in jobs:  # one at a time: they share a key (and so a lock)
+            outcomes += download_models([job], models_dir=tmp_path / "models", index_path=tmp_path / "i.db", options=options)
+        for label, outcome in zip(targets, outcomes):
+            assert not outcome.success, label
+            assert "loopback, private or link-local" in (outcome.error or ""), (label, outcome.error)
+        assert lan.requests == []
+        assert len(server.requests) == len(targets)  # the first hop was allowed and asked
+        # The same chain with the LAN host trusted too works: the refusal was about the address.
+        trusted = DownloadOptions(private_hosts=(f"127.0.0.1:{server.port}", f"127.0.0.1:{lan.port}"))
+        ok = download_models([jobs[0]], models_dir=tmp_path / "models", index_path=tmp_path / "i.db", options=trusted)[0]
+        assert ok.success, ok.error
+    report("hostile-redirect-into-lan", inputs=len(targets), connections_to_lan=0)
+
+
+# --------------------------------------------------------------------------- values of the wrong kind
+
+
+WRONG_TYPES = """
+[tool.comfydock.models]
+aaaaaaaaaaaaaaa1 = {filename = 5, size = 10, sources = ["http://x.invalid/a"]}
+aaaaaaaaaaaaaaa2 = {filename = "b.safetensors", size = -5, relative_path = true, sources = "http://x.invalid/b"}
+aaaaaaaaaaaaaaa3 = {filename = "c.safetensors", size = "big", sources = [1, {a = 1}, "http://x.invalid/c"]}
+aaaaaaaaaaaaaaa4 = {filename = "d.safetensors", size = 99999999999999999999, sources = ["http://x.invalid/d"]}
+aaaaaaaaaaaaaaa5 = {filename = "e.safetensors", size = 9223372036854775807, category = [], sources = ["{url}"]}
+aaaaaaaaaaaaaaa6 = "just a string"
+aaaaaaaaaaaaaaa7 = {filename = "g.safetensors", size = 1.5e300, blake3 = 7, sha256 = ["x"]}
+not-a-hash = {filename = "h.safetensors"}
+
+[[tool.comfydock.workflows.wf.models]]
+filename = "a"
+hash = 123
+status = ["resolved"]
+criticality = 5
+nodes = "x"
+
+[[tool.comfydock.workflows.wf.models]]
+filename = "e.safetensors"
+hash = "aaaaaaaaaaaaaaa5"
+criticality = "required"
+nodes = [{{node_id = [], widget_idx = "0"}}]
+
+[[tool.comfydock.workflows.wf.models]]
+filename = "d.safetensors"
+hash = "aaaaaaaaaaaaaaa4"
+nodes = [1, 2]
+
+[[tool.comfydock.workflows.wf.models]]
+filename = "b.safetensors"
+hash = "aaaaaaaaaaaaaaa2"
+
+[tool.comfydock.workflows.broken]
+models = 7
+
+[tool.comfydock.workflows."wf\\u001b[2Jclear"]
+path = "x"
+"""
+
+
+def test_wrong_types_huge_and_negative_sizes(scenario: Scenario, server: ModelServer, sandbox: dict[str, Any]) -> None:
+    text = WRONG_TYPES.replace("{url}", server.url("/e")).replace("{{", "{").replace("}}", "}")
+    clone = env_with(scenario, ManifestBuilder().render() + text)
+    for args in (("status",), ("status", "--json"), ("repair", "--dry-run"), ("repair", "--yes"), ("index", "scan")):
+        result = run_cfd(*args, cwd=clone.path, env=sandbox["env"])
+        clean_output(result.stdout, result.stderr)
+        assert result.returncode in (0, 1), (args, result.stdout, result.stderr)
+    status = json.loads(run_cfd("status", "--json", cwd=clone.path, env=sandbox["env"]).stdout)
+    assert len(status["problems"]) >= 8
+    code, data, _ = repair_json(clone, sandbox["env"])
+    failed = {f["key"]: f["error"] for f in data["failed"]}
+    assert "not enough disk space" in failed["aaaaaaaaaaaaaaa5"]  # 8 EiB
+    assert "aaaaaaaaaaaaaaa4" in failed  # a size beyond TOML's range is no size; x.invalid cannot resolve
+    assert server.requests == []
+    report("hostile-types", inputs=text.count("\n[") + 8, tracebacks=0)
+
+
+def test_deep_nesting_and_invalid_utf8_through_repair_and_hooks(scenario: Scenario, sandbox: dict[str, Any],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in sandbox["env"].items():
+        if key.startswith("CFD_"):
+            monkeypatch.setenv(key, value)
+    cases = {
+        "deep nesting": b"[tool.comfydock]\nx = " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+        "deep tables": b"[tool.comfydock.models]\na = " + b"{b = " * 3000 + b"1" + b"}" * 3000 + b"\n",
+        "invalid UTF-8": b"[tool.comfydock.models]\n# \xff\xfe\nabcdefabcdefabcd = {filename = \"\xc3\x28\"}\n",
+        "NUL byte": b"[tool.comfydock.models]\nabcdefabcdefabcd = {filename = \"a\x00b\"}\n",
+        "UTF-16": "[tool.comfydock.models]\n".encode("utf-16"),
+    }
+    scenario.seed({"pyproject.toml": ManifestBuilder().render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
+    for label, data in cases.items():
+        alice.commit(label, {"pyproject.toml": data})
+        alice.push()
+        pulled = bob.pull()
+        assert pulled.returncode == 0 and bob.is_clean(), (label, pulled.stderr)
+        clean_output(pulled.stderr)
+        assert "does not parse" in pulled.stderr or "not valid UTF-8" in pulled.stderr, (label, pulled.stderr)
+        for args in (("status",), ("repair", "--yes")):
+            result = run_cfd(*args, cwd=bob.path, env=dict(os.environ))
+            clean_output(result.stdout, result.stderr)
+            assert result.returncode == 2 and result.stderr.startswith("cfd: error:"), (label, args, result.stderr)
+            assert len(result.stderr.splitlines()) <= 2, (label, result.stderr)
+    report("hostile-encodings", inputs=len(cases), tracebacks=0)
+
+
+# --------------------------------------------------------------------------- size of the manifest
+
+
+def test_a_100000_entry_table_stays_responsive(scenario: Scenario, sandbox: dict[str, Any],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in sandbox["env"].items():
+        if key.startswith("CFD_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CFD_ON_PULL", "defer")
+    old, new = big_manifest(100_000, 20, 5, new_fraction=0.0002, seed=3)
+    scenario.seed({"pyproject.toml": old})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
+    times = {}
+    for args in (("status",), ("status", "--json"), ("repair", "--dry-run")):
+        started = time.monotonic()
+        result = run_cfd(*args, cwd=bob.path, env=dict(os.environ))
+        times[" ".join(args)] = round(time.monotonic() - started, 2)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    alice.commit("20 more models", {"pyproject.toml": new})
+    alice.push()
+    started = time.monotonic()
+    pulled = bob.pull()
+    times["git pull (hook)"] = round(time.monotonic() - started, 2)
+    assert pulled.returncode == 0 and "20 new model(s) needed" in pulled.stderr, pulled.stderr
+    worst = max(times.values())
+    assert worst < 8, times
+    report("hostile-100k-entries", entries=100_000, manifest_mib=round(len(new) / MIB, 1),
+           **{k.replace(" ", "_"): v for k, v in times.items()})
+
+
+# --------------------------------------------------------------------------- tokens never leak
+
+
+HF_SECRET = "hf_SeCrEt0KeN0123456789abcdef"
+CIVITAI_SECRET = "civ_SeCrEtKeY0123456789abcdef"
+
+
+def test_a_token_never_appears_anywhere(scenario: Scenario, cfd_env: dict[str, str], models_dir: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_ENDPOINT makes the test's hub a Hugging Face host (as huggingface_hub has it), so the
+    token really is sent; the hub redirects to storage on another host, which fails in every way."""
+    from cfd.agent.paths import agent_paths
+
+    with ModelServer() as hub, ModelServer(host="localhost") as storage:
+        for key in ("CFD_MODELS_DIR", "CFD_INDEX", "CFD_ALLOW_PRIVATE_NETWORKS"):
+            monkeypatch.setenv(key, cfd_env[key])
+        monkeypatch.setenv("HF_ENDPOINT", hub.base_url)
+        monkeypatch.setenv("HF_TOKEN", HF_SECRET)
+        monkeypatch.setenv("CIVITAI_API_KEY", CIVITAI_SECRET)
+        monkeypatch.setenv("CFD_MODELS", "all")
+        monkeypatch.setenv("CFD_RETRIES", "2")
+        monkeypatch.setenv("CFD_STALL_TIMEOUT", "1")
+        env = dict(os.environ)
+        models: list[Served] = []
+        for number, (name, fault) in enumerate({
+            "ok": {}, "denied": {"status_always": 401}, "forbidden": {"status_always": 403}, "broken": {"status_always": 500},
+            "page": {"html_200": True}, "gone": {"status_always": 404}, "stall": {"stall_after": 100},
+            "lying": {"wrong_content_length": 5},
+        }.items()):
+            data = generate_model_bytes(900 + number, 64 * 1024)
+            storage.add_file(f"/blob/{name}", data)
+            hub_path = f"/org/repo/resolve/main/{name}.safetensors"
+            if name == "denied" or name == "forbidden":
+                hub.set_fault(hub_path, **fault)
+            else:
+                signed = storage.url(f"/blob/{name}") + f"?X-Amz-Signature=SIGSECRET{number}&token={HF_SECRET}"
+                hub.set_fault(hub_path, redirect_to=signed)
+                if fault:
+                    storage.set_fault(f"/blob/{name}", **fault)
+            from helpers.manifest import short_hash_for
+
+            models.append(Served(f"{name}.safetensors", number, len(data), data, short_hash_for(data),
+                                 hub.url(f"/org/repo/blob/main/{name}.safetensors")))
+        scenario.seed({"pyproject.toml": ManifestBuilder().render()})
+        alice, bob = scenario.clone("alice"), scenario.clone("bob")
+        assert run_cfd("hooks", "install", cwd=bob.path, env=env).returncode == 0
+        alice.commit("models", {"pyproject.toml": manifest(models).render()})
+        alice.push()
+
+        texts: dict[str, str] = {}
+        pulled = bob.pull()
+        assert pulled.returncode == 0
+        texts["git pull"] = pulled.stdout + pulled.stderr
+        for args in (("status",), ("status", "--json"), ("repair", "--dry-run"), ("repair", "--yes"),
+                     ("repair", "--yes", "--json")):
+            result = run_cfd(*args, cwd=bob.path, env=env)
+            texts[" ".join(args)] = result.stdout + result.stderr
+        agent = subprocess.Popen([*["python" if False else __import__("sys").executable, "-m", "cfd.cli.main"], "agent", "run",
+                                  "--retry-base", "0.2", "--settle", "0.2"], cwd=bob.path, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        paths = agent_paths(models_dir)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and "download failed" not in (paths.log.read_text() if paths.log.exists() else ""):
+                time.sleep(0.1)
+            texts["agent status"] = run_cfd("agent", "status", cwd=bob.path, env=env).stdout
+            texts["agent status --json"] = run_cfd("agent", "status", "--json", cwd=bob.path, env=env).stdout
+        finally:
+            agent.terminate()
+            texts["agent console"] = agent.communicate(timeout=20)[0]
+        assert "download failed" in paths.log.read_text(), "the agent never retried: the log proves nothing"
+        for file in [*paths.root.iterdir(), *(bob.path / ".git" / "cfd").iterdir(), *(models_dir / ".cfd").rglob("*")]:
+            if file.is_file() and not file.name.endswith(".part"):
+                texts[str(file)] = file.read_text(errors="replace")
+        texts["index"] = dump_index(Path(cfd_env["CFD_INDEX"]))
+        texts["pyproject"] = (bob.path / "pyproject.toml").read_text()
+
+        sent = [r for r in hub.requests if r.headers.get("Authorization")]
+        assert sent and all(r.headers["Authorization"] == f"Bearer {HF_SECRET}" for r in sent)  # the token was in play
+        assert not any("Authorization" in r.headers for r in storage.requests)  # and never left its host
+        assert (models_dir / models[0].relpath).read_bytes() == models[0].data
+        for where, text in texts.items():
+            for secret in (HF_SECRET, CIVITAI_SECRET, "SIGSECRET"):
+                assert secret not in text, f"{secret} leaked into {where}: {text[:500]}"
+        assert "HF_TOKEN" in texts["repair --yes"]  # the hint names where the token came from, not what it is
+    report("hostile-token-leak", outputs_checked=len(texts), hub_requests_with_token=len(sent), leaks=0)
+
+
+def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """In-process: outcomes, their errors, repr of the options and every log record."""
+    import logging
+
+    from cfd.core.download import DownloadJob, DownloadOptions, download_models
+    from cfd.core.tokens import Tokens
+
+    caplog.set_level(logging.DEBUG)
+    with ModelServer() as hub, ModelServer(host="localhost") as storage:
+        hub.set_fault("/r/denied", status_always=401)
+        hub.set_fault("/r/away", redirect_to=storage.url("/x") + f"?token={HF_SECRET}")
+        storage.set_fault("/x", status_always=500)
+        hub.set_fault("/r/bad", redirect_to=f"ftp://user:{HF_SECRET}@example.com/x")
+        options = DownloadOptions(tokens=Tokens(hf=HF_SECRET, civitai=CIVITAI_SECRET, hf_origin="HF_TOKEN"),
+                                  hf_hosts=("127.0.0.1",), allow_private_networks=True, retries=2, backoff_base=0.01)
+        jobs = [DownloadJob(f"{n:016x}", f"{n}.safetensors", f"checkpoints/{n}.safetensors", 10, (hub.url(p),), f"{n:016x}")
+                for n, p in enumerate(["/r/denied", "/r/away", "/r/bad"])]
+        outcomes = download_models(jobs, models_dir=tmp_path / "m", index_path=tmp_path / "i.db", options=options)
+    assert all(not o.success for o in outcomes)
+    texts = [repr(options), str(options), *(repr(o) for o in outcomes), caplog.text]
+    for text in texts:
+        assert HF_SECRET not in text and CIVITAI_SECRET not in text, text[:500]
