@@ -404,6 +404,7 @@ def run_repair(
     resolve_error = None
     try:
         resolved = resolve_downloaded_intents(env, sorted_.succeeded)
+        resolved += resolve_remembered_intents(env, plan.report.satisfied_intents)
     except CfdError as exc:
         resolve_error = str(exc)
     after = _detect(env)
@@ -450,3 +451,22 @@ def resolve_downloaded_intents(env: Environment, outcomes: Iterable[DownloadOutc
             resolutions.append(ResolvedIntent(ref, short_hash, size, relative_path))
     return write_resolutions(env.pyproject, resolutions)
 
+
+def resolve_remembered_intents(env: Environment, refs: Sequence[WorkflowModelRef]) -> list[str]:
+    """Intents fetched earlier but never written into pyproject.toml: by a hook or the agent
+    (they never touch tracked files), or by a `cfd repair` killed before it got there. The
+    index remembers them by source URL; returns the filenames resolved."""
+    if not refs:
+        return []
+    from .intents import ResolvedIntent, write_resolutions
+
+    with ModelIndex(env.index_path, env.models_dir) as index:
+        found = index.present_by_source(url for ref in refs for url in ref.sources)
+        locations = index.locations()
+    resolutions = []
+    for ref in refs:
+        relative_path = next((found[url] for url in ref.sources if url in found), None)
+        location = locations.get(relative_path) if relative_path else None
+        if location is not None:
+            resolutions.append(ResolvedIntent(ref, location.model_hash, location.size, location.relative_path))
+    return write_resolutions(env.pyproject, resolutions) if resolutions else []

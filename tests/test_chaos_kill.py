@@ -88,8 +88,15 @@ def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, c
                            models_dir: Path) -> None:
     rng = random.Random(seed)
     models = models_for(rng, server)
+    # A download intent too: once fetched, repair writes its hash into pyproject.toml (a kill
+    # there must leave the old file or the new one, never half of it).
+    intent = serve(server, f"intent-{seed}.safetensors", 9000 + seed, rng.randrange(1, 5) * MIB + 3, category="loras")
+    builder = manifest(models).ref("wf-intent", intent.name, "loras", criticality="required", status="unresolved",
+                                   node_id="900", sources=[intent.url], relative_path=intent.relpath)
+    original = builder.render()
     clone = scenario.clone("bob")
-    clone.commit("environment", {"pyproject.toml": manifest(models).render()})
+    clone.commit("environment", {"pyproject.toml": original})
+    models = [*models, intent]
     env = {**cfd_env, **engine_settings(rng)}
     index, git_dir = Path(cfd_env["CFD_INDEX"]), clone.path / ".git"
     kills, interrupted, points = rng.randint(1, 3), 0, []
@@ -102,6 +109,8 @@ def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, c
         proc.communicate(timeout=60)
         facts = check_invariants(models_dir, index, [git_dir], models)
         interrupted += len(facts["partials"])
+        text = clone.read("pyproject.toml")
+        assert text == original or resolved(text, intent), "pyproject.toml is neither the old nor the new version"
 
     throttle(server, models, None)
     final = run_cfd("repair", "--yes", cwd=clone.path, env=env)
@@ -109,10 +118,20 @@ def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, c
     assert "Traceback" not in final.stderr
     check_invariants(models_dir, index, [git_dir], models, complete=True)
     assert pending_keys(git_dir) == {}
-    assert clone.is_clean()
+    assert resolved(clone.read("pyproject.toml"), intent)
+    assert clone.status().split() == ["M", "pyproject.toml"]  # the resolution, for the user to commit
     refetched = check_refetch(server, models, interrupted)
     report(f"kill-repair[{seed}]", faults=kills, runs_survived=kills, files=len(models), total_mib=round(total / MIB, 1),
            interrupted_files=interrupted, refetched_mib=round(refetched / MIB, 2), points=";".join(points))
+
+
+def resolved(text: str, intent: Served) -> bool:
+    """pyproject.toml parses and names the intent's hash as a resolved model."""
+    import tomllib
+
+    comfydock = tomllib.loads(text)["tool"]["comfydock"]
+    refs = comfydock["workflows"]["wf-intent"]["models"]
+    return intent.hash in comfydock["models"] and refs[0].get("status") == "resolved" and refs[0].get("hash") == intent.hash
 
 
 # --------------------------------------------------------------------------- a hook inside git pull
@@ -286,3 +305,32 @@ def test_killed_between_the_move_and_the_cleanup(scenario: Scenario, server: Mod
     assert result.returncode == 0, result.stdout + result.stderr
     assert server.requests == []
     check_invariants(models_dir, index, [clone.path / ".git"], [m], complete=True)
+
+
+def test_an_intent_fetched_before_is_resolved_by_the_next_repair(scenario: Scenario, server: ModelServer,
+                                                                 cfd_env: dict[str, str], models_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An intent downloaded by a hook (which never touches tracked files), or by a repair killed
+    before it wrote pyproject.toml, is remembered by its URL; the next `cfd repair` writes it back."""
+    import os
+
+    for key in ("CFD_MODELS_DIR", "CFD_INDEX", "CFD_ALLOW_PRIVATE_NETWORKS"):
+        monkeypatch.setenv(key, cfd_env[key])
+    monkeypatch.setenv("CFD_MODELS", "all")
+    env = dict(os.environ)
+    intent = serve(server, "wanted.safetensors", 4242, MIB + 5, category="loras")
+    builder = manifest([]).ref("wf-intent", intent.name, "loras", criticality="required", status="unresolved",
+                               node_id="900", sources=[intent.url], relative_path=intent.relpath)
+    scenario.seed({"pyproject.toml": manifest([]).render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    assert run_cfd("hooks", "install", cwd=bob.path, env=env).returncode == 0
+    alice.commit("intent", {"pyproject.toml": builder.render()})
+    alice.push()
+    assert bob.pull().returncode == 0 and bob.is_clean()
+    assert (models_dir / intent.relpath).read_bytes() == intent.data  # fetched by the hook
+    requests = len(server.requests)
+    repaired = run_cfd("repair", "--yes", cwd=bob.path, env=env)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "1 download intent(s) resolved" in repaired.stdout
+    assert resolved(bob.read("pyproject.toml"), intent)
+    assert len(server.requests) == requests  # nothing fetched again
