@@ -559,3 +559,204 @@ def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest
     texts = [repr(options), str(options), *(repr(o) for o in outcomes), caplog.text]
     for text in texts:
         assert HF_SECRET not in text and CIVITAI_SECRET not in text, text[:500]
+
+
+# --------------------------------------------------------------------------- property tests
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+EXAMPLES = int(os.environ.get("CFD_HOSTILE_EXAMPLES", "60"))
+PIECES = ["..", ".", "", "a", "C:", ".cfd", "staging", "x" * 256, "é", "\u202e", "con", "~", "$HOME", "*", " ", "a b"]
+NASTY_CHARS = "/\\.:\x00\n\r\t\x1b\x7f\x85\u2028\u202e\"'[]{}=#é字😀 aZ9-_~%$"
+nasty_text = st.text(alphabet=NASTY_CHARS, max_size=24)
+path_like = st.one_of(
+    st.lists(st.sampled_from(PIECES) | nasty_text, min_size=1, max_size=6).map("/".join),
+    st.lists(st.sampled_from(PIECES), min_size=1, max_size=6).map("\\".join),
+    st.sampled_from([*ESCAPES.values(), *BAD_FILENAMES.values(), "/{outside}/abs.safetensors", "{outside}/x"]),
+    nasty_text,
+)
+name_like = st.one_of(st.sampled_from(["m.safetensors", "lora.safetensors", *BAD_FILENAMES.values()]), nasty_text)
+
+
+def url_like(good: list[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.sampled_from(good),
+        st.sampled_from(["file:///etc/passwd", "ftp://example.com/x", "data:,hello", "javascript:x", "http://", "//x/y",
+                         "http://127.0.0.1:1/x", "http://[::1", "http://a\nb/", "https://user:pw@127.0.0.1:1/x?token=t"]),
+        nasty_text,
+    )
+
+
+def scalar_junk() -> st.SearchStrategy[Any]:
+    return st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(allow_nan=False, allow_infinity=False),
+                     nasty_text, st.lists(nasty_text, max_size=2))
+
+
+@st.composite
+def hostile_manifests(draw: Any, served: list[Served], outside: str) -> str:
+    """A ComfyDock pyproject whose entries mix served models (real hashes: downloads happen)
+    with hostile paths, names, URLs and values of the wrong type."""
+    good_urls = [m.url for m in served]
+    builder = ManifestBuilder()
+    lines: list[str] = []
+    def mostly(good: Any, bad: st.SearchStrategy[Any]) -> Any:
+        """The sane value two times in three (so that downloads happen), else a hostile one."""
+        return good if draw(st.integers(0, 2)) else draw(bad)
+
+    for number in range(draw(st.integers(0, 4))):
+        base = draw(st.sampled_from(served))
+        h = mostly(base.hash, st.text(alphabet="0123456789abcdef", min_size=16, max_size=16))
+        entry: dict[str, Any] = {
+            "filename": mostly(base.name, st.one_of(name_like, scalar_junk())),
+            "size": mostly(base.size, st.one_of(st.sampled_from([-1, 0, 2**63 - 1]), scalar_junk())),
+            "relative_path": mostly(draw(st.sampled_from([base.relpath, f"x/{base.name}", f"a/./b/../{base.name}"])),
+                                    st.one_of(path_like, scalar_junk())),
+            "category": mostly("checkpoints", st.one_of(nasty_text, scalar_junk())),
+            "sources": mostly([base.url], st.one_of(st.lists(url_like(good_urls), max_size=3), scalar_junk())),
+        }
+        entry = {k: (v.replace("{outside}", outside) if isinstance(v, str) else v) for k, v in entry.items() if v is not None}
+        lines.append(f"{json.dumps(h)} = {toml_value(_tomlable(entry))}")
+        wf = draw(st.sampled_from(["wf", "w-2", "w\u202e3"]))
+        builder.ref(wf, entry["filename"] if isinstance(entry.get("filename"), str) else "x", "checkpoints", hash=h,
+                    criticality=draw(st.sampled_from(["required", "optional", "flexible", "bogus"])),
+                    status=mostly("resolved", st.sampled_from(["unresolved", "other"])), node_id=str(number))
+    for number in range(draw(st.integers(0, 3))):  # download intents
+        relpath = mostly(None, st.one_of(path_like, st.just("loras/i.safetensors")))
+        builder.ref("intents", draw(name_like), draw(st.one_of(st.just("loras"), nasty_text)), status="unresolved",
+                    criticality="required", node_id=str(100 + number),
+                    sources=draw(st.lists(url_like(good_urls), min_size=1, max_size=2)),
+                    relative_path=None if relpath is None else relpath.replace("{outside}", outside))
+    text = builder.render()
+    return text.replace("[tool.comfydock.models]\n", "") + "\n[tool.comfydock.models]\n" + "\n".join(lines) + "\n"
+
+
+def _tomlable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_tomlable(v) for v in value if v is not None]
+    return value
+
+
+def outside_writes(sandbox_root: Path, models: Path, before: dict[str, tuple[int, float]], landings: list[str]) -> list[str]:
+    after = snapshot(sandbox_root, models)
+    changed = [p for p in after if before.get(p) != after[p]]
+    return changed + [p for p in landings if os.path.lexists(p)]
+
+
+def deep_landings(models: Path, text: str) -> list[str]:
+    """Escapes that would land beyond the sandbox (checked by name, since we cannot snapshot /)."""
+    import tomllib
+
+    try:
+        comfydock = tomllib.loads(text)["tool"]["comfydock"]
+    except (tomllib.TOMLDecodeError, KeyError):
+        return []
+    entries = list((comfydock.get("models") or {}).values())
+    entries += [ref for wf in (comfydock.get("workflows") or {}).values() for ref in wf.get("models", [])]
+    found = []
+    for entry in entries:
+        relpath = entry.get("relative_path") if isinstance(entry, dict) else None
+        path = landing(models, relpath) if isinstance(relpath, str) else None
+        if path and "/sandbox" not in path and not os.path.isdir(path) and not os.path.lexists(path):
+            found.append(path)
+    return found
+
+
+@settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_reader_and_diff_never_crash_on_hostile_strings(data: Any) -> None:
+    from cfd.core.diff import diff_manifest_bytes, diff_manifests
+    from cfd.core.errors import ManifestError
+    from cfd.core.manifest import parse_manifest
+
+    served = [Served("m.safetensors", 1, 4096, b"", "0123456789abcdef", "http://127.0.0.1:9/m")]
+    old = data.draw(hostile_manifests(served, "/tmp/outside")).encode()
+    new = data.draw(hostile_manifests(served, "/tmp/outside")).encode()
+    for blob in (old, new):
+        try:
+            manifest_ = parse_manifest(blob)
+        except ManifestError as exc:
+            assert "\n" not in exc.message
+            continue
+        for model in manifest_.models.values():
+            for text in (model.filename, model.relative_path, model.category or "", *model.sources):
+                assert not CONTROL.search(text), repr(text)
+        for ref in manifest_.refs:
+            assert not CONTROL.search(ref.workflow + ref.filename + (ref.relative_path or "")), repr(ref)
+        for problem in manifest_.problems:
+            assert not CONTROL.search(problem) and "\n" not in problem, repr(problem)
+    try:
+        quick = diff_manifest_bytes(old, new)
+        new_manifest = parse_manifest(new)
+    except ManifestError:
+        return
+    try:
+        old_manifest = parse_manifest(old)
+    except ManifestError:  # an unreadable old version counts as empty
+        from cfd.core.manifest import EMPTY_MANIFEST as old_manifest
+    full = diff_manifests(old_manifest, new_manifest)
+    assert dict(quick.newly_needed) == dict(full.newly_needed)
+    assert {r.identity for r in quick.new_intents} == {r.identity for r in full.new_intents}
+
+
+@pytest.mark.timeout(max(180, EXAMPLES))
+def test_repair_and_hook_never_write_outside_the_models_dir(scenario: Scenario, server: ModelServer, tmp_path: Path,
+                                                            cfd_env: dict[str, str]) -> None:
+    """Generated hostile manifests through plan_repair/run_repair and the hook's sync_between, in
+    process (a fresh models dir and index per example): never anything but a CfdError, never a
+    file outside the models dir, whatever the paths say."""
+    from cfd.core.environment import open_environment
+    from cfd.core.errors import CfdError
+    from cfd.core.pullsync import sync_between
+    from cfd.core.repair import plan_repair, run_repair
+
+    served = [serve(server, f"m{i}.safetensors", 500 + i, 4096 + i) for i in range(3)]
+    root = tmp_path / "sandbox"
+    outside = root / "outside"
+    outside.mkdir(parents=True)
+    clone = scenario.clone("bob")
+    clone.commit("start", {"pyproject.toml": ManifestBuilder().render()})
+    counter = {"examples": 0, "downloaded": 0, "refused": 0}
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.data())
+    def check(data: Any) -> None:
+        counter["examples"] += 1
+        run = root / f"run{counter['examples']}" / "a" / "b"
+        models = run / "models"
+        models.mkdir(parents=True)
+        text = data.draw(hostile_manifests(served, str(outside)))
+        indexes = tmp_path / "indexes" / str(counter["examples"])
+        environ = {**cfd_env, "CFD_MODELS_DIR": str(models), "CFD_INDEX": str(indexes / "1.db"), "CFD_RETRIES": "1",
+                   "CFD_STALL_TIMEOUT": "2", "CFD_MODELS": "all"}
+        before = snapshot(root, models)
+        landings = deep_landings(models, text)
+        (clone.path / "pyproject.toml").write_text(text, encoding="utf-8")
+        try:
+            env = open_environment(clone.path, environ=environ)
+            result = run_repair(env, plan_repair(env, "all"))
+            counter["downloaded"] += len(result.downloaded)
+            counter["refused"] += sum("refusing" in f.error for f in result.failed)
+        except CfdError:
+            pass
+        assert outside_writes(root, models, before, landings) == [], text
+        # The same manifest arriving through a pull (the hook's path), into a fresh models dir.
+        models2 = run / "models2"
+        models2.mkdir()
+        before = snapshot(root, models2)
+        clone.git("add", "pyproject.toml")
+        clone.git("commit", "-q", "--allow-empty", "-m", "hostile")
+        try:
+            env = open_environment(clone.path, environ={**environ, "CFD_MODELS_DIR": str(models2),
+                                                        "CFD_INDEX": str(indexes / "2.db")})
+            sync_between(env, "HEAD~1", "HEAD", trigger="post-merge", mode="download", strategy="all")
+        except CfdError:
+            pass
+        assert [p for p in outside_writes(root, models2, before, deep_landings(models2, text))
+                if not p.startswith(str(models) + os.sep)] == [], text
+        clone.git("checkout", "-q", "--", "pyproject.toml")
+
+    check()
+    assert counter["downloaded"] > 0, "no example downloaded anything: the property proved little"
+    report("hostile-property-repair-and-hook", examples=counter["examples"], downloads=counter["downloaded"],
+           refusals=counter["refused"], written_outside=0)
