@@ -57,7 +57,7 @@ def _group_facts(group: Sequence[WorkflowModelRef]) -> tuple[str, tuple[str, ...
 
 
 def jobs_from(models: Sequence[MissingModelInfo], intents: Sequence[WorkflowModelRef]) -> list[DownloadJob]:
-    from .download import DownloadJob
+    from .downloadtypes import DownloadJob  # the value types only: no requests import
 
     jobs = [
         DownloadJob(
@@ -98,42 +98,24 @@ def pending_entries(
     trigger: str,
     errors: Mapping[str, str] | None = None,
 ) -> list[PendingEntry]:
-    """Marker entries for models and intents; `errors` maps a key to its last error."""
+    """Marker entries for models and intents (one per download job); `errors` maps a key to its last error."""
     errors = errors or {}
-    entries = [
+    return [
         PendingEntry(
-            key=info.hash,
-            filename=info.model.filename,
-            relative_path=info.model.relative_path,
-            size=info.model.size,
-            sources=info.model.sources,
-            criticality=info.criticality,
-            workflows=info.workflow_names,
+            key=job.key,
+            filename=job.filename,
+            relative_path=job.relative_path,
+            size=job.size,
+            sources=job.sources,
+            criticality=job.criticality,
+            workflows=job.workflows,
             reason=reason,
-            error=scrub(errors.get(info.hash)),
+            error=scrub(errors.get(job.key)),
             trigger=trigger,
-            hash=info.hash,
+            hash=job.expected_hash,
         )
-        for info in models
+        for job in jobs_from(list(models), list(intents))
     ]
-    for target, group in intent_groups(intents).items():
-        criticality, sources, workflows = _group_facts(group)
-        key = intent_key(group[0])
-        entries.append(
-            PendingEntry(
-                key=key,
-                filename=group[0].filename,
-                relative_path=target,
-                size=None,
-                sources=sources,
-                criticality=criticality,
-                workflows=workflows,
-                reason=reason,
-                error=scrub(errors.get(key)),
-                trigger=trigger,
-            )
-        )
-    return entries
 
 
 # -- downloading -----------------------------------------------------------------
