@@ -21,6 +21,7 @@ from helpers.chaos import (
     check_invariants,
     children_of,
     cmdline,
+    interrupted_by,
     kill_at_random_point,
     manifest,
     pending_keys,
@@ -28,6 +29,7 @@ from helpers.chaos import (
     run_cfd,
     serve,
     spawn_cfd,
+    staging_state,
     wait_until,
 )
 
@@ -104,11 +106,12 @@ def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, c
 
     throttle(server, models, RATE)
     for _ in range(kills):
+        before = staging_state(models_dir)
         proc = spawn_cfd("repair", "--yes", cwd=clone.path, env=env)
         points.append(kill_at_random_point(rng, proc, server.bytes_sent, total))
         proc.communicate(timeout=60)
-        facts = check_invariants(models_dir, index, [git_dir], models)
-        interrupted += len(facts["partials"])
+        check_invariants(models_dir, index, [git_dir], models)
+        interrupted += interrupted_by(before, staging_state(models_dir))
         text = clone.read("pyproject.toml")
         assert text == original or resolved(text, intent), "pyproject.toml is neither the old nor the new version"
 
@@ -229,6 +232,7 @@ def test_sigkill_of_the_agent(seed: int, scenario: Scenario, server: ModelServer
     kills, interrupted, points = rng.randint(1, 2), 0, []
 
     throttle(server, models, RATE)
+    before = staging_state(models_dir)
     try:
         pulled = bob.pull()
         assert pulled.returncode == 0 and "background" in pulled.stderr, pulled.stderr
@@ -247,8 +251,9 @@ def test_sigkill_of_the_agent(seed: int, scenario: Scenario, server: ModelServer
 
             points.append(kill_at_random_point(rng, _Alive(), server.bytes_sent, total, victim=lambda: pid))  # type: ignore[arg-type]
             wait_until(lambda: _Alive().poll() is not None or _zombie(pid), 10, "the agent to die")
-            facts = check_invariants(models_dir, index, [git_dir], models)
-            interrupted += len(facts["partials"])
+            check_invariants(models_dir, index, [git_dir], models)
+            interrupted += interrupted_by(before, staging_state(models_dir))
+            before = staging_state(models_dir)
         throttle(server, models, None)
         # The user (or the next background hook) starts it again; it resumes by itself.
         assert run_cfd("agent", "start", cwd=bob.path, env=env).returncode == 0

@@ -42,10 +42,14 @@ def chaos_seeds(default: int = 3) -> list[int]:
     return list(range(base, base + max(1, count)))
 
 
+# Read at import: the tests' isolation removes every CFD_* variable before a test runs.
+FIGURES_FILE = os.environ.get("CFD_CHAOS_FIGURES")
+
+
 def report(name: str, **figures: Any) -> None:
     """One line of figures on stdout (pytest -s) and, if asked, a JSON line in a file."""
     print(f"\n[chaos] {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
-    target = os.environ.get("CFD_CHAOS_FIGURES")
+    target = FIGURES_FILE
     if target:
         with open(target, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"test": name, **figures}) + "\n")
@@ -253,3 +257,27 @@ def pending_keys(git_dir: Path) -> dict[str, str]:
     from cfd.core.marker import Marker
 
     return {e.key: e.reason for e in Marker(git_dir).read()}
+
+
+def staging_state(models_dir: Path) -> dict[str, tuple[int, int]]:
+    """(mtime_ns, size) of every staging file: which downloads a run touched."""
+    staging = models_dir / ".cfd" / "staging"
+    found = {}
+    for path in staging.glob("*") if staging.exists() else ():
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        found[path.name] = (stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+def interrupted_by(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> int:
+    """Partial downloads a killed run left behind that it had started or advanced."""
+    touched = 0
+    for name in after:
+        if name.endswith(".part"):
+            stem = name[: -len(".part")]
+            if any(after.get(stem + suffix) != before.get(stem + suffix) for suffix in (".part", ".json")):
+                touched += 1
+    return touched
