@@ -385,7 +385,7 @@ def test_wrong_types_huge_and_negative_sizes(scenario: Scenario, server: ModelSe
     assert "not enough disk space" in failed["aaaaaaaaaaaaaaa5"]  # 8 EiB
     assert "aaaaaaaaaaaaaaa4" in failed  # a size beyond TOML's range is no size; x.invalid cannot resolve
     assert server.requests == []
-    report("hostile-types", inputs=text.count("\n[") + 8, tracebacks=0)
+    report("hostile-types", entries=text.count("filename ="), problems_listed=len(status["problems"]), tracebacks=0)
 
 
 def test_deep_nesting_and_invalid_utf8_through_repair_and_hooks(scenario: Scenario, sandbox: dict[str, Any],
