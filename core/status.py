@@ -14,7 +14,7 @@ from .environment import Environment
 from .errors import ManifestError
 from .index import ModelIndex
 from .manifest import Manifest, ManifestModel, WorkflowModelRef, parse_manifest
-from .marker import Marker, PendingEntry
+from .marker import Marker, PendingEntry, intent_key
 from .missing import MissingModelInfo, MissingReport, detect_missing_models
 from .urls import redact_url
 
@@ -173,7 +173,12 @@ def compute_status(env: Environment, warn: Any = None) -> StatusReport:
     manifest = load_working_manifest(env)
     with ModelIndex(env.index_path, env.models_dir) as index:
         report = detect_missing_models(manifest, index)
-    pending = tuple(Marker(env.git_dir, warn).read())
+    # The marker is a hint; the truth is manifest + index. An entry for a model that is here
+    # by now (placed by a run killed before it updated the marker, copied in by hand) is stale:
+    # not shown, and `cfd repair` drops it.
+    needed = {info.hash for info in report.missing}
+    needed |= {intent_key(ref) for ref in (*report.intents, *report.not_found)}
+    pending = tuple(entry for entry in Marker(env.git_dir, warn).read() if entry.key in needed)
     missing_of: dict[str, list[MissingModelInfo]] = {}
     for info in report.missing:
         for name in info.workflow_names:

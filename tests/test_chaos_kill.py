@@ -112,6 +112,7 @@ def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, c
         proc.communicate(timeout=60)
         check_invariants(models_dir, index, [git_dir], models)
         interrupted += interrupted_by(before, staging_state(models_dir))
+        assert_status_agrees(run_cfd("status", "--json", cwd=clone.path, env=env).stdout)
         text = clone.read("pyproject.toml")
         assert text == original or resolved(text, intent), "pyproject.toml is neither the old nor the new version"
 
@@ -126,6 +127,16 @@ def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, c
     refetched = check_refetch(server, models, interrupted)
     report(f"kill-repair[{seed}]", faults=kills, runs_survived=kills, files=len(models), total_mib=round(total / MIB, 1),
            interrupted_files=interrupted, refetched_mib=round(refetched / MIB, 2), points=";".join(points))
+
+
+def assert_status_agrees(stdout: str) -> None:
+    """What `cfd status` calls pending is still missing: it never lists a model that is here."""
+    import json
+
+    data = json.loads(stdout)
+    missing = {m["hash"] for m in data["missing"]}
+    stale = [p["relative_path"] for p in data["pending"] if p.get("hash") and p["hash"] not in missing]
+    assert stale == [], f"cfd status says these are pending, but they are here: {stale}"
 
 
 def resolved(text: str, intent: Served) -> bool:
@@ -190,6 +201,7 @@ def test_sigkill_of_a_hook_mid_download(seed: int, scenario: Scenario, server: M
         assert left <= set(recorded), (point, left - set(recorded))
     status = run_cfd("status", "--json", cwd=bob.path, env=env)
     assert status.returncode == (1 if left else 0), status.stdout + status.stderr
+    assert_status_agrees(status.stdout)
 
     throttle(server, models, None)
     final = run_cfd("repair", "--yes", cwd=bob.path, env=env)
@@ -254,6 +266,7 @@ def test_sigkill_of_the_agent(seed: int, scenario: Scenario, server: ModelServer
             check_invariants(models_dir, index, [git_dir], models)
             interrupted += interrupted_by(before, staging_state(models_dir))
             before = staging_state(models_dir)
+            assert_status_agrees(run_cfd("status", "--json", cwd=bob.path, env=env).stdout)
         throttle(server, models, None)
         # The user (or the next background hook) starts it again; it resumes by itself.
         assert run_cfd("agent", "start", cwd=bob.path, env=env).returncode == 0
