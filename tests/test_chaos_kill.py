@@ -9,7 +9,6 @@ a few MiB per file the kill interrupted (counted by the server).
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 
 import pytest

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from helpers import Clone, Scenario
-from helpers.chaos import MIB, Served, check_invariants, manifest, pending_keys, report, run_cfd, serve
+from helpers.chaos import MIB, Served, check_invariants, manifest, report, run_cfd, serve
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
 from cfd.core.index import ModelIndex

@@ -22,11 +22,10 @@ from typing import Any
 
 import pytest
 from helpers import Clone, ManifestBuilder, Scenario
-from helpers.chaos import MIB, Served, manifest, report, run_cfd, serve
+from helpers.chaos import CFD, MIB, Served, manifest, report, run_cfd, serve
 from helpers.manifest import big_manifest, toml_value
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
-from cfd.core.index import ModelIndex
 from cfd.core.marker import MARKER_NAME
 
 pytestmark = pytest.mark.timeout(180)
@@ -506,8 +505,7 @@ def test_a_token_never_appears_anywhere(scenario: Scenario, cfd_env: dict[str, s
                      ("repair", "--yes", "--json")):
             result = run_cfd(*args, cwd=bob.path, env=env)
             texts[" ".join(args)] = result.stdout + result.stderr
-        agent = subprocess.Popen([*["python" if False else __import__("sys").executable, "-m", "cfd.cli.main"], "agent", "run",
-                                  "--retry-base", "0.2", "--settle", "0.2"], cwd=bob.path, env=env,
+        agent = subprocess.Popen([*CFD, "agent", "run", "--retry-base", "0.2", "--settle", "0.2"], cwd=bob.path, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         paths = agent_paths(models_dir)
         try:
