@@ -21,20 +21,14 @@ from cfd.agent.paths import AgentPaths, agent_paths
 from cfd.agent.statusfile import read_status
 from cfd.core.index import ModelIndex
 from helpers import ManifestBuilder, Scenario
+from helpers.chaos import wait_until
 
 T = TypeVar("T")
 SETTLE = "0.3"
 
 
 def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+    return wait_until(check, timeout, what, poll=0.05)
 
 
 def cfd(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
