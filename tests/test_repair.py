@@ -379,3 +379,45 @@ def _drain(fd: int) -> None:
             pass
     except OSError:
         pass
+
+
+# -- ComfyDock's callbacks type (library users) ------------------------------------
+
+
+def test_comfydocks_own_batch_callbacks_drive_cfd_repair(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    """Code written against ComfyDock's repair passes its BatchDownloadCallbacks instance to cfd's core."""
+    from comfydock_core.models.workflow import BatchDownloadCallbacks as ComfyDockCallbacks
+
+    from cfd.core.repair import sync_models
+
+    models = [Model(server, "a.safetensors", 1, 3 * MIB + 5), Model(server, "b.safetensors", 2, 2 * MIB)]
+    bad = Model(server, "bad.safetensors", 3, 100_000)
+    server.set_fault(bad.path, status_always=404)
+    clone = make_env(scenario, manifest([*models, bad]).render())
+    env = env_of(clone, cfd_env)
+    calls: list[tuple[Any, ...]] = []
+    progress: list[tuple[int, int | None]] = []
+    callbacks = ComfyDockCallbacks(
+        on_batch_start=lambda total: calls.append(("batch_start", total)),
+        on_file_start=lambda name, index, total: calls.append(("start", name, index, total)),
+        on_file_progress=lambda done, total: progress.append((done, total)),
+        on_file_complete=lambda name, ok, error: calls.append(("complete", name, ok, error is not None and "404" in error)),
+        on_batch_complete=lambda ok, total: calls.append(("batch_complete", ok, total)),
+    )
+    result = run_repair(env, plan_repair(env, "all"), callbacks=callbacks)
+    assert sorted(result.models_downloaded) == ["a.safetensors", "b.safetensors"]
+    assert calls[0] == ("batch_start", 3) and calls[-1] == ("batch_complete", 2, 3)
+    # One file at a time, as ComfyDock's own repair reports them (cfd fetched them in parallel).
+    files = calls[1:-1]
+    assert [c[0] for c in files] == ["start", "complete"] * 3
+    assert [c[1] for c in files[::2]] == [c[1] for c in files[1::2]]
+    assert [c[2] for c in files[::2]] == [1, 2, 3]
+    assert sorted(c[1:] for c in files[1::2]) == [
+        ("a.safetensors", True, False), ("b.safetensors", True, False), ("bad.safetensors", False, True)]
+    assert (models[0].size, models[0].size) in progress and (models[1].size, models[1].size) in progress
+    assert all(total in (models[0].size, models[1].size) for _done, total in progress)
+    # Only some callables set (the rest None), through sync_models: no error.
+    (models_dir / models[0].relative_path).unlink()
+    finished: list[str] = []
+    sync_models(env, plan_repair(env, "all").models[:1], (), callbacks=ComfyDockCallbacks(on_file_complete=lambda n, ok, e: finished.append(n)))
+    assert finished == ["a.safetensors"]
