@@ -17,6 +17,8 @@ from .urls import redact_url
 
 MIB = 1 << 20
 INTERRUPTED = "interrupted; the partial download is kept and the next run resumes it"
+# Ends the error of a source that answered 404/410: retrying will not help, the manifest must change.
+SOURCE_GONE = "fix or replace this source in pyproject.toml"
 _URL_IN_TEXT = re.compile(r"\w+://\S+")
 
 

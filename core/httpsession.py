@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
 import requests
 import urllib3
 
-from .downloadtypes import MIB, Cancelled, DownloadOptions, Failure, clean
+from .downloadtypes import MIB, SOURCE_GONE, Cancelled, DownloadOptions, Failure, clean
 from .errors import UnsafeManifestValue
 from .safety import check_host, check_url
 from .tokens import CIVITAI_HOSTS, HF_HOSTS, auth_header, service_of, token_hint
@@ -282,5 +282,5 @@ class HttpClient:
         if code in (401, 403):
             raise Failure(f"{host} refused access to {shown} ({code}); {token_hint(self.options.tokens, service, code)}")
         if code in (404, 410):
-            raise Failure(f"{shown} was not found ({code}); fix or replace this source in pyproject.toml")
+            raise Failure(f"{shown} was not found ({code}); {SOURCE_GONE}")
         raise Failure(f"{host} answered {code} for {shown}")

@@ -228,6 +228,30 @@ def test_failing_source_goes_to_the_marker_and_json(scenario: Scenario, server: 
     assert not (models_dir / bad.relative_path).exists()
 
 
+def test_status_after_a_404_says_fix_the_source_not_run_repair(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+    good = Model(server, "good.safetensors", 1, 200_000)
+    bad = Model(server, "bad.safetensors", 2, 200_000)
+    other = Model(server, "other.safetensors", 3, 300_000)
+    server.set_fault(bad.path, status_always=404)
+    clone = make_env(scenario, manifest([good, bad]).render())
+    assert cfd(clone, cfd_env, "repair", "--yes").returncode == 1
+    clone.commit("another model", {"pyproject.toml": manifest([good, bad, other]).render()})
+    status = cfd(clone, cfd_env, "status")
+    assert status.returncode == 1
+    lines = status.stdout.splitlines()[2:]
+    shown = bad.url.split("://")[1]
+    assert lines == [
+        "- wf1 — 2 model(s) need downloading",
+        f"    required  checkpoints/bad.safetensors (195.3 KiB) — last attempt failed: http://{shown} was not found (404); "
+        "fix or replace this source in pyproject.toml",
+        "    required  checkpoints/other.safetensors (293.0 KiB)",
+        "",
+        "1 model(s) to download (293.0 KiB). Run `cfd repair` to fetch them.",
+        '1 model(s) whose source answered "not found": fix or replace the source in pyproject.toml '
+        "(running `cfd repair` again will not help).",
+    ]
+
+
 def test_required_strategy_is_complete_when_required_models_are_here(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
     required = Model(server, "r.safetensors", 1, 100_000)
     optional = Model(server, "o.safetensors", 2, 100_000)
