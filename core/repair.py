@@ -23,7 +23,14 @@ from .errors import CfdError
 from .index import ModelIndex
 from .manifest import WorkflowModelRef, stronger
 from .marker import Marker, PendingEntry, intent_key
-from .missing import STRATEGIES, MissingModelInfo, MissingReport, detect_missing_models, select_for_download
+from .missing import (
+    STRATEGIES,
+    MissingModelInfo,
+    MissingReport,
+    detect_missing_models,
+    on_disk_unindexed,
+    select_for_download,
+)
 from .status import load_working_manifest
 from .urls import redact_url
 
@@ -232,6 +239,9 @@ class RepairPlan:
     filtered_intents: tuple[WorkflowModelRef, ...]
     previous: Mapping[str, PendingEntry] = field(default_factory=dict)  # marker hints still relevant
     stale: tuple[str, ...] = ()  # marker keys no longer needed (dropped by the run)
+    # In scope, already at their path but not indexed: checked (short hash) and indexed, not downloaded.
+    on_disk: tuple[MissingModelInfo, ...] = ()
+    staged: Mapping[str, int] = field(default_factory=dict)  # model hash -> bytes an earlier run left in staging
 
     @property
     def unavailable(self) -> tuple[MissingModelInfo, ...]:
@@ -247,8 +257,13 @@ class RepairPlan:
 
     @property
     def download_bytes(self) -> int:
-        """Known bytes to fetch (intents and size-less entries add an unknown amount)."""
+        """Known bytes of the files to fetch (intents and size-less entries add an unknown amount)."""
         return sum(info.model.size or 0 for info in self.models)
+
+    @property
+    def staged_bytes(self) -> int:
+        """Of those, already here in staging from an earlier run (resumed, not fetched again)."""
+        return sum(self.staged.values())
 
     @property
     def unknown_sizes(self) -> int:
@@ -289,16 +304,33 @@ def plan_repair(env: Environment, strategy: str = "all", warn: Warn | None = Non
     chosen_intents = {ref.identity for ref in intents}
     needed = _keys(report)
     previous = {entry.key: entry for entry in Marker(env.git_dir, warn).read()}
+    in_scope_unavailable = [info for info in report.unavailable if strategy != "skip" and in_scope(info.criticality, strategy)]
+    on_disk = on_disk_unindexed(env.models_dir, [*models, *in_scope_unavailable])
+    adopt = {info.hash for info in on_disk}
+    models = [info for info in models if info.hash not in adopt]
     return RepairPlan(
         strategy=strategy,
         report=report,
         models=tuple(models),
         intents=tuple(intents),
+        on_disk=on_disk,
+        staged=_staged(env, models),
         filtered_models=tuple(info for info in report.downloadable if info.hash not in chosen),
         filtered_intents=tuple(ref for ref in report.intents if ref.identity not in chosen_intents),
         previous={key: entry for key, entry in previous.items() if key in needed},
         stale=tuple(key for key in previous if key not in needed),
     )
+
+
+def _staged(env: Environment, models: Sequence[MissingModelInfo]) -> dict[str, int]:
+    """Bytes of each model (of known size) an earlier run left in staging, for the preview."""
+    from .staging import partial_bytes
+
+    staging_dir = env.models_dir / ".cfd" / "staging"
+    if not staging_dir.is_dir():
+        return {}
+    found = {job.key: min(partial_bytes(staging_dir, job), job.size or 0) for job in jobs_from(models, ())}
+    return {key: done for key, done in found.items() if done > 0}
 
 
 @dataclass(frozen=True)
@@ -320,6 +352,7 @@ class RepairResult:
     after: MissingReport  # the truth after the run
     resolved: list[str] = field(default_factory=list)  # intents written into pyproject.toml
     resolve_error: str | None = None
+    adopted: list[DownloadOutcome] = field(default_factory=list)  # found on disk, checked, indexed
 
     @property
     def models_downloaded(self) -> list[str]:
@@ -339,7 +372,7 @@ def _marker_entries(
     plan: RepairPlan, after: MissingReport, failed: Mapping[str, str], interrupted: Mapping[str, str]
 ) -> list[PendingEntry]:
     """Exactly what is still missing, each with why."""
-    chosen = {info.hash for info in plan.models} | {intent_key(ref) for ref in plan.intents}
+    chosen = {info.hash for info in (*plan.models, *plan.on_disk)} | {intent_key(ref) for ref in plan.intents}
 
     def why(entry: PendingEntry, can_download: bool) -> PendingEntry:
         if entry.key in interrupted:
@@ -370,10 +403,15 @@ def run_repair(
     cancel: threading.Event | None = None,
     warn: Warn | None = None,
 ) -> RepairResult:
-    """Download what the plan picked, resolve downloaded intents, rewrite the marker."""
+    """Index what is already on disk, download what the plan picked, resolve downloaded intents,
+    rewrite the marker."""
+    adopt_jobs = jobs_from(plan.on_disk, ())
     jobs = jobs_from(plan.models, plan.intents) if (plan.models or plan.intents) else []
     marker = Marker(env.git_dir, warn)
     try:
+        # Files already in place go through the engine too (the same check and index record), silently:
+        # nothing is downloaded, so nothing is shown as downloading.
+        adoptions = _download(env, adopt_jobs, None, cancel) if adopt_jobs else []
         outcomes = _download(env, jobs, callbacks, cancel) if jobs else []
     except KeyboardInterrupt:
         # Not cooperative (a second Ctrl-C): still leave a marker that says what happened.
@@ -381,7 +419,10 @@ def run_repair(
         marker.merge((replace(entry, error="interrupted") for entry in base), drop=plan.stale)
         raise
     cancelled = cancel is not None and cancel.is_set()
+    adopted = _sort_outcomes(adopt_jobs, adoptions, cancelled)
     sorted_ = _sort_outcomes(jobs, outcomes, cancelled)
+    failed_all = {**adopted.failed, **sorted_.failed}
+    interrupted_all = {**adopted.interrupted, **sorted_.interrupted}
     resolved: list[str] = []
     resolve_error = None
     try:
@@ -390,9 +431,9 @@ def run_repair(
     except CfdError as exc:
         resolve_error = str(exc)
     after = _detect(env)
-    pending = _marker_entries(plan, after, sorted_.failed, sorted_.interrupted)
+    pending = _marker_entries(plan, after, failed_all, interrupted_all)
     marker.write(pending)
-    by_key = {job.key: job for job in jobs}
+    by_key = {job.key: job for job in (*adopt_jobs, *jobs)}
 
     def failure(key: str, error: str) -> FailedModel:
         job = by_key[key]
@@ -402,12 +443,13 @@ def run_repair(
         plan=plan,
         outcomes=list(outcomes),
         downloaded=sorted_.succeeded,
-        failed=[failure(key, error) for key, error in sorted_.failed.items()],
-        interrupted=[failure(key, error) for key, error in sorted_.interrupted.items()],
+        failed=[failure(key, error) for key, error in failed_all.items()],
+        interrupted=[failure(key, error) for key, error in interrupted_all.items()],
         pending=pending,
         after=after,
         resolved=resolved,
         resolve_error=resolve_error,
+        adopted=adopted.succeeded,
     )
 
 

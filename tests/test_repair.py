@@ -96,7 +96,8 @@ def test_dry_run_previews_and_downloads_nothing(scenario: Scenario, server: Mode
     assert result.returncode == 1, result.stderr
     out = result.stdout
     assert "To download: 14 model(s)" in out and "+ 1 of unknown size" in out
-    assert "… and 3 more" in out
+    listed = out.split("To download:")[1].split("\n\n")[0].splitlines()[1:]
+    assert len(listed) == 6 and listed[5] == "    ... and 8 more"  # the first 5, as ComfyDock's repair shows them
     assert "Unavailable (no source in pyproject.toml): 1" in out and "gone0.safetensors" in out
     assert "Download intents" in out and "loras/extra" in out
     assert "Dry run" in out
@@ -445,3 +446,60 @@ def test_comfydocks_own_batch_callbacks_drive_cfd_repair(scenario: Scenario, ser
     finished: list[str] = []
     sync_models(env, plan_repair(env, "all").models[:1], (), callbacks=ComfyDockCallbacks(on_file_complete=lambda n, ok, e: finished.append(n)))
     assert finished == ["a.safetensors"]
+
+
+# -- what the preview and the summary count ------------------------------------------
+
+
+def test_a_file_already_on_disk_is_indexed_not_downloaded(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    here = Model(server, "here.safetensors", 1, 300_000)
+    fetch = Model(server, "fetch.safetensors", 2, 200_000)
+    clone = make_env(scenario, manifest([here, fetch]).render())
+    (models_dir / "checkpoints").mkdir(parents=True)
+    (models_dir / here.relative_path).write_bytes(here.data)  # copied in by hand, never scanned
+    result = cfd(clone, cfd_env, "repair", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert out[3:9] == [
+        "To download: 1 model(s), 195.3 KiB",
+        "    required  checkpoints/fetch.safetensors (195.3 KiB) for wf1",
+        "",
+        "Already on disk, not indexed: 1 model(s) (checked by hash and indexed, not downloaded)",
+        "    required  checkpoints/here.safetensors (293.0 KiB)",
+        "",
+    ]
+    assert out[9:] == [
+        "Downloaded 1 model(s).",
+        "Found on disk, indexed: 1 model(s) (nothing downloaded for them)",
+        "    checkpoints/here.safetensors",
+        "All requested models are present.",
+    ]
+    assert "here.safetensors" not in result.stderr  # never shown as downloading
+    assert server.requests_for(here.path) == []
+    assert cfd(clone, cfd_env, "status").returncode == 0
+
+
+def test_skip_says_nothing_was_requested(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+    clone = make_env(scenario, manifest([Model(server, "a.safetensors", 1, 5000)]).render())
+    result = cfd(clone, cfd_env, "repair", "--models", "skip")
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert last == "Nothing requested (--models skip): nothing downloaded; 1 model(s) recorded as pending (`cfd repair` downloads them)."
+    assert "All requested models are present" not in result.stdout
+
+
+def test_preview_subtracts_bytes_already_staged(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    from cfd.cli.common import human_size
+    from cfd.core.downloadtypes import DownloadJob
+    from cfd.core.staging import partial_bytes
+
+    model = Model(server, "big.safetensors", 1, 3 * MIB)
+    server.set_fault(model.path, close_after=MIB)
+    clone = make_env(scenario, manifest([model]).render())
+    first = cfd(clone, {**cfd_env, "CFD_RETRIES": "1"}, "repair", "--yes")
+    assert first.returncode == 1
+    staged = partial_bytes(models_dir / ".cfd" / "staging", DownloadJob(model.hash, model.name, model.relative_path, model.size, (), model.hash))
+    assert 0 < staged < model.size
+    preview = cfd(clone, cfd_env, "repair", "--dry-run").stdout.splitlines()
+    assert preview[3] == f"To download: 1 model(s), {human_size(model.size - staged)}, {human_size(staged)} already here"
+    assert preview[4].startswith(f"    required  checkpoints/big.safetensors (3.0 MiB, {human_size(staged)} already here) for wf1")
