@@ -56,6 +56,17 @@ class DownloadCallbacks:
 
     def on_batch_complete(self, succeeded: int, total: int) -> None: ...
 
+    # cfd's additions (ComfyDock has none of these; they default to doing nothing):
+
+    def on_file_resume(self, filename: str, staged: int, total: int | None) -> None:
+        """A download resumes with `staged` bytes an earlier run left: done, but not transferred now."""
+
+    def on_file_retry(self, filename: str, delay: float, reason: str) -> None:
+        """The source failed (`reason`); the next attempt comes in `delay` seconds."""
+
+
+_EXTENSIONS = ("on_file_resume", "on_file_retry")
+
 
 @dataclass
 class BatchDownloadCallbacks:
@@ -143,7 +154,7 @@ class _Partial(DownloadCallbacks):
     """An object with only some of the methods: the rest are no-ops."""
 
     def __init__(self, target: Any) -> None:
-        for name in _COMFYDOCK_FIELDS:
+        for name in (*_COMFYDOCK_FIELDS, *_EXTENSIONS):
             method = getattr(target, name, None)
             if callable(method):
                 setattr(self, name, method)

@@ -120,10 +120,12 @@ def backoff(options: DownloadOptions, attempt: int, retry_after: float | None) -
 
 
 def with_retries(unit: Callable[[], None], options: DownloadOptions, cancel: threading.Event,
-                 halt: Callable[[], None], fetched: Callable[[], int]) -> None:
+                 halt: Callable[[], None], fetched: Callable[[], int],
+                 waiting: Callable[[float, str], None] | None = None) -> None:
     """Run `unit`, again after a backoff while it fails with a retryable `Failure`.
 
-    `halt` raises when the work should stop; `fetched` counts bytes so far.
+    `halt` raises when the work should stop; `fetched` counts bytes so far; `waiting(seconds,
+    why)` is told before each backoff (a display says "retrying in N s" rather than freeze).
     """
     attempts = 0
     while True:
@@ -144,7 +146,10 @@ def with_retries(unit: Callable[[], None], options: DownloadOptions, cancel: thr
             attempts += 1
             if attempts >= options.retries:
                 raise Failure(f"{exc.message} (gave up after {attempts} attempts)") from None
-            if cancel.wait(backoff(options, attempts, exc.retry_after)):
+            delay = backoff(options, attempts, exc.retry_after)
+            if waiting is not None:
+                waiting(delay, exc.message)
+            if cancel.wait(delay):
                 raise Cancelled() from None
             halt()
 
