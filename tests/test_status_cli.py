@@ -453,3 +453,22 @@ def test_version(tmp_path: Path, cfd_env: dict[str, str]) -> None:
 def test_unknown_command_is_a_usage_error(tmp_path: Path, cfd_env: dict[str, str]) -> None:
     result = cfd("statsu", cwd=tmp_path, env=cfd_env)
     assert result.returncode == 2 and "invalid choice" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("action", ["stop", "status", "uninstall-service"])
+def test_agent_env_option_says_which_agent_not_what_to_serve(action: str, tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    result = cfd("agent", action, "--help", cwd=tmp_path, env=cfd_env)
+    text = " ".join(result.stdout.split())
+    assert "--env PATH act on the agent of this environment's models directory (default: the current environment's)" in text
+    assert "to serve" not in text
+
+
+@pytest.mark.parametrize("action", ["run", "start", "install-service"])
+def test_agent_env_option_of_serving_actions(action: str, tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    text = " ".join(cfd("agent", action, "--help", cwd=tmp_path, env=cfd_env).stdout.split())
+    assert "--env PATH an environment to serve (repeatable); the current one is always included" in text
+
+
+def test_agent_stop_timeout_has_a_unit(tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    text = " ".join(cfd("agent", "stop", "--help", cwd=tmp_path, env=cfd_env).stdout.split())
+    assert "--timeout S seconds to wait for it to end (default 20)" in text
