@@ -154,10 +154,13 @@ def print_preview(plan: RepairPlan, repo: Any, models_dir: Any) -> None:
     if plan.report.in_sync and not plan.stale:
         print("\nIn sync: every model the workflows need is present.")
     if plan.models or plan.intents:
-        unknown = f" + {plan.unknown_sizes} of unknown size" if plan.unknown_sizes else ""
-        here = f", {human_size(plan.staged_bytes)} already here" if plan.staged_bytes else ""
-        print(f"\nTo download: {plan.download_count} model(s), "
-              f"{human_size(plan.download_bytes - plan.staged_bytes)}{here}{unknown}")
+        sizes = []
+        if plan.models:
+            here = f", {human_size(plan.staged_bytes)} already here" if plan.staged_bytes else ""
+            sizes.append(f"{human_size(plan.download_bytes - plan.staged_bytes)}{here}")
+        if plan.unknown_sizes:
+            sizes.append(f"{plan.unknown_sizes} of unknown size")
+        print(f"\nTo download: {plan.download_count} model(s), {' + '.join(sizes)}")
         lines = []
         for info in plan.models:
             hint = plan.previous.get(info.hash)
@@ -178,6 +181,11 @@ def print_preview(plan: RepairPlan, repo: Any, models_dir: Any) -> None:
                 for target, group in intent_groups(plan.intents).items()
             ]
         )
+    earlier = plan.report.satisfied_intents
+    if earlier:
+        files = len({ref.filename for ref in earlier})
+        print(f"\nDownloaded earlier, not yet in pyproject.toml: {files} download intent(s) (`cfd repair` writes them in)")
+        _listing([f"    {ref.target_path} for {ref.workflow}" for ref in earlier])
     skipped = len(plan.filtered_models) + len(intent_groups(plan.filtered_intents))
     if skipped:
         print(f"\nSkipped by --models {plan.strategy}: {skipped} model(s) (left pending)")
@@ -224,7 +232,9 @@ def print_summary(result: RepairResult, repo: Any) -> None:
     if skipped:
         print(f"Skipped by --models {result.plan.strategy}: {len(skipped)} (run `cfd repair --models all` for them)")
     if result.resolved:
-        print(f"\npyproject.toml updated: {len(result.resolved)} download intent(s) resolved. Commit it:")
+        files = len(set(result.resolved))  # one download can resolve the entries of several workflows
+        entries = f" ({len(result.resolved)} workflow entries)" if len(result.resolved) != files else ""
+        print(f"\npyproject.toml updated: {files} download intent(s) resolved{entries}. Commit it:")
         print(f"    {_commit_command(repo)}")
     if result.resolve_error:
         print(f"\ncfd: warning: pyproject.toml not updated: {result.resolve_error}", file=sys.stderr)

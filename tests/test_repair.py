@@ -503,3 +503,39 @@ def test_preview_subtracts_bytes_already_staged(scenario: Scenario, server: Mode
     preview = cfd(clone, cfd_env, "repair", "--dry-run").stdout.splitlines()
     assert preview[3] == f"To download: 1 model(s), {human_size(model.size - staged)}, {human_size(staged)} already here"
     assert preview[4].startswith(f"    required  checkpoints/big.safetensors (3.0 MiB, {human_size(staged)} already here) for wf1")
+
+
+def test_intent_counts_in_preview_and_summary_agree(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    lora = generate_model_bytes(9, 300_000)
+    url = server.add_file("/civitai/lora.safetensors", lora)
+    builder = ManifestBuilder()
+    for workflow, node in (("wf1", "7"), ("wf2", "8")):  # one file, asked for by two workflows
+        builder.ref(workflow, "lora.safetensors", "loras", criticality="optional", status="unresolved", node_id=node,
+                    node_type="LoraLoader", sources=[url], relative_path="loras/lora.safetensors")
+    clone = make_env(scenario, builder.render())
+    result = cfd(clone, cfd_env, "repair", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert "To download: 1 model(s), 1 of unknown size" in out
+    assert "    optional  loras/lora.safetensors from 127.0.0.1 for wf1, wf2" in out
+    assert "Downloaded 1 model(s)." in out
+    assert "pyproject.toml updated: 1 download intent(s) resolved (2 workflow entries). Commit it:" in out
+
+
+def test_an_intent_fetched_earlier_is_in_the_preview_as_well_as_the_summary(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+    from cfd.core.repair import sync_models
+
+    url = server.add_file("/civitai/lora.safetensors", generate_model_bytes(9, 300_000))
+    builder = ManifestBuilder()
+    for workflow, node in (("wf1", "7"), ("wf2", "8")):
+        builder.ref(workflow, "lora.safetensors", "loras", criticality="optional", status="unresolved", node_id=node,
+                    node_type="LoraLoader", sources=[url], relative_path="loras/lora.safetensors")
+    clone = make_env(scenario, builder.render())
+    env = env_of(clone, cfd_env)
+    sync_models(env, (), plan_repair(env).intents, trigger="post-merge")  # a hook: never writes pyproject.toml
+    result = cfd(clone, cfd_env, "repair", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert "Downloaded earlier, not yet in pyproject.toml: 1 download intent(s) (`cfd repair` writes them in)" in out
+    assert "pyproject.toml updated: 1 download intent(s) resolved (2 workflow entries). Commit it:" in out
+    assert not any(line.startswith(("To download", "Downloaded 1")) for line in out)
