@@ -18,7 +18,7 @@ from cfd.agent.control import (
 from cfd.agent.paths import all_agent_paths
 from cfd.core.errors import EnvironmentNotFound
 
-from .common import human_size, print_json
+from .common import agent_download_figures, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -161,8 +161,7 @@ def print_info(info: AgentInfo) -> None:
         print("  counts:    " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
     if info.running:
         for item in status.get("downloads") or []:
-            percent = f"{item['percent']:.0f}%" if item.get("percent") is not None else human_size(item.get("downloaded"))
-            print(f"  ⬇ {item['file']}  {percent}  {human_size(item.get('speed'))}/s")
+            print(f"  ⬇ {item['file']}  {agent_download_figures(item, time.time())}")
         if status.get("queue"):
             print(f"  queued:    {status['queue']} pending entr(ies)")
     for error in (status.get("errors") or [])[-3:]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from cfd.core.manifest import CRITICALITY_RANK
@@ -10,7 +11,7 @@ from cfd.core.marker import intent_key, reason_text
 from cfd.core.repair import intent_groups
 from cfd.core.status import StatusReport, WorkflowStatus, compute_status
 
-from .common import add_env_argument, environment, human_size, is_terminal, print_json, warn
+from .common import add_env_argument, agent_download_figures, environment, human_size, is_terminal, print_json, warn
 
 SHOW_PER_WORKFLOW = 10  # model lines per workflow before "… and N more"
 SHOW_LIST = 10
@@ -57,10 +58,9 @@ def print_agent(agent: dict[str, Any] | None) -> None:
         print(f"Agent: running (pid {agent.get('pid', '?')}), idle.")
         return
     print(f"Agent: running (pid {agent.get('pid', '?')}), downloading:")
+    now = time.time()
     for item in downloads:
-        percent = item.get("percent")
-        speed = item.get("speed") or 0
-        print(f"    {item.get('file')} {'' if percent is None else f'{percent:.0f}% '}at {human_size(int(speed))}/s")
+        print(f"    {item.get('file')} {agent_download_figures(item, now)}")
 
 
 def _note(parts: list[str]) -> str:

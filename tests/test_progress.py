@@ -164,3 +164,24 @@ def test_a_hook_says_when_it_retries() -> None:
     out = io.StringIO()
     HookProgress(out).on_file_retry("m.safetensors", 2.4, "127.0.0.1 answered 503")
     assert out.getvalue() == "cfd: m.safetensors: 127.0.0.1 answered 503; retrying in 2 s\n"
+
+
+def test_the_agents_speed_ignores_staged_bytes_and_says_when_it_retries(tmp_path: Path) -> None:
+    import time
+
+    from cfd.agent.bgqueue import Progress
+    from cfd.agent.statusfile import StatusBoard
+    from cfd.cli.common import agent_download_figures
+
+    board = StatusBoard(tmp_path / "status.json", {})
+    progress = Progress(board)
+    progress.on_file_start("m.safetensors", 1, 1)
+    progress.on_file_resume("m.safetensors", 80 * MIB, 100 * MIB)
+    time.sleep(0.3)  # a floor under the measured interval (and past the 0.25 s display throttle)
+    progress.on_file_progress("m.safetensors", 81 * MIB, 100 * MIB)
+    (item,) = board.get("downloads").values()
+    assert 0 < item["speed"] <= MIB / 0.3  # 1 MiB moved; the 80 staged would make it >= 80 MiB over the same time
+    assert agent_download_figures(item, time.time()).startswith("81% at ")
+    progress.on_file_retry("m.safetensors", 20, "127.0.0.1 answered 503")
+    (item,) = board.get("downloads").values()
+    assert agent_download_figures(item, item["retry_at"] - 20) == "81%, retrying in 20 s"
