@@ -181,6 +181,14 @@ class SyncResult:
     models_failed: list[tuple[str, str]]  # (filename, error)
     outcomes: list[DownloadOutcome]
     interrupted: bool = False
+    models_found: list[str] = field(default_factory=list)  # already on disk: checked and indexed, not downloaded
+
+
+def _adopt(env: Environment, models: Sequence[MissingModelInfo], cancel: threading.Event | None) -> tuple[list[DownloadJob], list[DownloadOutcome]]:
+    """Check (short hash) and index model files already at their path, through the engine's own
+    check but without callbacks: nothing is downloaded, so nothing is shown as downloading."""
+    jobs = jobs_from(models, ())
+    return jobs, (_download(env, jobs, None, cancel) if jobs else [])
 
 
 def sync_models(
@@ -197,27 +205,35 @@ def sync_models(
     """Download `models` and `intents`; failures and interruptions go to the marker, successes leave it.
 
     `max_rate` (bytes/s over all files, 0 = unlimited) is the agent's `cfd.agent.maxRate`."""
-    jobs = jobs_from(models, intents)
-    if not jobs:
+    if not (models or intents):
         return SyncResult([], [], [])
+    on_disk = on_disk_unindexed(env.models_dir, models)
+    found = {info.hash for info in on_disk}
+    to_fetch = [info for info in models if info.hash not in found]
+    jobs = jobs_from(to_fetch, intents)
     marker = Marker(env.git_dir, warn)
     base = {entry.key: entry for entry in pending_entries(models, intents, "failed", trigger)}
     try:
-        outcomes = _download(env, jobs, callbacks, cancel, max_rate)
+        adopt_jobs, adoptions = _adopt(env, on_disk, cancel)
+        outcomes = _download(env, jobs, callbacks, cancel, max_rate) if jobs else []
     except KeyboardInterrupt:
         marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
         raise
     cancelled = cancel is not None and cancel.is_set()
+    adopted = _sort_outcomes(adopt_jobs, adoptions, cancelled)
     result = _sort_outcomes(jobs, outcomes, cancelled)
-    entries = [replace(base[key], reason="failed", error=error) for key, error in result.failed.items()]
-    entries += [replace(base[key], reason="interrupted", error=error) for key, error in result.interrupted.items()]
-    marker.merge(entries, drop=[outcome.job.key for outcome in result.succeeded])
-    filenames = {job.key: job.filename for job in jobs}
+    failed_all = {**adopted.failed, **result.failed}
+    interrupted_all = {**adopted.interrupted, **result.interrupted}
+    entries = [replace(base[key], reason="failed", error=error) for key, error in failed_all.items()]
+    entries += [replace(base[key], reason="interrupted", error=error) for key, error in interrupted_all.items()]
+    marker.merge(entries, drop=[outcome.job.key for outcome in (*adopted.succeeded, *result.succeeded)])
+    filenames = {job.key: job.filename for job in (*adopt_jobs, *jobs)}
     return SyncResult(
         models_downloaded=[outcome.job.filename for outcome in result.succeeded],
-        models_failed=[(filenames[key], error) for key, error in {**result.failed, **result.interrupted}.items()],
-        outcomes=list(outcomes),
-        interrupted=bool(result.interrupted),
+        models_failed=[(filenames[key], error) for key, error in {**failed_all, **interrupted_all}.items()],
+        outcomes=[*adoptions, *outcomes],
+        interrupted=bool(interrupted_all),
+        models_found=[outcome.job.filename for outcome in adopted.succeeded],
     )
 
 
@@ -405,13 +421,10 @@ def run_repair(
 ) -> RepairResult:
     """Index what is already on disk, download what the plan picked, resolve downloaded intents,
     rewrite the marker."""
-    adopt_jobs = jobs_from(plan.on_disk, ())
     jobs = jobs_from(plan.models, plan.intents) if (plan.models or plan.intents) else []
     marker = Marker(env.git_dir, warn)
     try:
-        # Files already in place go through the engine too (the same check and index record), silently:
-        # nothing is downloaded, so nothing is shown as downloading.
-        adoptions = _download(env, adopt_jobs, None, cancel) if adopt_jobs else []
+        adopt_jobs, adoptions = _adopt(env, plan.on_disk, cancel)
         outcomes = _download(env, jobs, callbacks, cancel) if jobs else []
     except KeyboardInterrupt:
         # Not cooperative (a second Ctrl-C): still leave a marker that says what happened.
