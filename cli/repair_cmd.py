@@ -331,6 +331,7 @@ def result_json(result: RepairResult, repo: Any) -> dict[str, Any]:
         "dry_run": False,
         "strategy": result.plan.strategy,
         "to_download": _to_download(result.plan),
+        "on_disk_unindexed": [_on_disk_json(i) for i in result.plan.on_disk],
         "downloaded": [
             {"key": o.job.key, "hash": o.short_hash or o.job.expected_hash, "filename": o.job.filename,
              "relative_path": o.relative_path or o.job.relative_path,
