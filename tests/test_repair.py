@@ -539,3 +539,13 @@ def test_an_intent_fetched_earlier_is_in_the_preview_as_well_as_the_summary(scen
     assert "Downloaded earlier, not yet in pyproject.toml: 1 download intent(s) (`cfd repair` writes them in)" in out
     assert "pyproject.toml updated: 1 download intent(s) resolved (2 workflow entries). Commit it:" in out
     assert not any(line.startswith(("To download", "Downloaded 1")) for line in out)
+
+
+def test_a_retried_download_says_so_in_the_progress_lines(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+    model = Model(server, "a.safetensors", 1, 200_000)
+    server.set_fault(model.path, fail_times=1, fail_status=503)
+    clone = make_env(scenario, manifest([model]).render())
+    result = cfd(clone, cfd_env, "repair", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    retry = [line for line in result.stderr.splitlines() if line.startswith("retrying a.safetensors in ")]
+    assert len(retry) == 1 and "503" in retry[0]
