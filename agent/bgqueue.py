@@ -70,6 +70,7 @@ class Progress:
                 instant = delta / elapsed
                 state["speed"] = instant if not state["speed"] else 0.7 * state["speed"] + 0.3 * instant
             state["seen"], state["t"] = float(downloaded), now
+            state["total"] = float(total or 0)
             show = now - state["shown"] >= 0.25
             if show:
                 state["shown"] = now
@@ -80,6 +81,23 @@ class Progress:
                 filename,
                 {"file": filename, "downloaded": downloaded, "total": total, "percent": percent, "speed": int(speed)},
             )
+
+    def on_file_resume(self, filename: str, staged: int, total: int | None) -> None:
+        # The staged bytes were fetched by an earlier run: done, but not part of the speed.
+        with self._lock:
+            state = self._files.setdefault(filename, {"seen": 0.0, "t": 0.0, "speed": 0.0, "shown": 0.0})
+            state["seen"], state["t"] = float(staged), time.monotonic()
+
+    def on_file_retry(self, filename: str, delay: float, reason: str) -> None:
+        with self._lock:
+            state = self._files.get(filename)
+            if state is not None:
+                state["speed"] = 0.0
+            seen, total = (int(state["seen"]), int(state.get("total", 0))) if state else (0, 0)
+        log.info("%s: %s; retrying in %.0f s", filename, reason, delay)
+        percent = round(100.0 * seen / total, 1) if total else None
+        self.board.download(filename, {"file": filename, "downloaded": seen, "total": total or None, "percent": percent,
+                                       "speed": 0, "retry_at": time.time() + delay})
 
     def on_file_complete(self, filename: str, success: bool, error: str | None) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ from cfd.agent.control import (
 from cfd.agent.paths import all_agent_paths
 from cfd.core.errors import EnvironmentNotFound
 
-from .common import human_size, print_json
+from .common import agent_download_figures, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,17 +31,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     actions = parser.add_subparsers(dest="agent_action", metavar="ACTION")
 
-    def action(name: str, help: str, handler: Any, envs: bool = True) -> argparse.ArgumentParser:
+    def action(name: str, help: str, handler: Any, serves: bool = True) -> argparse.ArgumentParser:
         sub = actions.add_parser(name, help=help, description=help)
-        if envs:
-            sub.add_argument(
-                "--env",
-                dest="agent_envs",
-                metavar="PATH",
-                action="append",
-                default=[],
-                help="an environment to serve (repeatable); the current one is always included",
-            )
+        sub.add_argument(
+            "--env",
+            dest="agent_envs",
+            metavar="PATH",
+            action="append",
+            default=[],
+            help="an environment to serve (repeatable); the current one is always included"
+            if serves
+            else "act on the agent of this environment's models directory (default: the current environment's)",
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -56,15 +57,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         sub.add_argument("--retry-base", type=float, metavar="S", help="first retry delay of a failed background download (default 60, doubling)")
         if name == "run":
             sub.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
-    stop_parser = action("stop", "stop the agent (SIGTERM; partial downloads stay resumable)", stop)
-    stop_parser.add_argument("--timeout", type=float, default=20.0, help="seconds to wait (default 20)")
-    status_parser = action("status", "show whether the agent runs, what it watches and downloads", status)
+    stop_parser = action("stop", "stop the agent (SIGTERM; partial downloads stay resumable)", stop, serves=False)
+    stop_parser.add_argument("--timeout", type=float, default=20.0, metavar="S", help="seconds to wait for it to end (default 20)")
+    status_parser = action("status", "show whether the agent runs, what it watches and downloads", status, serves=False)
     status_parser.add_argument("--json", action="store_true", help="print JSON")
-    for name, help, handler in (
-        ("install-service", "write a systemd user unit (Linux) or launchd agent (macOS) running `cfd agent run`", install),
-        ("uninstall-service", "remove the service file written by install-service", uninstall),
+    for name, help, handler, serves in (
+        ("install-service", "write a systemd user unit (Linux) or launchd agent (macOS) running `cfd agent run`", install, True),
+        ("uninstall-service", "remove the service file written by install-service", uninstall, False),
     ):
-        sub = action(name, help, handler)
+        sub = action(name, help, handler, serves)
         sub.add_argument("--kind", choices=("systemd", "launchd"), help="service manager (default: this platform's)")
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
 
@@ -160,8 +161,7 @@ def print_info(info: AgentInfo) -> None:
         print("  counts:    " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
     if info.running:
         for item in status.get("downloads") or []:
-            percent = f"{item['percent']:.0f}%" if item.get("percent") is not None else human_size(item.get("downloaded"))
-            print(f"  ⬇ {item['file']}  {percent}  {human_size(item.get('speed'))}/s")
+            print(f"  ⬇ {item['file']}  {agent_download_figures(item, time.time())}")
         if status.get("queue"):
             print(f"  queued:    {status['queue']} pending entr(ies)")
     for error in (status.get("errors") or [])[-3:]:

@@ -38,6 +38,15 @@ def human_size(size: int | None) -> str:
     return f"{size} B"
 
 
+def agent_download_figures(item: dict[str, Any], now: float) -> str:
+    """'40% at 3.6 MiB/s' (or 'retrying in 12 s') for one download in the agent's status file."""
+    done = f"{item['percent']:.0f}%" if item.get("percent") is not None else human_size(item.get("downloaded") or 0)
+    retry_at = item.get("retry_at")
+    if isinstance(retry_at, (int, float)) and retry_at > now:
+        return f"{done}, retrying in {retry_at - now:.0f} s"
+    return f"{done} at {human_size(int(item.get('speed') or 0))}/s"
+
+
 def warn(message: str) -> None:
     print(f"cfd: warning: {message}", file=sys.stderr)
 

@@ -40,7 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     actions = parser.add_subparsers(dest="hooks_action", metavar="ACTION", required=True)
 
-    install = actions.add_parser("install", help="install the hooks in this clone (idempotent; upgrades old ones)")
+    install = actions.add_parser(
+        "install",
+        help="install the hooks in this clone (idempotent; upgrades old ones)",
+        description="Install cfd's git hooks in this clone (or, with --global, for every later clone). Existing "
+        "hooks of other tools are kept and still run; running it again upgrades cfd's hooks.",
+        epilog=GLOBAL_HELP,
+    )
     install.add_argument("--global", dest="global_", action="store_true", help="install for new clones (init.templateDir)")
     install.add_argument("--force", action="store_true", help="write into a core.hooksPath another tool owns")
     install.add_argument(
@@ -49,12 +55,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_env_argument(install)
     install.set_defaults(handler=run_install)
 
-    uninstall = actions.add_parser("uninstall", help="remove cfd's hooks and restore the ones they replaced")
+    uninstall = actions.add_parser(
+        "uninstall",
+        help="remove cfd's hooks and restore the ones they replaced",
+        description="Remove cfd's git hooks from this clone (or, with --global, from init.templateDir) and put back "
+        "the hooks they had replaced. Models, the index and the pending list are left as they are.",
+    )
     uninstall.add_argument("--global", dest="global_", action="store_true", help="remove them from init.templateDir")
     add_env_argument(uninstall)
     uninstall.set_defaults(handler=run_uninstall)
 
-    status = actions.add_parser("status", help="installed / outdated / missing / bypassed / foreign, per hook")
+    status = actions.add_parser(
+        "status",
+        help="installed / outdated / missing / bypassed / foreign, per hook",
+        description="Show, per hook, whether cfd's hook is installed, outdated (run `cfd hooks install`), missing, "
+        "chained (another tool's hook calls it), bypassed (core.hooksPath makes git look elsewhere) or foreign "
+        "(another tool's hook is there). Exit 0 when every hook runs cfd, 1 otherwise.",
+    )
     status.add_argument("--json", action="store_true", help="print one JSON object")
     add_env_argument(status)
     status.set_defaults(handler=run_status)

@@ -24,7 +24,7 @@ from cfd.core.urls import host_of, redact_url
 from .common import add_env_argument, environment, human_size, is_terminal, print_json, warn
 from .progress import make_progress
 
-SHOW = 10  # entries listed per section before "and N more"
+SHOW = 5  # entries listed per section before "... and N more" (as ComfyDock's repair does; --json has all)
 
 
 def _jobs(value: str) -> int:
@@ -145,7 +145,7 @@ def _listing(lines: list[str]) -> None:
     for line in lines[:SHOW]:
         print(line)
     if len(lines) > SHOW:
-        print(f"    … and {len(lines) - SHOW} more")
+        print(f"    ... and {len(lines) - SHOW} more")
 
 
 def print_preview(plan: RepairPlan, repo: Any, models_dir: Any) -> None:
@@ -154,14 +154,21 @@ def print_preview(plan: RepairPlan, repo: Any, models_dir: Any) -> None:
     if plan.report.in_sync and not plan.stale:
         print("\nIn sync: every model the workflows need is present.")
     if plan.models or plan.intents:
-        unknown = f" + {plan.unknown_sizes} of unknown size" if plan.unknown_sizes else ""
-        print(f"\nTo download: {plan.download_count} model(s), {human_size(plan.download_bytes)}{unknown}")
+        sizes = []
+        if plan.models:
+            here = f", {human_size(plan.staged_bytes)} already here" if plan.staged_bytes else ""
+            sizes.append(f"{human_size(plan.download_bytes - plan.staged_bytes)}{here}")
+        if plan.unknown_sizes:
+            sizes.append(f"{plan.unknown_sizes} of unknown size")
+        print(f"\nTo download: {plan.download_count} model(s), {' + '.join(sizes)}")
         lines = []
         for info in plan.models:
             hint = plan.previous.get(info.hash)
             last = f" — last attempt: {hint.error}" if hint and hint.error else ""
+            staged = plan.staged.get(info.hash)
+            size = human_size(info.model.size) + (f", {human_size(staged)} already here" if staged else "")
             lines.append(
-                f"    {info.criticality:<9} {info.model.relative_path} ({human_size(info.model.size)}) "
+                f"    {info.criticality:<9} {info.model.relative_path} ({size}) "
                 f"for {', '.join(info.workflow_names)}{last}"
             )
         _listing(lines)
@@ -174,15 +181,25 @@ def print_preview(plan: RepairPlan, repo: Any, models_dir: Any) -> None:
                 for target, group in intent_groups(plan.intents).items()
             ]
         )
+    earlier = plan.report.satisfied_intents
+    if earlier:
+        files = len({ref.filename for ref in earlier})
+        print(f"\nDownloaded earlier, not yet in pyproject.toml: {files} download intent(s) (`cfd repair` writes them in)")
+        _listing([f"    {ref.target_path} for {ref.workflow}" for ref in earlier])
     skipped = len(plan.filtered_models) + len(intent_groups(plan.filtered_intents))
     if skipped:
         print(f"\nSkipped by --models {plan.strategy}: {skipped} model(s) (left pending)")
         lines = [f"    {i.criticality:<9} {i.model.relative_path} ({human_size(i.model.size)})" for i in plan.filtered_models]
         lines += [f"    {g[0].criticality:<9} {t} (download intent)" for t, g in intent_groups(plan.filtered_intents).items()]
         _listing(lines)
-    if plan.unavailable or plan.not_found:
-        print(f"\nUnavailable (no source in pyproject.toml): {len(plan.unavailable) + len(plan.not_found)}")
-        lines = [f"    {i.model.relative_path} [{i.hash}] for {', '.join(i.workflow_names)}" for i in plan.unavailable]
+    if plan.on_disk:
+        print(f"\nAlready on disk, not indexed: {len(plan.on_disk)} model(s) (checked by hash and indexed, not downloaded)")
+        _listing([f"    {i.criticality:<9} {i.model.relative_path} ({human_size(i.model.size)})" for i in plan.on_disk])
+    on_disk = {info.hash for info in plan.on_disk}
+    unavailable = [info for info in plan.unavailable if info.hash not in on_disk]
+    if unavailable or plan.not_found:
+        print(f"\nUnavailable (no source in pyproject.toml): {len(unavailable) + len(plan.not_found)}")
+        lines = [f"    {i.model.relative_path} [{i.hash}] for {', '.join(i.workflow_names)}" for i in unavailable]
         lines += [f"    {r.filename} (not found, no hash) for {r.workflow}" for r in plan.not_found]
         _listing(lines)
     if plan.stale:
@@ -199,6 +216,9 @@ def print_summary(result: RepairResult, repo: Any) -> None:
     print()
     if result.downloaded:
         print(f"Downloaded {len(result.downloaded)} model(s).")
+    if result.adopted:
+        print(f"Found on disk, indexed: {len(result.adopted)} model(s) (nothing downloaded for them)")
+        _listing([f"    {o.relative_path or o.job.relative_path}" for o in result.adopted])
     if result.failed:
         print(f"Failed: {len(result.failed)}")
         _listing([f"    {f.filename}: {f.error}" for f in result.failed])
@@ -212,11 +232,16 @@ def print_summary(result: RepairResult, repo: Any) -> None:
     if skipped:
         print(f"Skipped by --models {result.plan.strategy}: {len(skipped)} (run `cfd repair --models all` for them)")
     if result.resolved:
-        print(f"\npyproject.toml updated: {len(result.resolved)} download intent(s) resolved. Commit it:")
+        files = len(set(result.resolved))  # one download can resolve the entries of several workflows
+        entries = f" ({len(result.resolved)} workflow entries)" if len(result.resolved) != files else ""
+        print(f"\npyproject.toml updated: {files} download intent(s) resolved{entries}. Commit it:")
         print(f"    {_commit_command(repo)}")
     if result.resolve_error:
         print(f"\ncfd: warning: pyproject.toml not updated: {result.resolve_error}", file=sys.stderr)
-    if result.complete:
+    if result.plan.strategy == "skip":
+        left = f"; {len(result.pending)} model(s) recorded as pending (`cfd repair` downloads them)" if result.pending else ""
+        print(f"Nothing requested (--models skip): nothing downloaded{left}.")
+    elif result.complete:
         print("All requested models are present.")
     elif not result.interrupted:
         print(f"{len(result.pending)} model(s) still missing; see `cfd status`.")
@@ -256,6 +281,11 @@ def _to_download(plan: RepairPlan) -> list[dict[str, Any]]:
     return items
 
 
+def _on_disk_json(info: Any) -> dict[str, Any]:
+    return {"key": info.hash, "hash": info.hash, "filename": info.model.filename, "relative_path": info.model.relative_path,
+            "size": info.model.size, "criticality": info.criticality, "workflows": list(info.workflow_names)}
+
+
 def plan_json(plan: RepairPlan) -> dict[str, Any]:
     unavailable = [
         {"key": i.hash, "hash": i.hash, "filename": i.model.filename, "relative_path": i.model.relative_path,
@@ -283,6 +313,8 @@ def plan_json(plan: RepairPlan) -> dict[str, Any]:
         "strategy": plan.strategy,
         "to_download": _to_download(plan),
         "bytes_to_download": plan.download_bytes,
+        "bytes_already_staged": plan.staged_bytes,
+        "on_disk_unindexed": [_on_disk_json(i) for i in plan.on_disk],
         "downloaded": [],
         "failed": [],
         "interrupted": [],
@@ -299,11 +331,17 @@ def result_json(result: RepairResult, repo: Any) -> dict[str, Any]:
         "dry_run": False,
         "strategy": result.plan.strategy,
         "to_download": _to_download(result.plan),
+        "on_disk_unindexed": [_on_disk_json(i) for i in result.plan.on_disk],
         "downloaded": [
             {"key": o.job.key, "hash": o.short_hash or o.job.expected_hash, "filename": o.job.filename,
              "relative_path": o.relative_path or o.job.relative_path,
              "source": redact_url(o.source) if o.source else None, "bytes_fetched": o.bytes_fetched}
             for o in result.downloaded
+        ],
+        "adopted": [
+            {"key": o.job.key, "hash": o.short_hash or o.job.expected_hash, "filename": o.job.filename,
+             "relative_path": o.relative_path or o.job.relative_path}
+            for o in result.adopted
         ],
         "failed": [{"key": f.key, "hash": f.hash, "filename": f.filename, "error": f.error} for f in result.failed],
         "interrupted": [{"key": f.key, "hash": f.hash, "filename": f.filename, "error": f.error} for f in result.interrupted],

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
-from cfd.core.status import StatusReport, compute_status
+from cfd.core.manifest import CRITICALITY_RANK
+from cfd.core.marker import intent_key, reason_text
+from cfd.core.repair import intent_groups
+from cfd.core.status import StatusReport, WorkflowStatus, compute_status
 
-from .common import add_env_argument, environment, human_size, is_terminal, print_json, warn
+from .common import add_env_argument, agent_download_figures, environment, human_size, is_terminal, print_json, warn
 
-SHOW_PER_WORKFLOW = 5
+SHOW_PER_WORKFLOW = 10  # model lines per workflow before "… and N more"
+SHOW_LIST = 10
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -53,10 +58,59 @@ def print_agent(agent: dict[str, Any] | None) -> None:
         print(f"Agent: running (pid {agent.get('pid', '?')}), idle.")
         return
     print(f"Agent: running (pid {agent.get('pid', '?')}), downloading:")
+    now = time.time()
     for item in downloads:
-        percent = item.get("percent")
-        speed = item.get("speed") or 0
-        print(f"    {item.get('file')} {'' if percent is None else f'{percent:.0f}% '}at {human_size(int(speed))}/s")
+        print(f"    {item.get('file')} {agent_download_figures(item, now)}")
+
+
+def _note(parts: list[str]) -> str:
+    return f" — {'; '.join(parts)}" if parts else ""
+
+
+def _model_lines(status: StatusReport, workflow: WorkflowStatus) -> list[str]:
+    """One line per model this workflow lacks, with its own criticality and why it is still missing."""
+    pending = status.pending_by_key
+    rows: list[tuple[int, str]] = []
+    for m in workflow.missing:
+        criticality = workflow.criticality.get(m.hash, m.criticality)
+        notes = []
+        entry = pending.get(m.hash)
+        if m.hash in status.on_disk:
+            notes.append("on disk, not indexed yet: run `cfd index scan`")
+        elif not m.can_download:
+            notes.append(f"no source (hash {m.hash})")
+        elif entry is not None:
+            notes.append(reason_text(entry))
+        line = f"    {criticality:<9} {m.model.relative_path} ({human_size(m.model.size)}){_note(notes)}"
+        rows.append((CRITICALITY_RANK.get(criticality, 0), line))
+    for ref in workflow.intents:
+        entry = pending.get(intent_key(ref))
+        note = _note([reason_text(entry)] if entry is not None else [])
+        rows.append((CRITICALITY_RANK.get(ref.criticality, 0), f"    {ref.criticality:<9} {ref.target_path} (download intent, unverified){note}"))
+    for ref in workflow.not_found:
+        rows.append((CRITICALITY_RANK.get(ref.criticality, 0), f"    {ref.criticality:<9} {ref.filename} — not found, no source"))
+    return [line for _rank, line in sorted(rows, key=lambda row: -row[0])]
+
+
+def _workflow_header(status: StatusReport, workflow: WorkflowStatus, down_mark: str, warn_mark: str) -> str:
+    on_disk = sum(1 for m in workflow.missing if m.hash in status.on_disk)
+    without_source = sum(1 for m in workflow.missing if not m.can_download and m.hash not in status.on_disk)
+    without_source += len(workflow.not_found)
+    need = workflow.missing_count - on_disk - without_source
+    details = [f"{on_disk} on disk unindexed"] if on_disk else []
+    details += [f"{without_source} without a source"] if without_source else []
+    if need:
+        if details:
+            return f"{down_mark} {workflow.name} — {need} model(s) need downloading ({workflow.missing_count} missing, {', '.join(details)})"
+        return f"{down_mark} {workflow.name} — {need} model(s) need downloading"
+    return f"{warn_mark} {workflow.name} — {workflow.missing_count} missing ({', '.join(details)})"
+
+
+def _cut(lines: list[str], show: int) -> None:
+    for line in lines[:show]:
+        print(line)
+    if len(lines) > show:
+        print(f"    … and {len(lines) - show} more (`cfd status --json` lists all)")
 
 
 def print_status(status: StatusReport, fancy: bool) -> None:
@@ -68,52 +122,48 @@ def print_status(status: StatusReport, fancy: bool) -> None:
         print("pyproject.toml has no [tool.comfydock] table: not a ComfyDock environment, nothing to sync.")
     elif not status.manifest.workflows and not status.manifest.models:
         print("No models or workflows in pyproject.toml.")
+    shown: set[str] = set()
     for workflow in status.workflows:
         if workflow.ok:
             print(f"{ok_mark} {workflow.name}")
             continue
-        count = workflow.need_download
-        if count:
-            print(f"{down_mark} {workflow.name} — {count} model(s) need downloading")
-        else:
-            print(f"{warn_mark} {workflow.name} — models missing that cannot be downloaded")
-        lines = [
-            f"    {m.criticality:<9} {m.model.relative_path} ({human_size(m.model.size)})"
-            + ("" if m.can_download else " — no source")
-            for m in workflow.missing
-        ]
-        lines += [f"    {r.criticality:<9} {r.target_path} (download intent, unverified)" for r in workflow.intents]
-        lines += [f"    {r.criticality:<9} {r.filename} — not found, no source" for r in workflow.not_found]
-        for line in lines[:SHOW_PER_WORKFLOW]:
-            print(line)
-        if len(lines) > SHOW_PER_WORKFLOW:
-            print(f"    … and {len(lines) - SHOW_PER_WORKFLOW} more")
-    if report.unavailable:
-        print(f"\nUnavailable (no source in pyproject.toml): {len(report.unavailable)}")
-        for model in report.unavailable[:10]:
-            print(f"    {model.model.relative_path} [{model.model.hash}] needed by {', '.join(model.workflow_names)}")
-    if report.intents:
-        print(f"\nDownload intents (unresolved, with sources): {len(report.intents)}")
-    if status.pending:
-        print(f"\nPending from earlier pulls: {len(status.pending)}")
-        for entry in status.pending[:5]:
-            detail = f": {entry.error}" if entry.error else ""
-            print(f"    {entry.relative_path} ({entry.reason}{detail})")
+        print(_workflow_header(status, workflow, down_mark, warn_mark))
+        _cut(_model_lines(status, workflow), SHOW_PER_WORKFLOW)
+        shown |= {m.hash for m in workflow.missing} | {intent_key(r) for r in (*workflow.intents, *workflow.not_found)}
+    elsewhere = [entry for entry in status.pending if entry.key not in shown]
+    if elsewhere:
+        print(f"\nAlso pending: {len(elsewhere)}")
+        _cut([f"    {entry.relative_path} — {reason_text(entry)}" for entry in elsewhere], SHOW_LIST)
     if report.problems:
         print(f"\n{warn_mark} Manifest problems: {len(report.problems)}")
-        for problem in report.problems[:10]:
-            print(f"    {problem}")
-        if len(report.problems) > 10:
-            print(f"    … and {len(report.problems) - 10} more")
+        _cut([f"    {problem}" for problem in report.problems], SHOW_LIST)
     print()
     if status.in_sync:
         print("In sync: every model the workflows need is present.")
         return
-    downloadable = len(report.downloadable) + len(report.intents)
+    print_next_steps(status)
+
+
+def print_next_steps(status: StatusReport) -> None:
+    """What to do, one line per kind of fix, counted so the counts add up to what is missing."""
+    report = status.report
+    gone = status.sources_gone
+    intents = [ref for ref in report.intents if intent_key(ref) not in gone]
+    downloadable = len(status.to_download) + len(intent_groups(intents))
     if downloadable:
         print(
             f"{downloadable} model(s) to download ({human_size(status.bytes_to_download)}"
-            f"{' + intents of unknown size' if report.intents else ''}). Run `cfd repair` to fetch them."
+            f"{' + intents of unknown size' if intents else ''}). Run `cfd repair` to fetch them."
         )
-    else:
-        print("Nothing can be downloaded: add sources to pyproject.toml or place the files by hand, then `cfd index scan`.")
+    if status.on_disk:
+        print(f"{len(status.on_disk)} model(s) already on disk but not indexed: run `cfd index scan` "
+              "(`cfd repair` also checks and indexes them).")
+    broken = sum(1 for m in report.downloadable if m.hash in gone and m.hash not in status.on_disk)
+    broken += sum(1 for ref in report.intents if intent_key(ref) in gone)
+    if broken:
+        print(f"{broken} model(s) whose source answered \"not found\": fix or replace the source in pyproject.toml "
+              "(running `cfd repair` again will not help).")
+    without = sum(1 for m in report.unavailable if m.hash not in status.on_disk) + len(report.not_found)
+    if without:
+        print(f"{without} model(s) without a source: add one to pyproject.toml, or place the file by hand "
+              "and run `cfd index scan`.")

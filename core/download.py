@@ -40,6 +40,7 @@ from pathlib import Path
 from .downloadtypes import (
     INTERRUPTED,
     MIB,
+    BatchDownloadCallbacks,
     Cancelled,
     DiskError,
     DownloadCallbacks,
@@ -47,6 +48,7 @@ from .downloadtypes import (
     DownloadOptions,
     DownloadOutcome,
     Failure,
+    as_callbacks,
     clean,
     failed,
 )
@@ -63,6 +65,7 @@ from .urls import redact_url
 __all__ = [
     "INTERRUPTED",
     "MIB",
+    "BatchDownloadCallbacks",
     "DownloadCallbacks",
     "DownloadJob",
     "DownloadOptions",
@@ -209,7 +212,7 @@ def download_models(
     models_dir: str | os.PathLike[str],
     index_path: str | os.PathLike[str],
     options: DownloadOptions,
-    callbacks: DownloadCallbacks | None = None,
+    callbacks: DownloadCallbacks | BatchDownloadCallbacks | None = None,
     cancel: threading.Event | None = None,
 ) -> list[DownloadOutcome]:
     """Download `jobs` (in parallel), verify, place and index them; one outcome per job, in order.
@@ -218,7 +221,7 @@ def download_models(
     stops every transfer promptly; their outcomes say INTERRUPTED and the partial
     data stays for the next run to resume.
     """
-    callbacks = callbacks or DownloadCallbacks()
+    callbacks = as_callbacks(callbacks)
     cancel = cancel or threading.Event()
     models_path = Path(models_dir)
     engine = _Engine(models_path, Path(index_path), options, callbacks, cancel)

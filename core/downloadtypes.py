@@ -7,7 +7,9 @@ jobs and outcomes without loading the HTTP stack.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from .tokens import CIVITAI_HOSTS, HF_HOSTS, Tokens, hf_hosts_from_env, load_tokens
@@ -15,6 +17,8 @@ from .urls import redact_url
 
 MIB = 1 << 20
 INTERRUPTED = "interrupted; the partial download is kept and the next run resumes it"
+# Ends the error of a source that answered 404/410: retrying will not help, the manifest must change.
+SOURCE_GONE = "fix or replace this source in pyproject.toml"
 _URL_IN_TEXT = re.compile(r"\w+://\S+")
 
 
@@ -51,6 +55,121 @@ class DownloadCallbacks:
     def on_file_complete(self, filename: str, success: bool, error: str | None) -> None: ...
 
     def on_batch_complete(self, succeeded: int, total: int) -> None: ...
+
+    # cfd's additions (ComfyDock has none of these; they default to doing nothing):
+
+    def on_file_resume(self, filename: str, staged: int, total: int | None) -> None:
+        """A download resumes with `staged` bytes an earlier run left: done, but not transferred now."""
+
+    def on_file_retry(self, filename: str, delay: float, reason: str) -> None:
+        """The source failed (`reason`); the next attempt comes in `delay` seconds."""
+
+
+_EXTENSIONS = ("on_file_resume", "on_file_retry")
+
+
+@dataclass
+class BatchDownloadCallbacks:
+    """ComfyDock's own callbacks type (comfydock_core.models.workflow), field for field: optional
+    callables, progress without a filename. Accepted wherever DownloadCallbacks are, as is an
+    instance of ComfyDock's class itself."""
+
+    on_batch_start: Callable[[int], None] | None = None
+    on_file_start: Callable[[str, int, int], None] | None = None
+    on_file_progress: Callable[[int, int | None], None] | None = None
+    on_file_complete: Callable[[str, bool, str | None], None] | None = None
+    on_batch_complete: Callable[[int, int], None] | None = None
+
+
+_COMFYDOCK_FIELDS = {f.name for f in fields(BatchDownloadCallbacks)}
+
+
+class _FromComfyDock(DownloadCallbacks):
+    """ComfyDock-shaped callbacks driven by cfd's parallel engine.
+
+    ComfyDock downloads one file at a time and its progress carries no filename, so its
+    renderers show one file: start, progress, complete, then the next. That is what they get:
+    calls are serialised, one file is in focus (the earliest started still unreported), and the
+    others' events wait their turn (their latest progress and their completion are kept)."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+        self._queue: list[str] = []  # started, not yet reported complete; [0] is in focus
+        self._started: set[str] = set()  # start already reported
+        self._progress: dict[str, tuple[int, int | None]] = {}
+        self._done: dict[str, tuple[bool, str | None]] = {}
+        self._shown = 0
+        self._total = 0
+
+    def _call(self, name: str, *args: Any) -> None:
+        function = getattr(self._target, name, None)
+        if function is not None:
+            function(*args)
+
+    def _advance(self) -> None:
+        """Report the focus file's start; while it is finished, report its end and move on."""
+        while self._queue:
+            focus = self._queue[0]
+            if focus not in self._started:
+                self._started.add(focus)
+                self._shown += 1
+                self._call("on_file_start", focus, self._shown, self._total)
+                if focus in self._progress:
+                    self._call("on_file_progress", *self._progress[focus])
+            if focus not in self._done:
+                return
+            self._queue.pop(0)
+            self._call("on_file_complete", focus, *self._done.pop(focus))
+            self._started.discard(focus)
+            self._progress.pop(focus, None)
+
+    def on_batch_start(self, total: int) -> None:
+        with self._lock:
+            self._total = total
+            self._call("on_batch_start", total)
+
+    def on_file_start(self, filename: str, index: int, total: int) -> None:
+        with self._lock:
+            self._queue.append(filename)
+            self._advance()
+
+    def on_file_progress(self, filename: str, downloaded: int, total: int | None) -> None:
+        with self._lock:
+            self._progress[filename] = (downloaded, total)
+            if self._queue and self._queue[0] == filename:
+                self._call("on_file_progress", downloaded, total)
+
+    def on_file_complete(self, filename: str, success: bool, error: str | None) -> None:
+        with self._lock:
+            self._done[filename] = (success, error)
+            self._advance()
+
+    def on_batch_complete(self, succeeded: int, total: int) -> None:
+        with self._lock:
+            self._call("on_batch_complete", succeeded, total)
+
+
+class _Partial(DownloadCallbacks):
+    """An object with only some of the methods: the rest are no-ops."""
+
+    def __init__(self, target: Any) -> None:
+        for name in (*_COMFYDOCK_FIELDS, *_EXTENSIONS):
+            method = getattr(target, name, None)
+            if callable(method):
+                setattr(self, name, method)
+
+
+def as_callbacks(callbacks: Any) -> DownloadCallbacks:
+    """Whatever a caller passed as callbacks, as DownloadCallbacks: cfd's own, any object with
+    (some of) its methods, or ComfyDock's BatchDownloadCallbacks (or this module's copy of it)."""
+    if callbacks is None:
+        return DownloadCallbacks()
+    if isinstance(callbacks, DownloadCallbacks):
+        return callbacks
+    if is_dataclass(callbacks) and _COMFYDOCK_FIELDS <= {f.name for f in fields(callbacks)}:
+        return _FromComfyDock(callbacks)
+    return _Partial(callbacks)
 
 
 @dataclass(frozen=True)

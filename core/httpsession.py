@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
 import requests
 import urllib3
 
-from .downloadtypes import MIB, Cancelled, DownloadOptions, Failure, clean
+from .downloadtypes import MIB, SOURCE_GONE, Cancelled, DownloadOptions, Failure, clean
 from .errors import UnsafeManifestValue
 from .safety import check_host, check_url
 from .tokens import CIVITAI_HOSTS, HF_HOSTS, auth_header, service_of, token_hint
@@ -120,10 +120,12 @@ def backoff(options: DownloadOptions, attempt: int, retry_after: float | None) -
 
 
 def with_retries(unit: Callable[[], None], options: DownloadOptions, cancel: threading.Event,
-                 halt: Callable[[], None], fetched: Callable[[], int]) -> None:
+                 halt: Callable[[], None], fetched: Callable[[], int],
+                 waiting: Callable[[float, str], None] | None = None) -> None:
     """Run `unit`, again after a backoff while it fails with a retryable `Failure`.
 
-    `halt` raises when the work should stop; `fetched` counts bytes so far.
+    `halt` raises when the work should stop; `fetched` counts bytes so far; `waiting(seconds,
+    why)` is told before each backoff (a display says "retrying in N s" rather than freeze).
     """
     attempts = 0
     while True:
@@ -144,7 +146,10 @@ def with_retries(unit: Callable[[], None], options: DownloadOptions, cancel: thr
             attempts += 1
             if attempts >= options.retries:
                 raise Failure(f"{exc.message} (gave up after {attempts} attempts)") from None
-            if cancel.wait(backoff(options, attempts, exc.retry_after)):
+            delay = backoff(options, attempts, exc.retry_after)
+            if waiting is not None:
+                waiting(delay, exc.message)
+            if cancel.wait(delay):
                 raise Cancelled() from None
             halt()
 
@@ -282,5 +287,5 @@ class HttpClient:
         if code in (401, 403):
             raise Failure(f"{host} refused access to {shown} ({code}); {token_hint(self.options.tokens, service, code)}")
         if code in (404, 410):
-            raise Failure(f"{shown} was not found ({code}); fix or replace this source in pyproject.toml")
+            raise Failure(f"{shown} was not found ({code}); {SOURCE_GONE}")
         raise Failure(f"{host} answered {code} for {shown}")

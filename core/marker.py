@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .downloadtypes import SOURCE_GONE
 from .manifest import WorkflowModelRef
 from .urls import redact_url
 
@@ -62,6 +63,26 @@ class PendingEntry:
             trigger=str(data.get("trigger", "")),
             hash=data.get("hash") if isinstance(data.get("hash"), str) else None,
         )
+
+
+def reason_text(entry: PendingEntry) -> str:
+    """Why a model is still pending, in a user's words (the stored reasons are short codes)."""
+    if entry.reason == "failed":
+        return f"last attempt failed: {entry.error or 'unknown error'}"
+    if entry.reason == "interrupted":
+        return "interrupted; `cfd repair` resumes it"
+    if entry.reason == "filtered":
+        return "skipped (--models skip)" if entry.criticality == "required" else "skipped by cfd.models=required"
+    return {
+        "deferred": "left for later (cfd.onPull=defer)",
+        "no-source": "no source",
+        "background": "queued for the background agent",
+    }.get(entry.reason, entry.reason)
+
+
+def sources_gone(entry: PendingEntry) -> bool:
+    """Its last attempt found every source gone (404/410): only a fix to pyproject.toml helps."""
+    return entry.reason == "failed" and (entry.error or "").count(SOURCE_GONE) >= max(1, len(entry.sources))
 
 
 def intent_key(ref: WorkflowModelRef) -> str:

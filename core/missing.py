@@ -13,8 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import os
+
+from .errors import UnsafeManifestValue
 from .index import ModelIndex
 from .manifest import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, stronger
+from .safety import target_path
 
 STRATEGIES = ("all", "required", "skip")
 
@@ -114,3 +118,18 @@ def select_for_download(report: MissingReport, strategy: str) -> tuple[list[Miss
     if strategy == "required":
         return [m for m in report.downloadable if m.is_required], [r for r in report.intents if r.criticality == "required"]
     return list(report.downloadable), list(report.intents)
+
+
+def on_disk_unindexed(models_dir: str | os.PathLike[str], missing: Iterable[MissingModelInfo]) -> tuple[MissingModelInfo, ...]:
+    """Missing models whose file already lies at its target path with the manifest's size: the
+    index does not know it yet (`cfd index scan`, or `cfd repair` checks and indexes it)."""
+    found = []
+    for info in missing:
+        try:
+            path = target_path(models_dir, info.model.relative_path)
+            size = path.stat().st_size if path.is_file() else None
+        except (UnsafeManifestValue, OSError):
+            continue
+        if size is not None and (info.model.size is None or size == info.model.size):
+            found.append(info)
+    return tuple(found)

@@ -54,6 +54,7 @@ class PullSyncOutcome:
     missing: tuple[MissingModelInfo, ...] = ()  # newly needed and absent (incl. not downloadable)
     intents: tuple[WorkflowModelRef, ...] = ()  # new download intents
     downloaded: tuple[str, ...] = ()  # filenames
+    found: tuple[str, ...] = ()  # filenames already on disk: checked and indexed, not downloaded
     failed: tuple[tuple[str, str], ...] = ()  # (filename, error)
     pending: tuple[PendingEntry, ...] = ()  # what this run left in the marker
     handed_to_agent: int = 0
@@ -250,7 +251,8 @@ def _download(
     synced = sync_models(
         env, plan.selected, plan.selected_intents, callbacks=callbacks, cancel=cancel, trigger=out.trigger
     )
-    return replace(out, downloaded=tuple(synced.models_downloaded), failed=tuple(synced.models_failed))
+    return replace(out, downloaded=tuple(synced.models_downloaded), found=tuple(synced.models_found),
+                   failed=tuple(synced.models_failed))
 
 
 def _drop_from_marker(env: Environment, keys: Sequence[str]) -> list[str]:

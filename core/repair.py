@@ -23,7 +23,14 @@ from .errors import CfdError
 from .index import ModelIndex
 from .manifest import WorkflowModelRef, stronger
 from .marker import Marker, PendingEntry, intent_key
-from .missing import STRATEGIES, MissingModelInfo, MissingReport, detect_missing_models, select_for_download
+from .missing import (
+    STRATEGIES,
+    MissingModelInfo,
+    MissingReport,
+    detect_missing_models,
+    on_disk_unindexed,
+    select_for_download,
+)
 from .status import load_working_manifest
 from .urls import redact_url
 
@@ -174,6 +181,14 @@ class SyncResult:
     models_failed: list[tuple[str, str]]  # (filename, error)
     outcomes: list[DownloadOutcome]
     interrupted: bool = False
+    models_found: list[str] = field(default_factory=list)  # already on disk: checked and indexed, not downloaded
+
+
+def _adopt(env: Environment, models: Sequence[MissingModelInfo], cancel: threading.Event | None) -> tuple[list[DownloadJob], list[DownloadOutcome]]:
+    """Check (short hash) and index model files already at their path, through the engine's own
+    check but without callbacks: nothing is downloaded, so nothing is shown as downloading."""
+    jobs = jobs_from(models, ())
+    return jobs, (_download(env, jobs, None, cancel) if jobs else [])
 
 
 def sync_models(
@@ -190,27 +205,35 @@ def sync_models(
     """Download `models` and `intents`; failures and interruptions go to the marker, successes leave it.
 
     `max_rate` (bytes/s over all files, 0 = unlimited) is the agent's `cfd.agent.maxRate`."""
-    jobs = jobs_from(models, intents)
-    if not jobs:
+    if not (models or intents):
         return SyncResult([], [], [])
+    on_disk = on_disk_unindexed(env.models_dir, models)
+    found = {info.hash for info in on_disk}
+    to_fetch = [info for info in models if info.hash not in found]
+    jobs = jobs_from(to_fetch, intents)
     marker = Marker(env.git_dir, warn)
     base = {entry.key: entry for entry in pending_entries(models, intents, "failed", trigger)}
     try:
-        outcomes = _download(env, jobs, callbacks, cancel, max_rate)
+        adopt_jobs, adoptions = _adopt(env, on_disk, cancel)
+        outcomes = _download(env, jobs, callbacks, cancel, max_rate) if jobs else []
     except KeyboardInterrupt:
         marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
         raise
     cancelled = cancel is not None and cancel.is_set()
+    adopted = _sort_outcomes(adopt_jobs, adoptions, cancelled)
     result = _sort_outcomes(jobs, outcomes, cancelled)
-    entries = [replace(base[key], reason="failed", error=error) for key, error in result.failed.items()]
-    entries += [replace(base[key], reason="interrupted", error=error) for key, error in result.interrupted.items()]
-    marker.merge(entries, drop=[outcome.job.key for outcome in result.succeeded])
-    filenames = {job.key: job.filename for job in jobs}
+    failed_all = {**adopted.failed, **result.failed}
+    interrupted_all = {**adopted.interrupted, **result.interrupted}
+    entries = [replace(base[key], reason="failed", error=error) for key, error in failed_all.items()]
+    entries += [replace(base[key], reason="interrupted", error=error) for key, error in interrupted_all.items()]
+    marker.merge(entries, drop=[outcome.job.key for outcome in (*adopted.succeeded, *result.succeeded)])
+    filenames = {job.key: job.filename for job in (*adopt_jobs, *jobs)}
     return SyncResult(
         models_downloaded=[outcome.job.filename for outcome in result.succeeded],
-        models_failed=[(filenames[key], error) for key, error in {**result.failed, **result.interrupted}.items()],
-        outcomes=list(outcomes),
-        interrupted=bool(result.interrupted),
+        models_failed=[(filenames[key], error) for key, error in {**failed_all, **interrupted_all}.items()],
+        outcomes=[*adoptions, *outcomes],
+        interrupted=bool(interrupted_all),
+        models_found=[outcome.job.filename for outcome in adopted.succeeded],
     )
 
 
@@ -232,6 +255,9 @@ class RepairPlan:
     filtered_intents: tuple[WorkflowModelRef, ...]
     previous: Mapping[str, PendingEntry] = field(default_factory=dict)  # marker hints still relevant
     stale: tuple[str, ...] = ()  # marker keys no longer needed (dropped by the run)
+    # In scope, already at their path but not indexed: checked (short hash) and indexed, not downloaded.
+    on_disk: tuple[MissingModelInfo, ...] = ()
+    staged: Mapping[str, int] = field(default_factory=dict)  # model hash -> bytes an earlier run left in staging
 
     @property
     def unavailable(self) -> tuple[MissingModelInfo, ...]:
@@ -247,8 +273,13 @@ class RepairPlan:
 
     @property
     def download_bytes(self) -> int:
-        """Known bytes to fetch (intents and size-less entries add an unknown amount)."""
+        """Known bytes of the files to fetch (intents and size-less entries add an unknown amount)."""
         return sum(info.model.size or 0 for info in self.models)
+
+    @property
+    def staged_bytes(self) -> int:
+        """Of those, already here in staging from an earlier run (resumed, not fetched again)."""
+        return sum(self.staged.values())
 
     @property
     def unknown_sizes(self) -> int:
@@ -289,16 +320,33 @@ def plan_repair(env: Environment, strategy: str = "all", warn: Warn | None = Non
     chosen_intents = {ref.identity for ref in intents}
     needed = _keys(report)
     previous = {entry.key: entry for entry in Marker(env.git_dir, warn).read()}
+    in_scope_unavailable = [info for info in report.unavailable if strategy != "skip" and in_scope(info.criticality, strategy)]
+    on_disk = on_disk_unindexed(env.models_dir, [*models, *in_scope_unavailable])
+    adopt = {info.hash for info in on_disk}
+    models = [info for info in models if info.hash not in adopt]
     return RepairPlan(
         strategy=strategy,
         report=report,
         models=tuple(models),
         intents=tuple(intents),
+        on_disk=on_disk,
+        staged=_staged(env, models),
         filtered_models=tuple(info for info in report.downloadable if info.hash not in chosen),
         filtered_intents=tuple(ref for ref in report.intents if ref.identity not in chosen_intents),
         previous={key: entry for key, entry in previous.items() if key in needed},
         stale=tuple(key for key in previous if key not in needed),
     )
+
+
+def _staged(env: Environment, models: Sequence[MissingModelInfo]) -> dict[str, int]:
+    """Bytes of each model (of known size) an earlier run left in staging, for the preview."""
+    from .staging import partial_bytes
+
+    staging_dir = env.models_dir / ".cfd" / "staging"
+    if not staging_dir.is_dir():
+        return {}
+    found = {job.key: min(partial_bytes(staging_dir, job), job.size or 0) for job in jobs_from(models, ())}
+    return {key: done for key, done in found.items() if done > 0}
 
 
 @dataclass(frozen=True)
@@ -320,6 +368,7 @@ class RepairResult:
     after: MissingReport  # the truth after the run
     resolved: list[str] = field(default_factory=list)  # intents written into pyproject.toml
     resolve_error: str | None = None
+    adopted: list[DownloadOutcome] = field(default_factory=list)  # found on disk, checked, indexed
 
     @property
     def models_downloaded(self) -> list[str]:
@@ -339,7 +388,7 @@ def _marker_entries(
     plan: RepairPlan, after: MissingReport, failed: Mapping[str, str], interrupted: Mapping[str, str]
 ) -> list[PendingEntry]:
     """Exactly what is still missing, each with why."""
-    chosen = {info.hash for info in plan.models} | {intent_key(ref) for ref in plan.intents}
+    chosen = {info.hash for info in (*plan.models, *plan.on_disk)} | {intent_key(ref) for ref in plan.intents}
 
     def why(entry: PendingEntry, can_download: bool) -> PendingEntry:
         if entry.key in interrupted:
@@ -370,10 +419,12 @@ def run_repair(
     cancel: threading.Event | None = None,
     warn: Warn | None = None,
 ) -> RepairResult:
-    """Download what the plan picked, resolve downloaded intents, rewrite the marker."""
+    """Index what is already on disk, download what the plan picked, resolve downloaded intents,
+    rewrite the marker."""
     jobs = jobs_from(plan.models, plan.intents) if (plan.models or plan.intents) else []
     marker = Marker(env.git_dir, warn)
     try:
+        adopt_jobs, adoptions = _adopt(env, plan.on_disk, cancel)
         outcomes = _download(env, jobs, callbacks, cancel) if jobs else []
     except KeyboardInterrupt:
         # Not cooperative (a second Ctrl-C): still leave a marker that says what happened.
@@ -381,7 +432,10 @@ def run_repair(
         marker.merge((replace(entry, error="interrupted") for entry in base), drop=plan.stale)
         raise
     cancelled = cancel is not None and cancel.is_set()
+    adopted = _sort_outcomes(adopt_jobs, adoptions, cancelled)
     sorted_ = _sort_outcomes(jobs, outcomes, cancelled)
+    failed_all = {**adopted.failed, **sorted_.failed}
+    interrupted_all = {**adopted.interrupted, **sorted_.interrupted}
     resolved: list[str] = []
     resolve_error = None
     try:
@@ -390,9 +444,9 @@ def run_repair(
     except CfdError as exc:
         resolve_error = str(exc)
     after = _detect(env)
-    pending = _marker_entries(plan, after, sorted_.failed, sorted_.interrupted)
+    pending = _marker_entries(plan, after, failed_all, interrupted_all)
     marker.write(pending)
-    by_key = {job.key: job for job in jobs}
+    by_key = {job.key: job for job in (*adopt_jobs, *jobs)}
 
     def failure(key: str, error: str) -> FailedModel:
         job = by_key[key]
@@ -402,12 +456,13 @@ def run_repair(
         plan=plan,
         outcomes=list(outcomes),
         downloaded=sorted_.succeeded,
-        failed=[failure(key, error) for key, error in sorted_.failed.items()],
-        interrupted=[failure(key, error) for key, error in sorted_.interrupted.items()],
+        failed=[failure(key, error) for key, error in failed_all.items()],
+        interrupted=[failure(key, error) for key, error in interrupted_all.items()],
         pending=pending,
         after=after,
         resolved=resolved,
         resolve_error=resolve_error,
+        adopted=adopted.succeeded,
     )
 
 

@@ -113,6 +113,9 @@ class Transfer:
         try:
             if not self.file.resume():
                 self._reset()
+            elif self.state.done:
+                # Bytes an earlier run left: a display counts them as done, not as transferred now.
+                self.batch.callbacks.on_file_resume(self.job.filename, self.state.done, self.state.size)
             try:
                 self._fetch()
             except (Cancelled, DiskError, Failure):
@@ -135,7 +138,8 @@ class Transfer:
             raise _Stopped()
 
     def _with_retries(self, unit: Callable[[], None]) -> None:
-        with_retries(unit, self.options, self.batch.cancel, self._halt, lambda: self.file.fetched)
+        with_retries(unit, self.options, self.batch.cancel, self._halt, lambda: self.file.fetched,
+                     lambda delay, why: self.batch.callbacks.on_file_retry(self.job.filename, delay, why))
 
     @contextmanager
     def _tracked(self, resp: requests.Response) -> Iterator[requests.Response]:

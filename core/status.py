@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -13,9 +13,9 @@ from typing import Any
 from .environment import Environment
 from .errors import ManifestError
 from .index import ModelIndex
-from .manifest import Manifest, ManifestModel, WorkflowModelRef, parse_manifest
-from .marker import Marker, PendingEntry, intent_key
-from .missing import MissingModelInfo, MissingReport, detect_missing_models
+from .manifest import Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
+from .marker import Marker, PendingEntry, intent_key, sources_gone
+from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .urls import redact_url
 
 _CACHE_NAME = "manifest-cache.pickle"
@@ -91,6 +91,8 @@ class WorkflowStatus:
     missing: tuple[MissingModelInfo, ...]
     intents: tuple[WorkflowModelRef, ...]
     not_found: tuple[WorkflowModelRef, ...]
+    # hash -> this workflow's own criticality for it (MissingModelInfo has the strongest of all)
+    criticality: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -100,6 +102,14 @@ class WorkflowStatus:
     def need_download(self) -> int:
         return sum(1 for m in self.missing if m.can_download) + len(self.intents)
 
+    @property
+    def missing_count(self) -> int:
+        return len(self.missing) + len(self.intents) + len(self.not_found)
+
+    @property
+    def without_source(self) -> int:
+        return self.missing_count - self.need_download
+
 
 @dataclass(frozen=True)
 class StatusReport:
@@ -108,14 +118,30 @@ class StatusReport:
     report: MissingReport
     pending: tuple[PendingEntry, ...]
     workflows: tuple[WorkflowStatus, ...]
+    on_disk: frozenset[str] = frozenset()  # hashes of missing models already at their path, unindexed
 
     @property
     def in_sync(self) -> bool:
         return self.report.in_sync
 
     @property
+    def pending_by_key(self) -> dict[str, PendingEntry]:
+        return {entry.key: entry for entry in self.pending}
+
+    @property
+    def sources_gone(self) -> frozenset[str]:
+        """Keys whose every source answered 404/410 last time: `cfd repair` alone will not help."""
+        return frozenset(entry.key for entry in self.pending if sources_gone(entry))
+
+    @property
+    def to_download(self) -> tuple[MissingModelInfo, ...]:
+        """What `cfd repair` would fetch and can be expected to get."""
+        skip = self.on_disk | self.sources_gone
+        return tuple(m for m in self.report.downloadable if m.hash not in skip)
+
+    @property
     def bytes_to_download(self) -> int:
-        return sum(m.model.size or 0 for m in self.report.downloadable)
+        return sum(m.model.size or 0 for m in self.to_download)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,11 +154,14 @@ class StatusReport:
             "not_found": [intent_to_json(r) for r in self.report.not_found],
             "problems": list(self.report.problems),
             "pending": [p.to_json() for p in self.pending],
+            "on_disk_unindexed": sorted(self.on_disk),
+            "sources_gone": sorted(self.sources_gone),
             "workflows": [
                 {
                     "name": w.name,
                     "ok": w.ok,
                     "missing": [m.model.hash for m in w.missing],
+                    "criticality": dict(w.criticality),
                     "intents": [r.filename for r in w.intents],
                     "not_found": [r.filename for r in w.not_found],
                 }
@@ -189,13 +218,20 @@ def compute_status(env: Environment, warn: Any = None) -> StatusReport:
     not_found_of: dict[str, list[WorkflowModelRef]] = {}
     for ref in report.not_found:
         not_found_of.setdefault(ref.workflow, []).append(ref)
+    own: dict[str, dict[str, str]] = {}
+    for ref in manifest.refs:
+        if ref.hash is not None and ref.hash in needed:
+            mine = own.setdefault(ref.workflow, {})
+            mine[ref.hash] = stronger(mine[ref.hash], ref.criticality) if ref.hash in mine else ref.criticality
     workflows = [
         WorkflowStatus(
             name=name,
             missing=tuple(missing_of.get(name, ())),
             intents=tuple(intents_of.get(name, ())),
             not_found=tuple(not_found_of.get(name, ())),
+            criticality=own.get(name, {}),
         )
         for name in manifest.workflows
     ]
-    return StatusReport(env, manifest, report, pending, tuple(workflows))
+    on_disk = frozenset(info.hash for info in on_disk_unindexed(env.models_dir, report.missing))
+    return StatusReport(env, manifest, report, pending, tuple(workflows), on_disk)

@@ -41,6 +41,9 @@ def git(repo: Path, *args: str) -> str:
         raise HooksError(f"`git {' '.join(args)}` timed out in {repo}") from None
     if result.returncode != 0:
         message = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        if "not a git repository" in message:
+            raise HooksError(f"{repo} is not inside a git repository",
+                             "run this inside a clone of the environment (its .cec folder), or pass --env PATH")
         raise HooksError(f"`git {' '.join(args)}` failed in {repo}: {message}", "run it inside a git work tree")
     return result.stdout
 

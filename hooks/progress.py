@@ -54,6 +54,9 @@ class HookProgress:
         share = f" {100 * downloaded // total}%" if total else ""
         self._write(f"cfd: {filename} {_size(downloaded)}{share}", end="")
 
+    def on_file_retry(self, filename: str, delay: float, reason: str) -> None:
+        self._write(f"cfd: {filename}: {reason}; retrying in {delay:.0f} s")
+
     def on_file_complete(self, filename: str, success: bool, error: str | None) -> None:
         self._write(f"cfd: {filename}: " + ("ok" if success else f"failed: {error}"))
 

@@ -72,6 +72,8 @@ def summary(outcome: object) -> str | None:
     parts = [f"{needed} new model(s) needed"]
     if outcome.downloaded:
         parts.append(f"{len(outcome.downloaded)} downloaded")
+    if outcome.found:
+        parts.append(f"{len(outcome.found)} found on disk, indexed")
     if outcome.failed:
         parts.append(f"{len(outcome.failed)} failed")
     if outcome.handed_to_agent:

@@ -311,3 +311,23 @@ def test_shim_passes_on_exactly_the_legacy_post_checkout_status(team, tmp_path):
     checkout = subprocess.run([str(hooks_dir(bob) / "post-checkout"), head, head, "1"], cwd=bob.path)
     merge = subprocess.run([str(hooks_dir(bob) / "post-merge"), "0"], cwd=bob.path)
     assert (checkout.returncode, merge.returncode) == (3, 0)
+
+
+@pytest.mark.parametrize("action", ["install", "uninstall", "status"])
+def test_outside_a_repository_one_clear_line(tmp_path, action):
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    result = cfd("hooks", action, cwd=outside)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"cfd: error: {outside} is not inside a git repository",
+        "hint: run this inside a clone of the environment (its .cec folder), or pass --env PATH",
+    ]
+
+
+@pytest.mark.parametrize("action", ["install", "uninstall", "status"])
+def test_each_hooks_action_has_a_description(tmp_path, action):
+    result = cfd("hooks", action, "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    description = result.stdout.split("\n\n")[1]
+    assert not description.startswith(("options:", "positional")) and len(description.split()) > 10

@@ -378,6 +378,25 @@ def test_download_mode_fetches_what_the_strategy_selects(served, cfd_env, strate
     assert "Traceback" not in pulled.stderr
 
 
+def test_a_file_already_on_disk_is_indexed_not_downloaded_by_the_hook(served, cfd_env):
+    alice, bob, _, server, model = served
+    here, fetch = model(43), model(44)
+    path = Path(cfd_env["CFD_MODELS_DIR"]) / here.relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(here.data)  # copied in by hand, never scanned
+    publish(alice, manifest(here, fetch))
+    pulled = bob.pull()
+    assert pulled.returncode == 0, pulled.stderr
+    lines = [line for line in pulled.stderr.splitlines() if line.startswith("cfd: ")]
+    assert lines == [
+        "cfd: downloading 1 model(s) (Ctrl-C stops; `cfd repair` resumes)",
+        f"cfd: [1/1] {fetch.name}",
+        f"cfd: {fetch.name}: ok",
+        "cfd: 2 new model(s) needed; 1 downloaded; 1 found on disk, indexed",
+    ]
+    assert server.requests_for(f"/{here.name}") == [] and pending(bob) == {}
+
+
 def test_a_failed_download_is_recorded_and_git_succeeds(served, cfd_env):
     alice, bob, _, server, model = served
     bad = model(42)

@@ -160,6 +160,30 @@ def test_path_escapes_are_refused_before_any_request(scenario: Scenario, server:
     report("hostile-paths", inputs=len(hostile) * 2, fetched=0, written_outside=0)
 
 
+def test_a_path_escape_to_a_matching_file_is_not_found_on_disk(scenario: Scenario, server: ModelServer, sandbox: dict[str, Any]) -> None:
+    """'Already on disk, not indexed' looks at the manifest's path: one that climbs out of the models
+    dir to the very file (right size, right hash) must not make status or repair treat it as present."""
+    models, outside = sandbox["models"], sandbox["outside"]
+    m = serve(server, "m.safetensors", 7, 4096)
+    (outside / "m.safetensors").write_bytes(m.data)
+    builder = ManifestBuilder()
+    builder.model(m.hash, m.name, m.size, "../../../outside/m.safetensors", "checkpoints", [m.url])
+    builder.ref("wf1", m.name, "checkpoints", hash=m.hash, criticality="required", status="resolved", node_id="1")
+    clone = env_with(scenario, builder.render())
+    status = run_cfd("status", "--json", cwd=clone.path, env=sandbox["env"])
+    assert json.loads(status.stdout)["on_disk_unindexed"] == []
+    text = run_cfd("status", cwd=clone.path, env=sandbox["env"])
+    clean_output(text.stdout, text.stderr)
+    assert "on disk" not in text.stdout
+    code, data, _ = repair_json(clone, sandbox["env"])
+    assert code == 1 and data["on_disk_unindexed"] == [] and data["adopted"] == []
+    assert "refusing" in data["failed"][0]["error"]
+    assert server.requests_for(m.path) == []
+    with sqlite3.connect(sandbox["index"]) as db:
+        paths = [row[0] for row in db.execute("SELECT relative_path FROM model_locations")]
+    assert not any(".." in path for path in paths)
+
+
 def landing(models: Path, relpath: str) -> str | None:
     """Where a path would land if nothing checked it, when that is outside the models dir."""
     path = os.path.normpath(os.path.join(models, relpath.replace("\\", "/").replace("\x00", "")))

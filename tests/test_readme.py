@@ -97,3 +97,11 @@ def test_install_sh_explains_an_old_python(tmp_path):
     result = subprocess.run(["/bin/sh", str(ROOT / "install.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 1
     assert "needs Python 3.11 or newer (found: Python 3.9.2)" in result.stderr
+
+
+def test_exit_code_table_has_the_agents_already_running_code():
+    from cfd.agent.daemon import ALREADY_RUNNING
+
+    table = README.split("## Exit codes", 1)[1].split("\n\n", 2)[1]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()}
+    assert "`cfd agent run`: another agent already serves this models directory" in rows[str(ALREADY_RUNNING)]

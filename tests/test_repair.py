@@ -96,7 +96,8 @@ def test_dry_run_previews_and_downloads_nothing(scenario: Scenario, server: Mode
     assert result.returncode == 1, result.stderr
     out = result.stdout
     assert "To download: 14 model(s)" in out and "+ 1 of unknown size" in out
-    assert "… and 3 more" in out
+    listed = out.split("To download:")[1].split("\n\n")[0].splitlines()[1:]
+    assert len(listed) == 6 and listed[5] == "    ... and 8 more"  # the first 5, as ComfyDock's repair shows them
     assert "Unavailable (no source in pyproject.toml): 1" in out and "gone0.safetensors" in out
     assert "Download intents" in out and "loras/extra" in out
     assert "Dry run" in out
@@ -226,6 +227,30 @@ def test_failing_source_goes_to_the_marker_and_json(scenario: Scenario, server: 
     assert pending[bad.hash].reason == "failed" and "404" in (pending[bad.hash].error or "")
     assert pending["0000000000000000"].reason == "no-source"
     assert not (models_dir / bad.relative_path).exists()
+
+
+def test_status_after_a_404_says_fix_the_source_not_run_repair(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+    good = Model(server, "good.safetensors", 1, 200_000)
+    bad = Model(server, "bad.safetensors", 2, 200_000)
+    other = Model(server, "other.safetensors", 3, 300_000)
+    server.set_fault(bad.path, status_always=404)
+    clone = make_env(scenario, manifest([good, bad]).render())
+    assert cfd(clone, cfd_env, "repair", "--yes").returncode == 1
+    clone.commit("another model", {"pyproject.toml": manifest([good, bad, other]).render()})
+    status = cfd(clone, cfd_env, "status")
+    assert status.returncode == 1
+    lines = status.stdout.splitlines()[2:]
+    shown = bad.url.split("://")[1]
+    assert lines == [
+        "- wf1 — 2 model(s) need downloading",
+        f"    required  checkpoints/bad.safetensors (195.3 KiB) — last attempt failed: http://{shown} was not found (404); "
+        "fix or replace this source in pyproject.toml",
+        "    required  checkpoints/other.safetensors (293.0 KiB)",
+        "",
+        "1 model(s) to download (293.0 KiB). Run `cfd repair` to fetch them.",
+        '1 model(s) whose source answered "not found": fix or replace the source in pyproject.toml '
+        "(running `cfd repair` again will not help).",
+    ]
 
 
 def test_required_strategy_is_complete_when_required_models_are_here(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
@@ -379,3 +404,148 @@ def _drain(fd: int) -> None:
             pass
     except OSError:
         pass
+
+
+# -- ComfyDock's callbacks type (library users) ------------------------------------
+
+
+def test_comfydocks_own_batch_callbacks_drive_cfd_repair(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    """Code written against ComfyDock's repair passes its BatchDownloadCallbacks instance to cfd's core."""
+    from comfydock_core.models.workflow import BatchDownloadCallbacks as ComfyDockCallbacks
+
+    from cfd.core.repair import sync_models
+
+    models = [Model(server, "a.safetensors", 1, 3 * MIB + 5), Model(server, "b.safetensors", 2, 2 * MIB)]
+    bad = Model(server, "bad.safetensors", 3, 100_000)
+    server.set_fault(bad.path, status_always=404)
+    clone = make_env(scenario, manifest([*models, bad]).render())
+    env = env_of(clone, cfd_env)
+    calls: list[tuple[Any, ...]] = []
+    progress: list[tuple[int, int | None]] = []
+    callbacks = ComfyDockCallbacks(
+        on_batch_start=lambda total: calls.append(("batch_start", total)),
+        on_file_start=lambda name, index, total: calls.append(("start", name, index, total)),
+        on_file_progress=lambda done, total: progress.append((done, total)),
+        on_file_complete=lambda name, ok, error: calls.append(("complete", name, ok, error is not None and "404" in error)),
+        on_batch_complete=lambda ok, total: calls.append(("batch_complete", ok, total)),
+    )
+    result = run_repair(env, plan_repair(env, "all"), callbacks=callbacks)
+    assert sorted(result.models_downloaded) == ["a.safetensors", "b.safetensors"]
+    assert calls[0] == ("batch_start", 3) and calls[-1] == ("batch_complete", 2, 3)
+    # One file at a time, as ComfyDock's own repair reports them (cfd fetched them in parallel).
+    files = calls[1:-1]
+    assert [c[0] for c in files] == ["start", "complete"] * 3
+    assert [c[1] for c in files[::2]] == [c[1] for c in files[1::2]]
+    assert [c[2] for c in files[::2]] == [1, 2, 3]
+    assert sorted(c[1:] for c in files[1::2]) == [
+        ("a.safetensors", True, False), ("b.safetensors", True, False), ("bad.safetensors", False, True)]
+    assert (models[0].size, models[0].size) in progress and (models[1].size, models[1].size) in progress
+    assert all(total in (models[0].size, models[1].size) for _done, total in progress)
+    # Only some callables set (the rest None), through sync_models: no error.
+    (models_dir / models[0].relative_path).unlink()
+    finished: list[str] = []
+    sync_models(env, plan_repair(env, "all").models[:1], (), callbacks=ComfyDockCallbacks(on_file_complete=lambda n, ok, e: finished.append(n)))
+    assert finished == ["a.safetensors"]
+
+
+# -- what the preview and the summary count ------------------------------------------
+
+
+def test_a_file_already_on_disk_is_indexed_not_downloaded(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    here = Model(server, "here.safetensors", 1, 300_000)
+    fetch = Model(server, "fetch.safetensors", 2, 200_000)
+    clone = make_env(scenario, manifest([here, fetch]).render())
+    (models_dir / "checkpoints").mkdir(parents=True)
+    (models_dir / here.relative_path).write_bytes(here.data)  # copied in by hand, never scanned
+    result = cfd(clone, cfd_env, "repair", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert out[3:9] == [
+        "To download: 1 model(s), 195.3 KiB",
+        "    required  checkpoints/fetch.safetensors (195.3 KiB) for wf1",
+        "",
+        "Already on disk, not indexed: 1 model(s) (checked by hash and indexed, not downloaded)",
+        "    required  checkpoints/here.safetensors (293.0 KiB)",
+        "",
+    ]
+    assert out[9:] == [
+        "Downloaded 1 model(s).",
+        "Found on disk, indexed: 1 model(s) (nothing downloaded for them)",
+        "    checkpoints/here.safetensors",
+        "All requested models are present.",
+    ]
+    assert "here.safetensors" not in result.stderr  # never shown as downloading
+    assert server.requests_for(here.path) == []
+    assert cfd(clone, cfd_env, "status").returncode == 0
+
+
+def test_skip_says_nothing_was_requested(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+    clone = make_env(scenario, manifest([Model(server, "a.safetensors", 1, 5000)]).render())
+    result = cfd(clone, cfd_env, "repair", "--models", "skip")
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert last == "Nothing requested (--models skip): nothing downloaded; 1 model(s) recorded as pending (`cfd repair` downloads them)."
+    assert "All requested models are present" not in result.stdout
+
+
+def test_preview_subtracts_bytes_already_staged(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    from cfd.cli.common import human_size
+    from cfd.core.downloadtypes import DownloadJob
+    from cfd.core.staging import partial_bytes
+
+    model = Model(server, "big.safetensors", 1, 3 * MIB)
+    server.set_fault(model.path, close_after=MIB)
+    clone = make_env(scenario, manifest([model]).render())
+    first = cfd(clone, {**cfd_env, "CFD_RETRIES": "1"}, "repair", "--yes")
+    assert first.returncode == 1
+    staged = partial_bytes(models_dir / ".cfd" / "staging", DownloadJob(model.hash, model.name, model.relative_path, model.size, (), model.hash))
+    assert 0 < staged < model.size
+    preview = cfd(clone, cfd_env, "repair", "--dry-run").stdout.splitlines()
+    assert preview[3] == f"To download: 1 model(s), {human_size(model.size - staged)}, {human_size(staged)} already here"
+    assert preview[4].startswith(f"    required  checkpoints/big.safetensors (3.0 MiB, {human_size(staged)} already here) for wf1")
+
+
+def test_intent_counts_in_preview_and_summary_agree(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    lora = generate_model_bytes(9, 300_000)
+    url = server.add_file("/civitai/lora.safetensors", lora)
+    builder = ManifestBuilder()
+    for workflow, node in (("wf1", "7"), ("wf2", "8")):  # one file, asked for by two workflows
+        builder.ref(workflow, "lora.safetensors", "loras", criticality="optional", status="unresolved", node_id=node,
+                    node_type="LoraLoader", sources=[url], relative_path="loras/lora.safetensors")
+    clone = make_env(scenario, builder.render())
+    result = cfd(clone, cfd_env, "repair", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert "To download: 1 model(s), 1 of unknown size" in out
+    assert "    optional  loras/lora.safetensors from 127.0.0.1 for wf1, wf2" in out
+    assert "Downloaded 1 model(s)." in out
+    assert "pyproject.toml updated: 1 download intent(s) resolved (2 workflow entries). Commit it:" in out
+
+
+def test_an_intent_fetched_earlier_is_in_the_preview_as_well_as_the_summary(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+    from cfd.core.repair import sync_models
+
+    url = server.add_file("/civitai/lora.safetensors", generate_model_bytes(9, 300_000))
+    builder = ManifestBuilder()
+    for workflow, node in (("wf1", "7"), ("wf2", "8")):
+        builder.ref(workflow, "lora.safetensors", "loras", criticality="optional", status="unresolved", node_id=node,
+                    node_type="LoraLoader", sources=[url], relative_path="loras/lora.safetensors")
+    clone = make_env(scenario, builder.render())
+    env = env_of(clone, cfd_env)
+    sync_models(env, (), plan_repair(env).intents, trigger="post-merge")  # a hook: never writes pyproject.toml
+    result = cfd(clone, cfd_env, "repair", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert "Downloaded earlier, not yet in pyproject.toml: 1 download intent(s) (`cfd repair` writes them in)" in out
+    assert "pyproject.toml updated: 1 download intent(s) resolved (2 workflow entries). Commit it:" in out
+    assert not any(line.startswith(("To download", "Downloaded 1")) for line in out)
+
+
+def test_a_retried_download_says_so_in_the_progress_lines(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
+    model = Model(server, "a.safetensors", 1, 200_000)
+    server.set_fault(model.path, fail_times=1, fail_status=503)
+    clone = make_env(scenario, manifest([model]).render())
+    result = cfd(clone, cfd_env, "repair", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    retry = [line for line in result.stderr.splitlines() if line.startswith("retrying a.safetensors in ")]
+    assert len(retry) == 1 and "503" in retry[0]

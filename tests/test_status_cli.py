@@ -149,6 +149,90 @@ def test_plain_text_when_not_a_terminal(env: Env) -> None:
     assert "Run `cfd repair`" in out
 
 
+def body(out: str) -> list[str]:
+    """Status output below the Environment/Models header lines."""
+    return out.splitlines()[2:]
+
+
+def test_each_workflow_shows_its_own_criticality_and_counts_add_up(env: Env) -> None:
+    a, b = two_workflows(env, present=False)
+    Marker(env.repo / ".git").write([
+        PendingEntry(a, "a.safetensors", "checkpoints/a.safetensors", 4096, (HF + "a.safetensors",), "required",
+                     ("wf1", "wf2"), "failed", error="huggingface.co answered 503 (gave up after 5 attempts)"),
+        PendingEntry(b, "b.safetensors", "loras/b.safetensors", 2048, (), "optional", ("wf2",), "no-source"),
+    ])
+    result = env.run("status")
+    assert result.returncode == 1
+    assert body(result.stdout) == [
+        "- wf1 — 1 model(s) need downloading",
+        "    flexible  checkpoints/a.safetensors (4.0 KiB) — last attempt failed: huggingface.co answered 503 (gave up after 5 attempts)",
+        "- wf2 — 1 model(s) need downloading (2 missing, 1 without a source)",
+        "    required  checkpoints/a.safetensors (4.0 KiB) — last attempt failed: huggingface.co answered 503 (gave up after 5 attempts)",
+        f"    optional  loras/b.safetensors (2.0 KiB) — no source (hash {b})",
+        "",
+        "1 model(s) to download (4.0 KiB). Run `cfd repair` to fetch them.",
+        "1 model(s) without a source: add one to pyproject.toml, or place the file by hand and run `cfd index scan`.",
+    ]
+
+
+@pytest.mark.parametrize("reason, text", [
+    ("deferred", "left for later (cfd.onPull=defer)"),
+    ("filtered", "skipped by cfd.models=required"),
+    ("interrupted", "interrupted; `cfd repair` resumes it"),
+    ("background", "queued for the background agent"),
+])
+def test_pending_reasons_are_words_on_the_models_line(env: Env, reason: str, text: str) -> None:
+    a, _ = make_model(env.models, "checkpoints/a.safetensors", 1, 4096)
+    (env.models / "checkpoints" / "a.safetensors").unlink()
+    env.write(ManifestBuilder().model(a, "a.safetensors", 4096, "checkpoints/a.safetensors", "checkpoints", [HF + "a"])
+              .ref("wf1", "a.safetensors", "checkpoints", hash=a, criticality="optional").render())
+    Marker(env.repo / ".git").write([
+        PendingEntry(a, "a.safetensors", "checkpoints/a.safetensors", 4096, (), "optional", ("wf1",), reason)])
+    assert body(env.run("status").stdout)[:2] == [
+        "- wf1 — 1 model(s) need downloading", f"    optional  checkpoints/a.safetensors (4.0 KiB) — {text}"]
+
+
+def test_long_lists_end_with_how_many_more_and_json_has_all(env: Env) -> None:
+    builder = ManifestBuilder()
+    hashes = []
+    for number in range(13):
+        h, _ = make_model(env.models, f"loras/m{number:02d}.safetensors", 10 + number, 1024)
+        (env.models / "loras" / f"m{number:02d}.safetensors").unlink()
+        builder.model(h, f"m{number:02d}.safetensors", 1024, f"loras/m{number:02d}.safetensors", "loras", [HF + str(number)])
+        builder.ref("wf1", f"m{number:02d}.safetensors", "loras", hash=h, criticality="flexible", node_id=str(number))
+        hashes.append(h)
+    env.write(builder.render())
+    Marker(env.repo / ".git").write([
+        PendingEntry(h, "x", "x", 1, (), "flexible", ("wf1",), "failed", error=f"error {n}") for n, h in enumerate(hashes)])
+    lines = body(env.run("status").stdout)
+    assert lines[0] == "- wf1 — 13 model(s) need downloading"
+    assert len([line for line in lines if line.startswith("    flexible")]) == 10
+    assert lines[11] == "    … and 3 more (`cfd status --json` lists all)"
+    assert not any("Pending from" in line for line in lines)
+    code, data = env.status_json()
+    assert len(data["missing"]) == 13 and len(data["pending"]) == 13 and len(data["workflows"][0]["missing"]) == 13
+
+
+def test_a_file_on_disk_but_not_indexed_is_not_to_download(env: Env) -> None:
+    a, b = two_workflows(env, present=False)
+    make_model(env.models, "checkpoints/a.safetensors", 1, 4096)  # copied in by hand, no scan
+    lines = body(env.run("status").stdout)
+    assert lines == [
+        "! wf1 — 1 missing (1 on disk unindexed)",
+        "    flexible  checkpoints/a.safetensors (4.0 KiB) — on disk, not indexed yet: run `cfd index scan`",
+        "! wf2 — 2 missing (1 on disk unindexed, 1 without a source)",
+        "    required  checkpoints/a.safetensors (4.0 KiB) — on disk, not indexed yet: run `cfd index scan`",
+        f"    optional  loras/b.safetensors (2.0 KiB) — no source (hash {b})",
+        "",
+        "1 model(s) already on disk but not indexed: run `cfd index scan` (`cfd repair` also checks and indexes them).",
+        "1 model(s) without a source: add one to pyproject.toml, or place the file by hand and run `cfd index scan`.",
+    ]
+    code, data = env.status_json()
+    assert data["on_disk_unindexed"] == [a]
+    assert env.run("index", "scan").returncode == 0
+    assert body(env.run("status").stdout)[0] == "ok wf1"
+
+
 def test_terminal_output_uses_comfydock_status_language(env: Env) -> None:
     two_workflows(env, present=False)
     main_fd, child_fd = pty.openpty()
@@ -369,3 +453,22 @@ def test_version(tmp_path: Path, cfd_env: dict[str, str]) -> None:
 def test_unknown_command_is_a_usage_error(tmp_path: Path, cfd_env: dict[str, str]) -> None:
     result = cfd("statsu", cwd=tmp_path, env=cfd_env)
     assert result.returncode == 2 and "invalid choice" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("action", ["stop", "status", "uninstall-service"])
+def test_agent_env_option_says_which_agent_not_what_to_serve(action: str, tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    result = cfd("agent", action, "--help", cwd=tmp_path, env=cfd_env)
+    text = " ".join(result.stdout.split())
+    assert "--env PATH act on the agent of this environment's models directory (default: the current environment's)" in text
+    assert "to serve" not in text
+
+
+@pytest.mark.parametrize("action", ["run", "start", "install-service"])
+def test_agent_env_option_of_serving_actions(action: str, tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    text = " ".join(cfd("agent", action, "--help", cwd=tmp_path, env=cfd_env).stdout.split())
+    assert "--env PATH an environment to serve (repeatable); the current one is always included" in text
+
+
+def test_agent_stop_timeout_has_a_unit(tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    text = " ".join(cfd("agent", "stop", "--help", cwd=tmp_path, env=cfd_env).stdout.split())
+    assert "--timeout S seconds to wait for it to end (default 20)" in text
