@@ -23,6 +23,7 @@ from typing import Any
 from cfd.core.environment import Environment
 from cfd.core.index import ModelIndex
 from cfd.core.marker import Marker
+from cfd.core.text import sanitize_block
 
 from .lock import AgentLock
 from .paths import AgentPaths, agent_paths
@@ -52,10 +53,17 @@ class AgentConfig:
         return self.paths or agent_paths(self.models_dir)
 
 
+class _SanitizingFormatter(logging.Formatter):
+    """Log lines quote file names and errors from manifests: no escape sequences in the log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return sanitize_block(super().format(record))
+
+
 def setup_logging(paths: AgentPaths, console: bool) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    formatter = _SanitizingFormatter("%(asctime)s %(levelname)s %(threadName)s %(message)s")
     handler = logging.handlers.RotatingFileHandler(paths.log, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     handler.setFormatter(formatter)
     root.addHandler(handler)

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any, TextIO
 
+from cfd.core.text import sanitize, unsanitized
+
 from .common import human_size
 
 
@@ -78,7 +80,9 @@ class RichProgress(AbstractContextManager["RichProgress"]):
             TransferSpeedColumn,
         )
 
-        self._console = Console(stderr=True)
+        # rich writes its own escape codes below the CLI's sanitising stream; what it shows
+        # from a manifest is sanitised here.
+        self._console = Console(file=unsanitized(sys.stderr))  # type: ignore[arg-type]
         self._progress = Progress(
             TextColumn("{task.description}", justify="left"),
             BarColumn(),
@@ -93,7 +97,7 @@ class RichProgress(AbstractContextManager["RichProgress"]):
         self._tasks: dict[str, Any] = {}
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._escape = escape
+        self._escape = lambda text: escape(sanitize(text))
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -103,6 +107,7 @@ class RichProgress(AbstractContextManager["RichProgress"]):
         self._progress.stop()
 
     def _short(self, filename: str) -> str:
+        filename = sanitize(filename)
         return filename if len(filename) <= 40 else filename[:18] + "…" + filename[-21:]
 
     def on_batch_start(self, total: int) -> None:

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import TextIO
 
+from cfd.core.text import sanitize
+
 _INTERVAL = 0.25
 
 
@@ -34,6 +36,7 @@ class HookProgress:
         self._partial = False
 
     def _write(self, text: str, end: str = "\n") -> None:
+        text = sanitize(text)  # file names and errors come from a teammate's manifest
         if self._partial:
             text = "\r\033[K" + text
         self.stream.write(text + end)

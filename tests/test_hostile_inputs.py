@@ -30,6 +30,7 @@ from cfd.core.marker import MARKER_NAME
 
 pytestmark = pytest.mark.timeout(180)
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 @pytest.fixture
@@ -67,6 +68,7 @@ def clean_output(*texts: str) -> None:
         assert "Traceback" not in text, text
         assert "internal error" not in text and "unexpected error" not in text, text
         assert not CONTROL.search(text), f"control characters reach the terminal: {text[:2000]!r}"
+        assert not BIDI.search(text), f"bidi controls reach the terminal: {text[:2000]!r}"
 
 
 def env_with(scenario: Scenario, text: str | bytes, name: str = "bob") -> Clone:
@@ -368,6 +370,48 @@ models = 7
 [tool.comfydock.workflows."wf\\u001b[2Jclear"]
 path = "x"
 """
+
+
+FORGED_KEY = "\\u001b]0;pwned\\u0007\\u001b[2J\\ncfd: forged line \\u202egpj.exe"
+
+
+def test_escape_sequences_and_bidi_controls_from_a_manifest_never_reach_the_terminal(
+        scenario: Scenario, server: ModelServer, sandbox: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model-table keys that are not hashes (escape sequences, a forged `cfd:` line, a bidi
+    override, a hash with a trailing newline) and names with bidi controls, pulled through the
+    installed hooks and shown by status, the repair preview, the repair run and its JSON."""
+    for key, value in {**sandbox["env"], "CFD_ON_PULL": "defer"}.items():
+        if key.startswith("CFD_"):
+            monkeypatch.setenv(key, value)
+    good = serve(server, "good.safetensors", 40, 64 * 1024)
+    trick = "\u202egpj.safetensors"
+    builder = ManifestBuilder()
+    builder.model(good.hash, trick, good.size, f"checkpoints/{trick}", "checkpoints", [good.url])
+    builder.ref("wf\u2066x", trick, "checkpoints", hash=good.hash, criticality="required", status="resolved", node_id="1")
+    builder.model("ffffffffffffff01", "a.safetensors", 10, "checkpoints/a.safetensors", "checkpoints", ["http://x.invalid/a"])
+    builder.model("ffffffffffffff02", "b.safetensors", 10, "checkpoints/b.safetensors", "checkpoints", ["http://x.invalid/b"])
+    text = builder.render()
+    text = text.replace("ffffffffffffff01 =", f'"{FORGED_KEY}" =').replace("ffffffffffffff02 =", '"abcdef0123456789\\n" =')
+    scenario.seed({"pyproject.toml": ManifestBuilder().render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
+    alice.commit("hostile keys", {"pyproject.toml": text})
+    alice.push()
+    pulled = bob.pull()
+    assert pulled.returncode == 0 and "not a model hash" in pulled.stderr, pulled.stderr
+    outputs = {"git pull": pulled.stderr}
+    for args in (("status",), ("status", "--json"), ("repair", "--dry-run"), ("repair", "--yes"), ("repair", "--yes", "--json")):
+        result = run_cfd(*args, cwd=bob.path, env=dict(os.environ))
+        outputs[" ".join(args)] = result.stdout + result.stderr
+    for where, out in outputs.items():
+        clean_output(out)
+        assert not any(line.startswith("cfd: forged") for line in out.splitlines()), (where, out)
+    assert "\\u202egpj.safetensors" in outputs["repair --dry-run"]  # shown, as escapes
+    problems = json.loads(run_cfd("status", "--json", cwd=bob.path, env=dict(os.environ)).stdout)["problems"]
+    assert any("abcdef0123456789\\u000a" in p and "not a model hash" in p for p in problems), problems
+    assert any("\\u001b]0;pwned" in p for p in problems), problems
+    assert (sandbox["models"] / "checkpoints" / trick).read_bytes() == good.data  # the name itself is kept
+    report("hostile-escapes", outputs_checked=len(outputs), raw_controls=0)
 
 
 def test_wrong_types_huge_and_negative_sizes(scenario: Scenario, server: ModelServer, sandbox: dict[str, Any]) -> None:

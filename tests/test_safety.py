@@ -167,3 +167,21 @@ def test_token_hints_name_the_variable_not_the_value() -> None:
 
 def test_environment_is_isolated() -> None:
     assert "HF_TOKEN" not in os.environ
+
+
+# -- manifest text on its way to output (issue 10, item 8) ---------------------
+
+from cfd.core.manifest import parse_manifest  # noqa: E402
+from cfd.core.text import sanitize  # noqa: E402
+
+
+def test_a_hash_key_with_a_trailing_newline_is_no_hash() -> None:
+    text = '[tool.comfydock.models]\n"0123456789abcdef\\n" = {filename = "a.safetensors"}\n'
+    parsed = parse_manifest(text.encode())
+    assert parsed.models == {} and any("\\u000a" in p and "not a model hash" in p for p in parsed.problems)
+
+
+def test_the_sanitiser_shows_controls_and_bidi_as_escapes() -> None:
+    raw = "a\x1b]0;t\x07\x1b[2J\nb\u202egpj\u2066\u200b\x9b\x7f"
+    assert sanitize(raw) == "a\\u001b]0;t\\u0007\\u001b[2J\\u000ab\\u202egpj\\u2066\\u200b\\u009b\\u007f"
+    assert sanitize("plain é 字 😀") == "plain é 字 😀"
