@@ -17,7 +17,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import UnsafeManifestValue
-from .urls import redact_url
+from .text import has_unsafe
+from .urls import BadAuthority, redact_url, target_of
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.I)
@@ -96,20 +97,32 @@ def target_path(models_dir: str | os.PathLike[str], relative_path: str) -> Path:
 
 
 def check_url(url: str) -> str:
-    """The URL itself if cfd may fetch it (http/https with a host), else UnsafeManifestValue."""
+    """The URL itself if cfd may fetch it, else UnsafeManifestValue.
+
+    http/https only, and an authority every HTTP client reads the same way (see
+    urls.target_of): the host checked here is the host connected to.
+    """
     try:
-        parts = urlsplit(url)
-        scheme, host = parts.scheme.lower(), parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        scheme = urlsplit(url).scheme.lower()
     except ValueError:
-        raise UnsafeManifestValue(f"refusing source {_shown(redact_url(url))}: not a valid URL", "fix the source in pyproject.toml") from None
-    if scheme not in ALLOWED_SCHEMES:
+        scheme = ""
+    if scheme and scheme not in ALLOWED_SCHEMES:
         raise UnsafeManifestValue(
             f"refusing source {_shown(redact_url(url))}: only http and https URLs are downloaded",
             "fix the source in pyproject.toml",
         )
-    if not host or _bad_chars(url) or " " in url:
+    if has_unsafe(url) or " " in url:
         raise UnsafeManifestValue(f"refusing source {_shown(redact_url(url))}: not a valid URL", "fix the source in pyproject.toml")
+    try:
+        target = target_of(url)
+    except BadAuthority as exc:
+        raise UnsafeManifestValue(f"refusing source {_shown(redact_url(url))}: {exc}",
+                                  "fix the source in pyproject.toml (ask who committed it)") from None
+    if target.scheme not in ALLOWED_SCHEMES:
+        raise UnsafeManifestValue(
+            f"refusing source {_shown(redact_url(url))}: only http and https URLs are downloaded",
+            "fix the source in pyproject.toml",
+        )
     return url
 
 

@@ -505,10 +505,11 @@ def test_a_token_never_appears_anywhere(scenario: Scenario, cfd_env: dict[str, s
     token really is sent; the hub redirects to storage on another host, which fails in every way."""
     from cfd.agent.paths import agent_paths
 
-    with ModelServer() as hub, ModelServer(host="localhost") as storage:
+    with ModelServer(tls=True) as hub, ModelServer(host="localhost") as storage:
         for key in ("CFD_MODELS_DIR", "CFD_INDEX", "CFD_ALLOW_PRIVATE_NETWORKS"):
             monkeypatch.setenv(key, cfd_env[key])
-        monkeypatch.setenv("HF_ENDPOINT", hub.base_url)
+        monkeypatch.setenv("HF_ENDPOINT", hub.base_url)  # https: a token goes over nothing else
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", hub.ca_file or "")
         monkeypatch.setenv("HF_TOKEN", HF_SECRET)
         monkeypatch.setenv("CIVITAI_API_KEY", CIVITAI_SECRET)
         monkeypatch.setenv("CFD_MODELS", "all")
@@ -579,7 +580,8 @@ def test_a_token_never_appears_anywhere(scenario: Scenario, cfd_env: dict[str, s
     report("hostile-token-leak", outputs_checked=len(texts), hub_requests_with_token=len(sent), leaks=0)
 
 
-def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process: outcomes, their errors, repr of the options and every log record."""
     import logging
 
@@ -587,13 +589,14 @@ def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest
     from cfd.core.tokens import Tokens
 
     caplog.set_level(logging.DEBUG)
-    with ModelServer() as hub, ModelServer(host="localhost") as storage:
+    with ModelServer(tls=True) as hub, ModelServer(host="localhost") as storage:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", hub.ca_file or "")
         hub.set_fault("/r/denied", status_always=401)
         hub.set_fault("/r/away", redirect_to=storage.url("/x") + f"?token={HF_SECRET}")
         storage.set_fault("/x", status_always=500)
         hub.set_fault("/r/bad", redirect_to=f"ftp://user:{HF_SECRET}@example.com/x")
         options = DownloadOptions(tokens=Tokens(hf=HF_SECRET, civitai=CIVITAI_SECRET, hf_origin="HF_TOKEN"),
-                                  hf_hosts=("127.0.0.1",), allow_private_networks=True, retries=2, backoff_base=0.01)
+                                  hf_hosts=(f"127.0.0.1:{hub.port}",), allow_private_networks=True, retries=2, backoff_base=0.01)
         jobs = [DownloadJob(f"{n:016x}", f"{n}.safetensors", f"checkpoints/{n}.safetensors", 10, (hub.url(p),), f"{n:016x}")
                 for n, p in enumerate(["/r/denied", "/r/away", "/r/bad"])]
         outcomes = download_models(jobs, models_dir=tmp_path / "m", index_path=tmp_path / "i.db", options=options)
