@@ -21,8 +21,14 @@ from .text import has_unsafe
 from .urls import BadAuthority, redact_url, target_of
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.I)
-# The staging area and locks live in <models_dir>/.cfd; a manifest may not write there.
+# Names Windows cannot hold or reads as something else: devices (CON, NUL, COM1, ... even with
+# an extension), an alternate data stream (`name:stream`), characters it forbids, and a
+# trailing dot or space (silently dropped, so `a.` and `a` would be one file). A shared
+# environment is checked out on every teammate's system, so these are refused everywhere.
+_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|conin\$|conout\$|com[0-9¹²³]|lpt[0-9¹²³]) *(\..*)?\Z", re.I)
+_WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*]|[. ]\Z')
+# The staging area and locks live in <models_dir>/.cfd; a manifest may not write there
+# (compared case-insensitively: `.CFD` is the same folder on macOS and Windows).
 _RESERVED_TOP = ".cfd"
 ALLOWED_SCHEMES = ("http", "https")
 
@@ -33,6 +39,10 @@ PATH_MAX = 1024  # bytes below the models dir: real model paths are far shorter
 
 def _bad_chars(text: str) -> bool:
     return any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in text)
+
+
+def _windows_hostile(name: str) -> bool:
+    return bool(_WINDOWS_RESERVED.match(name) or _WINDOWS_FORBIDDEN.search(name))
 
 
 def _shown(text: str) -> str:
@@ -47,8 +57,9 @@ def safe_filename(filename: str) -> str:
             f"refusing model filename {_shown(filename)}: it must be a plain file name",
             "fix the entry in pyproject.toml (ask who committed it)",
         )
-    if _DRIVE.match(filename) or (os.name == "nt" and _WINDOWS_RESERVED.match(filename)):
-        raise UnsafeManifestValue(f"refusing model filename {_shown(filename)}", "fix the entry in pyproject.toml")
+    if _DRIVE.match(filename) or _windows_hostile(filename):
+        raise UnsafeManifestValue(f"refusing model filename {_shown(filename)}: Windows cannot hold this name",
+                                  "fix the entry in pyproject.toml")
     if len(filename.encode("utf-8", "surrogatepass")) > NAME_MAX:
         raise UnsafeManifestValue(f"refusing model filename {_shown(filename)}: longer than {NAME_MAX} bytes",
                                   "fix the entry in pyproject.toml")
@@ -76,10 +87,10 @@ def safe_relative_path(relative_path: str, filename: str | None = None) -> str:
             problem = "it climbs out with '..'"
         elif not parts:
             problem = "it names no file"
-        elif parts[0] == _RESERVED_TOP:
+        elif parts[0].casefold() == _RESERVED_TOP:
             problem = "it points into cfd's own .cfd folder"
-        elif any(_DRIVE.match(p) for p in parts) or (os.name == "nt" and any(_WINDOWS_RESERVED.match(p) for p in parts)):
-            problem = "it contains a reserved name"
+        elif any(_DRIVE.match(p) or _windows_hostile(p) for p in parts):
+            problem = "it contains a name Windows cannot hold (a device name, ':', a trailing dot or space, ...)"
         elif any(len(p.encode("utf-8", "surrogatepass")) > NAME_MAX for p in parts):
             problem = f"a name in it is longer than {NAME_MAX} bytes"
         elif len(text.encode("utf-8", "surrogatepass")) > PATH_MAX:

@@ -101,6 +101,12 @@ ESCAPES = {
     "only-dots": "./../.",
     "long-name": "checkpoints/" + "x" * 300 + ".safetensors",
     "long-path": "a/" * 3000 + "escape-long.safetensors",
+    "cfd-own-folder-upper": ".CFD/staging/escape-staging-upper.part",  # the same folder on macOS/Windows
+    "windows-stream": "checkpoints/escape.safetensors:hidden",
+    "windows-device": "checkpoints/NUL.safetensors",
+    "windows-device-folder": "COM1/escape.safetensors",
+    "windows-trailing-dot": "checkpoints./escape.safetensors",
+    "windows-trailing-space": "checkpoints/escape.safetensors ",
 }
 BAD_FILENAMES = {
     "filename-dotdot": "../escape-fn.safetensors",

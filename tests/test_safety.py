@@ -240,3 +240,21 @@ def test_redaction_covers_signed_url_parameters_and_shows_the_real_host() -> Non
     assert not any(f"a{n}" in shown for n in range(1, 9)), shown
     assert shown.startswith("https://***@storage.example/x?") and "download=true" in shown and "modelVersionId=5" in shown
     assert redact_url("http://attacker.example\\@huggingface.co/x") == "http://<invalid host>"
+
+
+@pytest.mark.parametrize(
+    "relpath",
+    [".CFD/staging/x.part", ".Cfd/locks/x", "checkpoints/a.safetensors:stream", "checkpoints/CON", "NUL/a.safetensors",
+     "checkpoints/com1.safetensors", "checkpoints/lpt9.txt", "checkpoints./a.safetensors", "checkpoints/a.safetensors.",
+     "checkpoints/a.safetensors ", "checkpoints /a", "checkpoints/a?.safetensors", "checkpoints/a|b", "checkpoints/<a>"],
+)
+def test_names_windows_cannot_hold_are_refused_everywhere(relpath: str) -> None:
+    with pytest.raises(UnsafeManifestValue):
+        safe_relative_path(relpath)
+
+
+@pytest.mark.parametrize("filename", ["CON", "nul.txt", "Com3.safetensors", "a.safetensors:stream", "a.safetensors.",
+                                      "a.safetensors ", 'a"b'])
+def test_filenames_windows_cannot_hold_are_refused(filename: str) -> None:
+    with pytest.raises(UnsafeManifestValue):
+        safe_filename(filename)
