@@ -103,21 +103,29 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         scheme = _SCHEME_RE.match(url)
-        return f"{scheme.group(1).lower()}://<invalid host>" if scheme else _scheme_only(url)
+        return f"{scheme.group(1).lower()}://<invalid host>" if scheme else _without_authority(url)
     netloc = ("***@" if target.userinfo is not None else "") + target.netloc
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if is_secret_param(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return urlunsplit((parts.scheme, netloc, parts.path, _redact_query(parts.query), ""))
 
 
-def _scheme_only(url: str) -> str:
+def _redact_query(query: str) -> str:
+    if not query:
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode([(k, "***" if is_secret_param(k) else v) for k, v in pairs], safe="*")
+
+
+def _without_authority(url: str) -> str:
+    """`data:…`-like URLs by their scheme alone; a path?query (urllib3's log lines) with its query redacted."""
     try:
-        scheme = urlsplit(url).scheme
+        parts = urlsplit(url)
     except ValueError:
-        scheme = ""
-    return f"{scheme.lower()}:…" if scheme.isascii() and scheme.isalnum() else "<invalid URL>"
+        return "<invalid URL>"
+    if parts.scheme:
+        return f"{parts.scheme.lower()}:…" if parts.scheme.isascii() and parts.scheme.isalnum() else "<invalid URL>"
+    if parts.netloc:
+        return "<invalid URL>"
+    return urlunsplit(("", "", parts.path, _redact_query(parts.query), ""))
 
 
 def is_secret_param(name: str) -> bool:

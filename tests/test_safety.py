@@ -240,6 +240,7 @@ def test_redaction_covers_signed_url_parameters_and_shows_the_real_host() -> Non
     assert not any(f"a{n}" in shown for n in range(1, 9)), shown
     assert shown.startswith("https://***@storage.example/x?") and "download=true" in shown and "modelVersionId=5" in shown
     assert redact_url("http://attacker.example\\@huggingface.co/x") == "http://<invalid host>"
+    assert redact_url("/x?X-Goog-Signature=s1&a=b") == "/x?X-Goog-Signature=***&a=b"  # urllib3's log lines
 
 
 @pytest.mark.parametrize(
