@@ -23,7 +23,7 @@ from typing import Any
 from cfd.core.environment import Environment
 from cfd.core.index import ModelIndex
 from cfd.core.marker import Marker
-from cfd.core.text import sanitize_block
+from cfd.core.text import sanitize, sanitize_block
 
 from .lock import AgentLock
 from .paths import AgentPaths, agent_paths
@@ -54,10 +54,13 @@ class AgentConfig:
 
 
 class _SanitizingFormatter(logging.Formatter):
-    """Log lines quote file names and errors from manifests: no escape sequences in the log."""
+    """Log lines quote file names and errors from manifests: one line each, no escape sequences."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return sanitize_block(super().format(record))
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return sanitize(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - a traceback keeps its lines
+        return sanitize_block(super().formatException(ei))
 
 
 def setup_logging(paths: AgentPaths, console: bool) -> None:

@@ -259,3 +259,14 @@ def test_names_windows_cannot_hold_are_refused_everywhere(relpath: str) -> None:
 def test_filenames_windows_cannot_hold_are_refused(filename: str) -> None:
     with pytest.raises(UnsafeManifestValue):
         safe_filename(filename)
+
+
+def test_the_agent_log_passes_through_the_sanitiser() -> None:
+    import logging
+
+    from cfd.agent.daemon import _SanitizingFormatter
+
+    record = logging.LogRecord("cfd.agent", logging.WARNING, __file__, 1, "download failed: %s: %s",
+                               ("\x1b]0;pwned\x07\u202egpj.safetensors", "x\ny"), None)
+    line = _SanitizingFormatter("%(message)s").format(record)
+    assert line == "download failed: \\u001b]0;pwned\\u0007\\u202egpj.safetensors: x\\u000ay"  # no forged line
