@@ -11,6 +11,9 @@ where it decodes back to the original.
 from __future__ import annotations
 
 import re
+from typing import TypeVar, cast
+
+_Stream = TypeVar("_Stream")
 
 # C0 and C1 controls, DEL; bidi embeddings/overrides/isolates and marks; line and
 # paragraph separators; zero-width characters and the BOM (they hide text).
@@ -52,6 +55,6 @@ class SanitizingStream:
         return getattr(self.stream, name)
 
 
-def unsanitized(stream: object) -> object:
+def unsanitized(stream: _Stream) -> _Stream:
     """The stream below a SanitizingStream (for a renderer that writes its own escape codes)."""
-    return stream.stream if isinstance(stream, SanitizingStream) else stream
+    return cast(_Stream, stream.stream) if isinstance(stream, SanitizingStream) else stream
