@@ -15,12 +15,14 @@ Run `python -m cfd.cli.model_server DIR [--port N]` to serve a directory.
 from __future__ import annotations
 
 import argparse
+import atexit
 import email.utils
 import functools
 import hashlib
 import os
 import random
 import select
+import shutil
 import socket
 import ssl
 import struct
@@ -185,6 +187,7 @@ def test_certificate() -> tuple[str, str]:
     """(cert, key) files of a self-signed certificate for 127.0.0.1 and localhost, made once
     per process with the openssl command (clients trust it through REQUESTS_CA_BUNDLE)."""
     folder = Path(tempfile.mkdtemp(prefix="cfd-test-tls-"))
+    atexit.register(shutil.rmtree, folder, True)
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
