@@ -23,6 +23,7 @@ from typing import Any
 from cfd.core.environment import Environment
 from cfd.core.index import ModelIndex
 from cfd.core.marker import Marker
+from cfd.core.text import sanitize, sanitize_block
 
 from .lock import AgentLock
 from .paths import AgentPaths, agent_paths
@@ -52,10 +53,20 @@ class AgentConfig:
         return self.paths or agent_paths(self.models_dir)
 
 
+class _SanitizingFormatter(logging.Formatter):
+    """Log lines quote file names and errors from manifests: one line each, no escape sequences."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return sanitize(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - a traceback keeps its lines
+        return sanitize_block(super().formatException(ei))
+
+
 def setup_logging(paths: AgentPaths, console: bool) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    formatter = _SanitizingFormatter("%(asctime)s %(levelname)s %(threadName)s %(message)s")
     handler = logging.handlers.RotatingFileHandler(paths.log, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     handler.setFormatter(formatter)
     root.addHandler(handler)

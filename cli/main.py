@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from cfd.core import __version__
 from cfd.core.errors import CfdError
+from cfd.core.text import SanitizingStream
 
 # Modules under cfd.cli that add subcommands, in --help order.
 COMMAND_MODULES = ("status_cmd", "repair_cmd", "hooks_cmd", "agent_cmd", "index_cmd", "config_cmd", "demo_cmd")
@@ -64,6 +65,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything the CLI prints may quote a teammate's manifest: both streams pass through
+    # the one sanitiser (newlines pass; escape sequences and bidi controls become \\uXXXX).
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SanitizingStream(sys.stdout), SanitizingStream(sys.stderr)  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)

@@ -15,15 +15,20 @@ Run `python -m cfd.cli.model_server DIR [--port N]` to serve a directory.
 from __future__ import annotations
 
 import argparse
+import atexit
 import email.utils
 import functools
 import hashlib
 import os
 import random
 import select
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -177,11 +182,27 @@ def _norm(path: str) -> str:
 # --------------------------------------------------------------------------- server
 
 
-class ModelServer:
-    """Threaded HTTP/1.1 keep-alive file server with per-path fault injection."""
+@functools.lru_cache(maxsize=1)
+def test_certificate() -> tuple[str, str]:
+    """(cert, key) files of a self-signed certificate for 127.0.0.1 and localhost, made once
+    per process with the openssl command (clients trust it through REQUESTS_CA_BUNDLE)."""
+    folder = Path(tempfile.mkdtemp(prefix="cfd-test-tls-"))
+    atexit.register(shutil.rmtree, folder, True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    return str(cert), str(key)
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+
+class ModelServer:
+    """Threaded HTTP/1.1 keep-alive file server with per-path fault injection.
+
+    `tls=True` serves https with `test_certificate()` (its file is `ca_file`)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: bool = False):
         self.host = host
+        self.tls = tls
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._files: dict[str, _Entry] = {}
@@ -192,6 +213,12 @@ class ModelServer:
         bind = "127.0.0.1" if host == "localhost" else host
         self._httpd = _HTTPServer((bind, port), _Handler, self)
         self._thread: threading.Thread | None = None
+        self.ca_file: str | None = None
+        if tls:
+            self.ca_file, key = test_certificate()
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.ca_file, key)
+            self._httpd.tls_context = context
 
     # lifecycle -------------------------------------------------------------
 
@@ -204,7 +231,7 @@ class ModelServer:
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def url(self, path: str) -> str:
         path, sep, query = path.partition("?")
@@ -371,6 +398,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address, handler, owner: ModelServer):
         self.owner = owner
+        self.tls_context: ssl.SSLContext | None = None
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         super().__init__(address, handler)
@@ -380,6 +408,12 @@ class _HTTPServer(ThreadingHTTPServer):
         TCPServer.server_bind(self)
         host, port = self.server_address[:2]
         self.server_name, self.server_port = host, port
+
+    def get_request(self):
+        request, address = super().get_request()
+        if self.tls_context is not None:  # the handshake happens in the handler's thread, on first read
+            request = self.tls_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        return request, address
 
     def process_request(self, request, client_address) -> None:
         with self._conns_lock:
@@ -584,6 +618,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._cut(plan.cut_mode)
 
     def _sendfile(self, file: str, start: int, length: int) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):  # os.sendfile would bypass TLS
+            with open(file, "rb") as f:
+                f.seek(start)
+                self.connection.sendfile(f, start, length)
+                self.record.bytes_sent += length
+            return
         out_fd = self.connection.fileno()
         with open(file, "rb") as f:
             offset, end = start, start + length

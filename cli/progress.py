@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, TextIO
 
+from cfd.core.text import sanitize, unsanitized
+
 from .common import human_size
 
 
@@ -220,7 +222,9 @@ class RichProgress(AbstractContextManager["RichProgress"]):
                 name = task.fields.get("filename")
                 return Text(self.of_total() if name is None else self.of_file(name))
 
-        self._console = console or Console(stderr=True)
+        # rich writes its own escape codes below the CLI's sanitising stream; what it shows
+        # from a manifest is sanitised here.
+        self._console = console or Console(file=unsanitized(sys.stderr))  # type: ignore[arg-type]
         self._progress = Progress(
             TextColumn("{task.description}", justify="left"),
             BarColumn(),
@@ -235,7 +239,7 @@ class RichProgress(AbstractContextManager["RichProgress"]):
         self._total = self._progress.add_task("total", total=known or None)
         self._tasks: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._escape = escape
+        self._escape = lambda text: escape(sanitize(text))
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -245,6 +249,7 @@ class RichProgress(AbstractContextManager["RichProgress"]):
         self._progress.stop()
 
     def _short(self, filename: str) -> str:
+        filename = sanitize(filename)
         return filename if len(filename) <= 40 else filename[:18] + "…" + filename[-21:]
 
     def on_batch_start(self, total: int) -> None:

@@ -6,20 +6,19 @@ jobs and outcomes without loading the HTTP stack.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from .tokens import CIVITAI_HOSTS, HF_HOSTS, Tokens, hf_hosts_from_env, load_tokens
-from .urls import redact_url
+from .text import sanitize
+from .urls import redact_urls_in
 
 MIB = 1 << 20
 INTERRUPTED = "interrupted; the partial download is kept and the next run resumes it"
 # Ends the error of a source that answered 404/410: retrying will not help, the manifest must change.
 SOURCE_GONE = "fix or replace this source in pyproject.toml"
-_URL_IN_TEXT = re.compile(r"\w+://\S+")
 
 
 # --------------------------------------------------------------------------- public types
@@ -234,9 +233,8 @@ def failed(job: DownloadJob, error: str, fetched: int = 0) -> DownloadOutcome:
 
 
 def clean(text: str) -> str:
-    """One line with any URL in it redacted."""
-    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), " ".join(str(text).split()))
-    return text[:300]
+    """One line, safe to show, with any URL in it redacted."""
+    return sanitize(redact_urls_in(" ".join(str(text).split())))[:300]
 
 
 # --------------------------------------------------------------------------- internal errors

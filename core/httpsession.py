@@ -1,8 +1,9 @@
 """The download engine's HTTP side: one session, redirects walked by hand, retries.
 
-Every hop of a redirect chain is re-checked (scheme, and the address it resolves
-to unless private networks are allowed); a token is sent only while the chain
-stays on its first host over https. Failures come back as one-line `Failure`s
+Every hop of a redirect chain is re-checked (scheme, an authority urllib3 reads
+as urls.target_of does, and the address it resolves to unless private networks
+are allowed); a token is sent only over https to its own service's host and
+port, and only while the chain stays on the first hop's scheme, host and port. Failures come back as one-line `Failure`s
 that say whether a retry may help (and how long the server asked us to wait).
 """
 
@@ -25,8 +26,8 @@ import urllib3
 from .downloadtypes import MIB, SOURCE_GONE, Cancelled, DownloadOptions, Failure, clean
 from .errors import UnsafeManifestValue
 from .safety import check_host, check_url
-from .tokens import CIVITAI_HOSTS, HF_HOSTS, auth_header, service_of, token_hint
-from .urls import _SECRET_PARAMS, host_of, redact_url
+from .tokens import CIVITAI_HOSTS, HF_HOSTS, auth_header, service_of, token_hint, token_service
+from .urls import Target, has_credentials, host_of, redact_url, target_of
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -55,8 +56,7 @@ def prepare_url(url: str, hf_hosts: tuple[str, ...] = HF_HOSTS, civitai_hosts: t
     """
     check_url(url)
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    service = service_of(host, hf_hosts, civitai_hosts)
+    service = service_of(target_of(url).host, hf_hosts, civitai_hosts)
     if service == "huggingface" and "/blob/" in parts.path:
         return urlunsplit(parts._replace(path=parts.path.replace("/blob/", "/resolve/", 1)))
     if service == "civitai" and re.match(r"^/models/\d+", parts.path):
@@ -68,9 +68,23 @@ def prepare_url(url: str, hf_hosts: tuple[str, ...] = HF_HOSTS, civitai_hosts: t
 
 def storable_url(url: str) -> str:
     """The URL as the index stores it: unchanged unless it carries credentials."""
-    parts = urlsplit(url)
-    has_secret = "@" in parts.netloc or any(_SECRET_PARAMS.match(k) for k in parse_qs(parts.query, keep_blank_values=True))
-    return redact_url(url) if has_secret else url
+    return redact_url(url) if has_credentials(url) else url
+
+
+def connect_target(url: str) -> Target:
+    """The scheme, host and port requests will connect to for `url`, once check_url passed:
+    urllib3's own reading must be the one every check used, or the URL is refused."""
+    target = target_of(url)
+    try:
+        parsed = urllib3.util.parse_url(url)
+        host = (parsed.host or "").lower().strip("[]")
+        agrees = host == target.host and (parsed.port or target.port) == target.port
+    except urllib3.exceptions.LocationParseError:
+        agrees = False
+    if not agrees:
+        raise UnsafeManifestValue(f"refusing source {redact_url(url)}: HTTP clients disagree on its host",
+                                  "fix the source in pyproject.toml (ask who committed it)")
+    return target
 
 
 # --------------------------------------------------------------------------- errors and retries
@@ -227,9 +241,8 @@ class HttpClient:
     def close(self) -> None:
         self.session.close()
 
-    def _check_address(self, url: str) -> None:
-        parts = urlsplit(url)
-        key = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    def _check_address(self, target: Target) -> None:
+        key = (target.host, target.port)
         if self.options.allow_private_networks or key in self._checked_hosts:
             return
         if key[0] in self.options.private_hosts or f"{key[0]}:{key[1]}" in self.options.private_hosts:
@@ -245,38 +258,37 @@ class HttpClient:
     def open(self, url: str, headers: dict[str, str], shown: str) -> requests.Response:
         """GET `url`, following redirects by hand: each hop re-checked, tokens kept on their own host."""
         opts = self.options
-        first = urlsplit(url)
-        token_allowed = True
-        for _hop in range(opts.max_redirects + 1):
+        first: Target | None = None
+        for hop in range(opts.max_redirects + 1):
             try:
                 check_url(url)
+                target = connect_target(url)
             except UnsafeManifestValue as exc:
-                raise Failure(f"{shown} redirected to a refused URL: {exc.message}") from None
-            self._check_address(url)
-            parts = urlsplit(url)
-            # Once the chain leaves the first host (or drops to plain http), no token follows.
-            if parts.hostname != first.hostname or (first.scheme == "https" and parts.scheme != "https"):
-                token_allowed = False
-            service = service_of(parts.hostname or "", opts.hf_hosts, opts.civitai_hosts)
+                raise Failure(exc.message if hop == 0 else f"{shown} redirected to a refused URL: {exc.message}") from None
+            self._check_address(target)
+            first = first or target
+            # A token goes over https to its own service's host and port, and only while the
+            # chain stays on the first hop's origin (requests' should_strip_auth, stricter).
+            service = token_service(target, opts.hf_hosts, opts.civitai_hosts) if target.origin == first.origin else None
             sent = dict(headers)
-            if token_allowed:
-                sent.update(auth_header(opts.tokens, service))
+            sent.update(auth_header(opts.tokens, service))
             try:
                 resp = self.session.get(url, headers=sent, stream=True, allow_redirects=False,
                                         timeout=(opts.connect_timeout, opts.stall_timeout))
             except (requests.ConnectionError, requests.Timeout) as exc:
-                raise Failure(f"{parts.hostname}: {network_reason(exc)}", retry=True) from None
+                raise Failure(f"{target.netloc}: {network_reason(exc)}", retry=True) from None
             except requests.RequestException as exc:
                 raise Failure(f"{shown}: {network_reason(exc)}") from None
             if resp.status_code in _REDIRECTS and resp.headers.get("Location"):
                 url = urljoin(url, resp.headers["Location"])
                 resp.close()
                 continue
-            self._check_status(resp, shown, service if token_allowed else None)
+            self._check_status(resp, shown, service or service_of(target.host, opts.hf_hosts, opts.civitai_hosts),
+                               token_sent=service is not None)
             return resp
         raise Failure(f"{shown}: more than {opts.max_redirects} redirects")
 
-    def _check_status(self, resp: requests.Response, shown: str, service: str | None) -> None:
+    def _check_status(self, resp: requests.Response, shown: str, service: str | None, token_sent: bool) -> None:
         code = resp.status_code
         if code in (200, 206, 416):
             return
@@ -285,7 +297,8 @@ class HttpClient:
         if code == 429 or code == 408 or code >= 500:
             raise Failure(f"{host} answered {code}", retry=True, retry_after=retry_after(resp.headers.get("Retry-After")))
         if code in (401, 403):
-            raise Failure(f"{host} refused access to {shown} ({code}); {token_hint(self.options.tokens, service, code)}")
+            hint = token_hint(self.options.tokens, service, code, sent=token_sent)
+            raise Failure(f"{host} refused access to {shown} ({code}); {hint}")
         if code in (404, 410):
             raise Failure(f"{shown} was not found ({code}); {SOURCE_GONE}")
         raise Failure(f"{host} answered {code} for {shown}")

@@ -17,13 +17,14 @@ from typing import Any
 
 from . import fasttoml
 from .errors import ManifestError
+from .text import sanitize
 
 CRITICALITY_RANK = {"optional": 1, "flexible": 2, "required": 3}
 DEFAULT_CRITICALITY = "flexible"
 STATUSES = ("resolved", "unresolved")
 MODELS_TABLE = "tool.comfydock.models"
 WORKFLOWS_TABLE = "tool.comfydock.workflows"
-_HASH_RE = re.compile(r"^[0-9a-fA-F]{8,128}$")
+_HASH_RE = re.compile(r"[0-9a-fA-F]{8,128}")  # fullmatch: `$` would let a trailing newline in
 _CONFLICT_RE = re.compile(rb"^(<{7}|={7}|>{7})(?: |\r?$)", re.MULTILINE)
 # C0/C1 controls and DEL: in a name they would forge output lines or drive the terminal
 # (escape sequences) wherever cfd prints it; no real model file or workflow has them.
@@ -157,7 +158,7 @@ def manifest_from_document(doc: Mapping[str, Any], label: str = "pyproject.toml"
         return Manifest(label=label)
     if not isinstance(comfydock, dict):
         reader.problem("tool.comfydock", "is not a table")
-        return Manifest(label=label, problems=tuple(reader.problems))
+        return Manifest(label=label, problems=tuple(sanitize(p) for p in reader.problems))
     models = reader.models(comfydock.get("models", {}))
     workflows, refs = reader.workflows(comfydock.get("workflows", {}))
     for ref in refs:
@@ -170,7 +171,7 @@ def manifest_from_document(doc: Mapping[str, Any], label: str = "pyproject.toml"
         models=models,
         refs=tuple(refs),
         workflows=tuple(workflows),
-        problems=tuple(reader.problems),
+        problems=tuple(sanitize(p) for p in reader.problems),  # they echo keys and names: shown as text
         label=label,
         has_comfydock=True,
     )
@@ -199,7 +200,7 @@ class _Reader:
 
     def model(self, key: str, entry: Any) -> ManifestModel | None:
         where = f"{MODELS_TABLE}.{key}"
-        if not _HASH_RE.match(key):
+        if not _HASH_RE.fullmatch(key):
             self.problem(where, "key is not a model hash (hex digits)")
             return None
         if not isinstance(entry, dict):

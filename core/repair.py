@@ -12,7 +12,6 @@ is downloaded, so a hook that merely records pending models stays light.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,18 +31,17 @@ from .missing import (
     select_for_download,
 )
 from .status import load_working_manifest
-from .urls import redact_url
+from .urls import redact_urls_in
 
 if TYPE_CHECKING:
     from .download import DownloadCallbacks, DownloadJob, DownloadOutcome
 
 Warn = Callable[[str], None]
-_URL_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 
 def scrub(text: str | None) -> str | None:
     """Error text with every URL in it redacted (errors end up in the marker and JSON)."""
-    return None if text is None else _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
+    return None if text is None else redact_urls_in(text)
 
 
 def intent_groups(intents: Iterable[WorkflowModelRef]) -> dict[str, list[WorkflowModelRef]]:

@@ -17,11 +17,18 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import UnsafeManifestValue
-from .urls import redact_url
+from .text import has_unsafe
+from .urls import BadAuthority, redact_url, target_of
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.I)
-# The staging area and locks live in <models_dir>/.cfd; a manifest may not write there.
+# Names Windows cannot hold or reads as something else: devices (CON, NUL, COM1, ... even with
+# an extension), an alternate data stream (`name:stream`), characters it forbids, and a
+# trailing dot or space (silently dropped, so `a.` and `a` would be one file). A shared
+# environment is checked out on every teammate's system, so these are refused everywhere.
+_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|conin\$|conout\$|com[0-9¹²³]|lpt[0-9¹²³]) *(\..*)?\Z", re.I)
+_WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*]|[. ]\Z')
+# The staging area and locks live in <models_dir>/.cfd; a manifest may not write there
+# (compared case-insensitively: `.CFD` is the same folder on macOS and Windows).
 _RESERVED_TOP = ".cfd"
 ALLOWED_SCHEMES = ("http", "https")
 
@@ -32,6 +39,10 @@ PATH_MAX = 1024  # bytes below the models dir: real model paths are far shorter
 
 def _bad_chars(text: str) -> bool:
     return any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in text)
+
+
+def _windows_hostile(name: str) -> bool:
+    return bool(_WINDOWS_RESERVED.match(name) or _WINDOWS_FORBIDDEN.search(name))
 
 
 def _shown(text: str) -> str:
@@ -46,8 +57,9 @@ def safe_filename(filename: str) -> str:
             f"refusing model filename {_shown(filename)}: it must be a plain file name",
             "fix the entry in pyproject.toml (ask who committed it)",
         )
-    if _DRIVE.match(filename) or (os.name == "nt" and _WINDOWS_RESERVED.match(filename)):
-        raise UnsafeManifestValue(f"refusing model filename {_shown(filename)}", "fix the entry in pyproject.toml")
+    if _DRIVE.match(filename) or _windows_hostile(filename):
+        raise UnsafeManifestValue(f"refusing model filename {_shown(filename)}: Windows cannot hold this name",
+                                  "fix the entry in pyproject.toml")
     if len(filename.encode("utf-8", "surrogatepass")) > NAME_MAX:
         raise UnsafeManifestValue(f"refusing model filename {_shown(filename)}: longer than {NAME_MAX} bytes",
                                   "fix the entry in pyproject.toml")
@@ -75,10 +87,10 @@ def safe_relative_path(relative_path: str, filename: str | None = None) -> str:
             problem = "it climbs out with '..'"
         elif not parts:
             problem = "it names no file"
-        elif parts[0] == _RESERVED_TOP:
+        elif parts[0].casefold() == _RESERVED_TOP:
             problem = "it points into cfd's own .cfd folder"
-        elif any(_DRIVE.match(p) for p in parts) or (os.name == "nt" and any(_WINDOWS_RESERVED.match(p) for p in parts)):
-            problem = "it contains a reserved name"
+        elif any(_DRIVE.match(p) or _windows_hostile(p) for p in parts):
+            problem = "it contains a name Windows cannot hold (a device name, ':', a trailing dot or space, ...)"
         elif any(len(p.encode("utf-8", "surrogatepass")) > NAME_MAX for p in parts):
             problem = f"a name in it is longer than {NAME_MAX} bytes"
         elif len(text.encode("utf-8", "surrogatepass")) > PATH_MAX:
@@ -96,20 +108,32 @@ def target_path(models_dir: str | os.PathLike[str], relative_path: str) -> Path:
 
 
 def check_url(url: str) -> str:
-    """The URL itself if cfd may fetch it (http/https with a host), else UnsafeManifestValue."""
+    """The URL itself if cfd may fetch it, else UnsafeManifestValue.
+
+    http/https only, and an authority every HTTP client reads the same way (see
+    urls.target_of): the host checked here is the host connected to.
+    """
     try:
-        parts = urlsplit(url)
-        scheme, host = parts.scheme.lower(), parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        scheme = urlsplit(url).scheme.lower()
     except ValueError:
-        raise UnsafeManifestValue(f"refusing source {_shown(redact_url(url))}: not a valid URL", "fix the source in pyproject.toml") from None
-    if scheme not in ALLOWED_SCHEMES:
+        scheme = ""
+    if scheme and scheme not in ALLOWED_SCHEMES:
         raise UnsafeManifestValue(
             f"refusing source {_shown(redact_url(url))}: only http and https URLs are downloaded",
             "fix the source in pyproject.toml",
         )
-    if not host or _bad_chars(url) or " " in url:
+    if has_unsafe(url) or " " in url:
         raise UnsafeManifestValue(f"refusing source {_shown(redact_url(url))}: not a valid URL", "fix the source in pyproject.toml")
+    try:
+        target = target_of(url)
+    except BadAuthority as exc:
+        raise UnsafeManifestValue(f"refusing source {_shown(redact_url(url))}: {exc}",
+                                  "fix the source in pyproject.toml (ask who committed it)") from None
+    if target.scheme not in ALLOWED_SCHEMES:
+        raise UnsafeManifestValue(
+            f"refusing source {_shown(redact_url(url))}: only http and https URLs are downloaded",
+            "fix the source in pyproject.toml",
+        )
     return url
 
 

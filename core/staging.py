@@ -28,7 +28,7 @@ from .fullhash import FullHash
 from .shorthash import StreamingShortHasher, short_hash_file
 from .writeback import Flusher
 
-_HEX16 = re.compile(r"^[0-9a-f]{16}$")
+_HEX16 = re.compile(r"^[0-9a-f]{16}\Z")
 
 
 def staging_name(key: str) -> str:

@@ -1,7 +1,7 @@
 """Credentials for Hugging Face and Civitai, and which hosts may receive them.
 
-Each token goes only to its own service's hosts (never to a URL a manifest
-points elsewhere) and is never printed: `Tokens` hides the values from repr
+Each token goes only over https to its own service's hosts and ports (never
+to a URL a manifest points elsewhere, never in cleartext) and is never printed: `Tokens` hides the values from repr
 and messages name a token by where it came from ("HF_TOKEN"), not its value.
 """
 
@@ -11,6 +11,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .urls import Target
 
 HF_HOSTS: tuple[str, ...] = ("huggingface.co", "hf.co")
 CIVITAI_HOSTS: tuple[str, ...] = ("civitai.com",)
@@ -62,28 +66,60 @@ def load_tokens(environ: Mapping[str, str] | None = None, workspace_civitai_toke
 
 
 def hf_hosts_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """The Hugging Face hosts, plus the host of HF_ENDPOINT (a mirror, as huggingface_hub has it)."""
+    """The Hugging Face hosts, plus HF_ENDPOINT's "host:port" (a mirror, as huggingface_hub has it)."""
     environ = os.environ if environ is None else environ
     endpoint = environ.get("HF_ENDPOINT", "").strip()
     if not endpoint:
         return HF_HOSTS
-    from .urls import host_of
+    from .urls import target_of
 
-    host = host_of(endpoint if "://" in endpoint else f"https://{endpoint}")
-    return HF_HOSTS + (host,) if host and host not in HF_HOSTS else HF_HOSTS
+    try:
+        target = target_of(endpoint if "://" in endpoint else f"https://{endpoint}")
+    except ValueError:
+        return HF_HOSTS  # an HF_ENDPOINT no client reads the same way gets no token
+    entry = f"[{target.host}]:{target.port}" if ":" in target.host else f"{target.host}:{target.port}"
+    return HF_HOSTS + (entry,)
+
+
+def _host_and_port(entry: str) -> tuple[str, int]:
+    """A host list entry: "host" (https on 443) or "host:port"."""
+    if entry.startswith("["):
+        host, _, port = entry[1:].partition("]")
+        return host.lower(), int(port[1:]) if port.startswith(":") else 443
+    if entry.count(":") == 1:
+        host, port = entry.split(":")
+        return host.lower(), int(port)
+    return entry.lower(), 443
 
 
 def host_in(host: str, domains: tuple[str, ...]) -> bool:
-    """`host` is one of `domains` or a subdomain of one."""
+    """`host` is one of `domains` (ports ignored) or a subdomain of one."""
     host = host.lower().rstrip(".")
-    return any(host == d or host.endswith("." + d) for d in domains)
+    names = [_host_and_port(d)[0] for d in domains]
+    return any(host == d or host.endswith("." + d) for d in names)
 
 
 def service_of(host: str, hf_hosts: tuple[str, ...] = HF_HOSTS, civitai_hosts: tuple[str, ...] = CIVITAI_HOSTS) -> str | None:
+    """Which service a host belongs to, for page-link rewriting and messages (not for tokens)."""
     if host_in(host, hf_hosts):
         return "huggingface"
     if host_in(host, civitai_hosts):
         return "civitai"
+    return None
+
+
+def token_service(target: Target, hf_hosts: tuple[str, ...] = HF_HOSTS,
+                  civitai_hosts: tuple[str, ...] = CIVITAI_HOSTS) -> str | None:
+    """The service whose token may go to `target`: over https only, to the service's own
+    hosts (or their subdomains) on the port listed for them (443 unless one is given),
+    the scheme/host/port comparison requests makes before keeping auth on a redirect."""
+    if target.scheme != "https":
+        return None
+    for service, entries in (("huggingface", hf_hosts), ("civitai", civitai_hosts)):
+        for entry in entries:
+            host, port = _host_and_port(entry)
+            if port == target.port and host_in(target.host, (host,)):
+                return service
     return None
 
 
@@ -93,8 +129,10 @@ def auth_header(tokens: Tokens, service: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def token_hint(tokens: Tokens, service: str | None, status: int) -> str:
-    """What the user should fix after a 401/403 from `service`."""
+def token_hint(tokens: Tokens, service: str | None, status: int, sent: bool = True) -> str:
+    """What the user should fix after a 401/403 from `service` (`sent`: whether its token went)."""
+    if not sent and ((service == "huggingface" and tokens.hf) or (service == "civitai" and tokens.civitai)):
+        return "cfd sends a token only over https to the service's own host and port; use an https source"
     if service == "huggingface":
         if tokens.hf:
             return (f"the Hugging Face token from {tokens.hf_origin} was refused; check it can read this repository "

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import TextIO
 
+from cfd.core.text import sanitize, unsanitized
+
 _INTERVAL = 0.25
 
 
@@ -25,7 +27,9 @@ class HookProgress:
     """ComfyDock's BatchDownloadCallbacks shape, rendered for a hook."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
+        # Below the CLI's sanitising stream (`cfd hook-run`): this writes its own \r and
+        # erase-line codes, and sanitises the text it shows in _write.
+        self.stream = unsanitized(stream or sys.stderr)
         try:
             self.live = self.stream.isatty()
         except (AttributeError, ValueError):
@@ -34,6 +38,7 @@ class HookProgress:
         self._partial = False
 
     def _write(self, text: str, end: str = "\n") -> None:
+        text = sanitize(text)  # file names and errors come from a teammate's manifest
         if self._partial:
             text = "\r\033[K" + text
         self.stream.write(text + end)

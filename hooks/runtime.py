@@ -55,7 +55,9 @@ def parse_event(hook: str, argv: Sequence[str], git_dir: Path, parents: int | No
 
 
 def _say(stream: TextIO, message: str) -> None:
-    stream.write(f"cfd: {message}\n")
+    from cfd.core.text import sanitize
+
+    stream.write(f"cfd: {sanitize(message)}\n")  # it may quote the manifest: one line, no escapes
     stream.flush()
 
 

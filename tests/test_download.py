@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,16 @@ REL = "checkpoints/m.safetensors"
 def server() -> Iterator[ModelServer]:
     with ModelServer() as srv:
         yield srv
+
+
+@pytest.fixture
+def trust_tls(monkeypatch: pytest.MonkeyPatch) -> Callable[[ModelServer], ModelServer]:
+    """Make requests trust a TLS ModelServer's certificate (tokens only go over https)."""
+    def trust(srv: ModelServer) -> ModelServer:
+        assert srv.ca_file
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", srv.ca_file)
+        return srv
+    return trust
 
 
 @pytest.fixture
@@ -351,20 +361,28 @@ def test_429_honours_retry_after(server: ModelServer, models_dir: Path, index_pa
     assert not outcome.success and "asks to wait 60 min" in outcome.error and "later" in outcome.error
 
 
-def test_404_and_401_are_not_retried_and_say_what_to_fix(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+def test_404_and_401_are_not_retried_and_say_what_to_fix(server: ModelServer, models_dir: Path, index_path: Path,
+                                                         trust_tls: Callable[[ModelServer], ModelServer]) -> None:
     data = generate_model_bytes(14, MIB)
     outcome = one(make_job(data, server.url("/nope")), models_dir, index_path)
     assert not outcome.success and "not found (404)" in outcome.error and "pyproject.toml" in outcome.error
     assert len(server.requests) == 1
+    with trust_tls(ModelServer(tls=True)) as hub:
+        hub.add_file("/gated", data)
+        hub.set_fault("/gated", status_always=401)
+        opts = {"hf_hosts": (f"127.0.0.1:{hub.port}",)}
+        outcome = one(make_job(data, hub.url("/gated")), models_dir, index_path, opts=opts)
+        assert "HF_TOKEN" in outcome.error
+        tokens = Tokens(hf="hf_secret_value", hf_origin="HF_TOKEN")
+        outcome = one(make_job(data, hub.url("/gated")), models_dir, index_path, opts={**opts, "tokens": tokens})
+        assert "token from HF_TOKEN was refused" in outcome.error and "hf_secret_value" not in outcome.error
+        assert len(hub.requests) == 2 and hub.requests[1].headers.get("Authorization") == "Bearer hf_secret_value"
+    # The same service over plain http: no token goes, and the error says why.
     server.add_file("/gated", data)
     server.set_fault("/gated", status_always=401)
-    opts = {"hf_hosts": ("127.0.0.1",)}
-    outcome = one(make_job(data, server.url("/gated")), models_dir, index_path, opts=opts)
-    assert "HF_TOKEN" in outcome.error
-    tokens = Tokens(hf="hf_secret_value", hf_origin="HF_TOKEN")
-    outcome = one(make_job(data, server.url("/gated")), models_dir, index_path, opts={**opts, "tokens": tokens})
-    assert "token from HF_TOKEN was refused" in outcome.error and "hf_secret_value" not in outcome.error
-    assert len(server.requests) == 3
+    outcome = one(make_job(data, server.url("/gated")), models_dir, index_path,
+                  opts={"tokens": tokens, "hf_hosts": (f"127.0.0.1:{server.port}",)})
+    assert "only over https" in outcome.error and "Authorization" not in server.requests_for("/gated")[0].headers
 
 
 def test_stall_timeout_fires_then_resumes(server: ModelServer, models_dir: Path, index_path: Path) -> None:
@@ -429,15 +447,17 @@ def test_web_page_instead_of_model_is_refused(server: ModelServer, models_dir: P
 # --------------------------------------------------------------------------- redirects and tokens
 
 
-def test_token_reaches_its_host_but_not_a_redirect_target(models_dir: Path, index_path: Path) -> None:
+def test_token_reaches_its_host_but_not_a_redirect_target(models_dir: Path, index_path: Path,
+                                                          trust_tls: Callable[[ModelServer], ModelServer]) -> None:
     data = generate_model_bytes(19, MIB)
-    with ModelServer() as hub, ModelServer(host="localhost") as storage:
+    with trust_tls(ModelServer(tls=True)) as hub, ModelServer(host="localhost") as storage:
         target = storage.add_file("/blob", data)
         hub.add_file("/org/repo/resolve/main/m.safetensors", b"")
         hub.set_fault("/org/repo/resolve/main/m.safetensors", redirect_to=target)
         source = hub.url("/org/repo/blob/main/m.safetensors")  # a page link: rewritten to /resolve/
         tokens = Tokens(hf="hf_secret", civitai="civ_secret")
-        outcome = one(make_job(data, source), models_dir, index_path, opts={"tokens": tokens, "hf_hosts": ("127.0.0.1",)})
+        opts = {"tokens": tokens, "hf_hosts": (f"127.0.0.1:{hub.port}",)}
+        outcome = one(make_job(data, source), models_dir, index_path, opts=opts)
         assert outcome.success, outcome.error
         assert hub.requests[0].path == "/org/repo/resolve/main/m.safetensors"
         assert hub.requests[0].headers.get("Authorization") == "Bearer hf_secret"
@@ -446,12 +466,13 @@ def test_token_reaches_its_host_but_not_a_redirect_target(models_dir: Path, inde
             assert index.sources_of(short_hash_bytes(data)) == [source]  # the manifest's URL, as written
 
 
-def test_civitai_token_only_to_civitai(models_dir: Path, index_path: Path) -> None:
+def test_civitai_token_only_to_civitai(models_dir: Path, index_path: Path,
+                                      trust_tls: Callable[[ModelServer], ModelServer]) -> None:
     data = generate_model_bytes(20, MIB)
-    with ModelServer() as civitai, ModelServer(host="localhost") as storage:
+    with trust_tls(ModelServer(tls=True)) as civitai, ModelServer(host="localhost") as storage:
         civitai.set_fault("/api/download/models/12345", redirect_to=storage.add_file("/x", data))
         tokens = Tokens(hf="hf_secret", civitai="civ_secret")
-        opts = {"tokens": tokens, "civitai_hosts": ("127.0.0.1",)}
+        opts = {"tokens": tokens, "civitai_hosts": (f"127.0.0.1:{civitai.port}",)}
         outcome = one(make_job(data, civitai.url("/api/download/models/12345")), models_dir, index_path, opts=opts)
         assert outcome.success, outcome.error
         assert civitai.requests[0].headers.get("Authorization") == "Bearer civ_secret"
@@ -627,12 +648,15 @@ def test_intent_without_length_resumes(server: ModelServer, models_dir: Path, in
     assert outcome.short_hash == short_hash_bytes(data)
 
 
-def test_errors_never_leak_tokens_or_url_secrets(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+def test_errors_never_leak_tokens_or_url_secrets(models_dir: Path, index_path: Path,
+                                                 trust_tls: Callable[[ModelServer], ModelServer]) -> None:
     data = generate_model_bytes(32, MIB)
-    server.set_fault("/m", status_always=403)
-    url = server.url("/m?token=supersecret")
-    tokens = Tokens(hf="hf_supersecret", hf_origin="HF_TOKEN")
-    outcome = one(make_job(data, url), models_dir, index_path, opts={"tokens": tokens, "hf_hosts": ("127.0.0.1",)})
+    with trust_tls(ModelServer(tls=True)) as server:
+        server.set_fault("/m", status_always=403)
+        url = server.url("/m?token=supersecret&X-Goog-Signature=supersecret2&access-token=supersecret3")
+        tokens = Tokens(hf="hf_supersecret", hf_origin="HF_TOKEN")
+        outcome = one(make_job(data, url), models_dir, index_path, opts={"tokens": tokens, "hf_hosts": (f"127.0.0.1:{server.port}",)})
+        assert server.requests[0].headers.get("Authorization") == "Bearer hf_supersecret"  # the token was in play
     assert not outcome.success and "supersecret" not in outcome.error and "403" in outcome.error
 
 

@@ -467,3 +467,24 @@ def test_background_mode_starts_the_agent_which_downloads(served, cfd_env):
         assert on_disk(cfd_env, a), cfd("agent", "status", cwd=bob.path).stdout
     finally:
         cfd("agent", "stop", cwd=bob.path)
+
+
+def test_live_hook_progress_keeps_its_own_codes_and_sanitises_names() -> None:
+    """Under `cfd hook-run` stderr is the CLI's sanitising stream: the hook's own \\r and
+    erase-line codes must still reach the terminal, a manifest's escape codes must not."""
+    import io
+
+    from cfd.core.text import SanitizingStream
+    from cfd.hooks.progress import HookProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    progress = HookProgress(SanitizingStream(terminal))  # type: ignore[arg-type]
+    name = "\x1b]0;pwned\x07m.safetensors"
+    progress.on_file_start(name, 1, 1)
+    progress.on_file_complete(name, True, None)
+    shown = terminal.getvalue()
+    assert "\r\033[K" in shown and "\x1b]" not in shown and "\\u001b]0;pwned" in shown

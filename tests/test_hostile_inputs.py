@@ -30,6 +30,7 @@ from cfd.core.marker import MARKER_NAME
 
 pytestmark = pytest.mark.timeout(180)
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 @pytest.fixture
@@ -67,6 +68,7 @@ def clean_output(*texts: str) -> None:
         assert "Traceback" not in text, text
         assert "internal error" not in text and "unexpected error" not in text, text
         assert not CONTROL.search(text), f"control characters reach the terminal: {text[:2000]!r}"
+        assert not BIDI.search(text), f"bidi controls reach the terminal: {text[:2000]!r}"
 
 
 def env_with(scenario: Scenario, text: str | bytes, name: str = "bob") -> Clone:
@@ -99,6 +101,12 @@ ESCAPES = {
     "only-dots": "./../.",
     "long-name": "checkpoints/" + "x" * 300 + ".safetensors",
     "long-path": "a/" * 3000 + "escape-long.safetensors",
+    "cfd-own-folder-upper": ".CFD/staging/escape-staging-upper.part",  # the same folder on macOS/Windows
+    "windows-stream": "checkpoints/escape.safetensors:hidden",
+    "windows-device": "checkpoints/NUL.safetensors",
+    "windows-device-folder": "COM1/escape.safetensors",
+    "windows-trailing-dot": "checkpoints./escape.safetensors",
+    "windows-trailing-space": "checkpoints/escape.safetensors ",
 }
 BAD_FILENAMES = {
     "filename-dotdot": "../escape-fn.safetensors",
@@ -328,6 +336,8 @@ def test_redirect_from_a_public_host_into_the_lan_is_refused(server: ModelServer
             "metadata": "http://169.254.169.254/latest/meta-data/iam",
             "private": "http://10.1.2.3/secret",
             "ipv6-loopback": f"http://[::1]:{lan.port}/secret",
+            # urllib.parse reads the public 8.8.8.8, requests connects to the LAN server.
+            "backslash": f"http://127.0.0.1:{lan.port}\\@8.8.8.8/secret",
         }
         jobs = []
         for label, target in targets.items():
@@ -340,7 +350,8 @@ def test_redirect_from_a_public_host_into_the_lan_is_refused(server: ModelServer
             outcomes += download_models([job], models_dir=tmp_path / "models", index_path=tmp_path / "i.db", options=options)
         for label, outcome in zip(targets, outcomes):
             assert not outcome.success, label
-            assert "loopback, private or link-local" in (outcome.error or ""), (label, outcome.error)
+            expected = "backslash" if label == "backslash" else "loopback, private or link-local"
+            assert expected in (outcome.error or ""), (label, outcome.error)
         assert lan.requests == []
         assert len(server.requests) == len(targets)  # the first hop was allowed and asked
         # The same chain with the LAN host trusted too works: the refusal was about the address.
@@ -392,6 +403,48 @@ models = 7
 [tool.comfydock.workflows."wf\\u001b[2Jclear"]
 path = "x"
 """
+
+
+FORGED_KEY = "\\u001b]0;pwned\\u0007\\u001b[2J\\ncfd: forged line \\u202egpj.exe"
+
+
+def test_escape_sequences_and_bidi_controls_from_a_manifest_never_reach_the_terminal(
+        scenario: Scenario, server: ModelServer, sandbox: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model-table keys that are not hashes (escape sequences, a forged `cfd:` line, a bidi
+    override, a hash with a trailing newline) and names with bidi controls, pulled through the
+    installed hooks and shown by status, the repair preview, the repair run and its JSON."""
+    for key, value in {**sandbox["env"], "CFD_ON_PULL": "defer"}.items():
+        if key.startswith("CFD_"):
+            monkeypatch.setenv(key, value)
+    good = serve(server, "good.safetensors", 40, 64 * 1024)
+    trick = "\u202egpj.safetensors"
+    builder = ManifestBuilder()
+    builder.model(good.hash, trick, good.size, f"checkpoints/{trick}", "checkpoints", [good.url])
+    builder.ref("wf\u2066x", trick, "checkpoints", hash=good.hash, criticality="required", status="resolved", node_id="1")
+    builder.model("ffffffffffffff01", "a.safetensors", 10, "checkpoints/a.safetensors", "checkpoints", ["http://x.invalid/a"])
+    builder.model("ffffffffffffff02", "b.safetensors", 10, "checkpoints/b.safetensors", "checkpoints", ["http://x.invalid/b"])
+    text = builder.render()
+    text = text.replace("ffffffffffffff01 =", f'"{FORGED_KEY}" =').replace("ffffffffffffff02 =", '"abcdef0123456789\\n" =')
+    scenario.seed({"pyproject.toml": ManifestBuilder().render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
+    alice.commit("hostile keys", {"pyproject.toml": text})
+    alice.push()
+    pulled = bob.pull()
+    assert pulled.returncode == 0 and "not a model hash" in pulled.stderr, pulled.stderr
+    outputs = {"git pull": pulled.stderr}
+    for args in (("status",), ("status", "--json"), ("repair", "--dry-run"), ("repair", "--yes"), ("repair", "--yes", "--json")):
+        result = run_cfd(*args, cwd=bob.path, env=dict(os.environ))
+        outputs[" ".join(args)] = result.stdout + result.stderr
+    for where, out in outputs.items():
+        clean_output(out)
+        assert not any(line.startswith("cfd: forged") for line in out.splitlines()), (where, out)
+    assert "\\u202egpj.safetensors" in outputs["repair --dry-run"]  # shown, as escapes
+    problems = json.loads(run_cfd("status", "--json", cwd=bob.path, env=dict(os.environ)).stdout)["problems"]
+    assert any("abcdef0123456789\\u000a" in p and "not a model hash" in p for p in problems), problems
+    assert any("\\u001b]0;pwned" in p for p in problems), problems
+    assert (sandbox["models"] / "checkpoints" / trick).read_bytes() == good.data  # the name itself is kept
+    report("hostile-escapes", outputs_checked=len(outputs), raw_controls=0)
 
 
 def test_wrong_types_huge_and_negative_sizes(scenario: Scenario, server: ModelServer, sandbox: dict[str, Any]) -> None:
@@ -485,10 +538,11 @@ def test_a_token_never_appears_anywhere(scenario: Scenario, cfd_env: dict[str, s
     token really is sent; the hub redirects to storage on another host, which fails in every way."""
     from cfd.agent.paths import agent_paths
 
-    with ModelServer() as hub, ModelServer(host="localhost") as storage:
+    with ModelServer(tls=True) as hub, ModelServer(host="localhost") as storage:
         for key in ("CFD_MODELS_DIR", "CFD_INDEX", "CFD_ALLOW_PRIVATE_NETWORKS"):
             monkeypatch.setenv(key, cfd_env[key])
-        monkeypatch.setenv("HF_ENDPOINT", hub.base_url)
+        monkeypatch.setenv("HF_ENDPOINT", hub.base_url)  # https: a token goes over nothing else
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", hub.ca_file or "")
         monkeypatch.setenv("HF_TOKEN", HF_SECRET)
         monkeypatch.setenv("CIVITAI_API_KEY", CIVITAI_SECRET)
         monkeypatch.setenv("CFD_MODELS", "all")
@@ -559,7 +613,8 @@ def test_a_token_never_appears_anywhere(scenario: Scenario, cfd_env: dict[str, s
     report("hostile-token-leak", outputs_checked=len(texts), hub_requests_with_token=len(sent), leaks=0)
 
 
-def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process: outcomes, their errors, repr of the options and every log record."""
     import logging
 
@@ -567,13 +622,14 @@ def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest
     from cfd.core.tokens import Tokens
 
     caplog.set_level(logging.DEBUG)
-    with ModelServer() as hub, ModelServer(host="localhost") as storage:
+    with ModelServer(tls=True) as hub, ModelServer(host="localhost") as storage:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", hub.ca_file or "")
         hub.set_fault("/r/denied", status_always=401)
         hub.set_fault("/r/away", redirect_to=storage.url("/x") + f"?token={HF_SECRET}")
         storage.set_fault("/x", status_always=500)
         hub.set_fault("/r/bad", redirect_to=f"ftp://user:{HF_SECRET}@example.com/x")
         options = DownloadOptions(tokens=Tokens(hf=HF_SECRET, civitai=CIVITAI_SECRET, hf_origin="HF_TOKEN"),
-                                  hf_hosts=("127.0.0.1",), allow_private_networks=True, retries=2, backoff_base=0.01)
+                                  hf_hosts=(f"127.0.0.1:{hub.port}",), allow_private_networks=True, retries=2, backoff_base=0.01)
         jobs = [DownloadJob(f"{n:016x}", f"{n}.safetensors", f"checkpoints/{n}.safetensors", 10, (hub.url(p),), f"{n:016x}")
                 for n, p in enumerate(["/r/denied", "/r/away", "/r/bad"])]
         outcomes = download_models(jobs, models_dir=tmp_path / "m", index_path=tmp_path / "i.db", options=options)

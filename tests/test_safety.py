@@ -167,3 +167,106 @@ def test_token_hints_name_the_variable_not_the_value() -> None:
 
 def test_environment_is_isolated() -> None:
     assert "HF_TOKEN" not in os.environ
+
+
+# -- manifest text on its way to output, what a URL really reaches (issue 10, items 1, 2, 8, 13) ---------------------
+
+from cfd.core.httpsession import connect_target  # noqa: E402
+from cfd.core.manifest import parse_manifest  # noqa: E402
+from cfd.core.text import sanitize  # noqa: E402
+from cfd.core.tokens import hf_hosts_from_env, token_service  # noqa: E402
+from cfd.core.urls import redact_url, target_of  # noqa: E402
+
+
+def test_a_hash_key_with_a_trailing_newline_is_no_hash() -> None:
+    text = '[tool.comfydock.models]\n"0123456789abcdef\\n" = {filename = "a.safetensors"}\n'
+    parsed = parse_manifest(text.encode())
+    assert parsed.models == {} and any("\\u000a" in p and "not a model hash" in p for p in parsed.problems)
+
+
+def test_the_sanitiser_shows_controls_and_bidi_as_escapes() -> None:
+    raw = "a\x1b]0;t\x07\x1b[2J\nb\u202egpj\u2066\u200b\x9b\x7f"
+    assert sanitize(raw) == "a\\u001b]0;t\\u0007\\u001b[2J\\u000ab\\u202egpj\\u2066\\u200b\\u009b\\u007f"
+    assert sanitize("plain é 字 😀") == "plain é 字 😀"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://attacker.example\\@huggingface.co/x", "https://evil\\@hf.co/x", "http://huggingface.co:443\\@evil/x",
+     "http://a@b@huggingface.co/x", "http://%68f.co/x", "http://hf\u3002co/x", "http://\uff48f.co/x",
+     "http://①②⑦.0.0.1/x", "http://evil.com\\.hf.co/", "http://[::1%25eth0]/x", "http://:80/x"],
+)
+def test_authorities_that_parsers_read_differently_are_refused(url: str) -> None:
+    with pytest.raises(UnsafeManifestValue) as info:
+        check_url(url)
+    shown = str(info.value)
+    assert "huggingface.co" not in shown and "hf.co" not in shown  # never the host that would not be contacted
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [("https://huggingface.co/a", ("https", "huggingface.co", 443)), ("http://HF.co:8080/a", ("http", "hf.co", 8080)),
+     ("http://u:p%40w@127.0.0.1/a", ("http", "127.0.0.1", 80)), ("https://[::1]:8443/a", ("https", "::1", 8443)),
+     ("http://evil?@hf.co/x", ("http", "evil", 80)), ("http://hf.co#@evil/x", ("http", "hf.co", 80))],
+)
+def test_the_checked_host_is_the_one_urllib3_connects_to(url: str, origin: tuple[str, str, int]) -> None:
+    assert target_of(url).origin == origin
+    assert connect_target(url).origin == origin  # urllib3's own reading agrees
+
+
+def test_tokens_go_over_https_to_their_own_host_and_port_only() -> None:
+    def service(url: str, hf: tuple[str, ...] = ("huggingface.co", "hf.co")) -> str | None:
+        return token_service(target_of(url), hf)
+
+    assert service("https://huggingface.co/x") == "huggingface"
+    assert service("https://cdn-lfs.huggingface.co/x") == "huggingface"
+    assert service("https://huggingface.co:443/x") == "huggingface"
+    assert service("https://civitai.com/api/download/models/1") == "civitai"
+    for url in ("http://huggingface.co/x", "https://huggingface.co:8443/x", "http://huggingface.co:443/x",
+                "https://huggingface.co.evil.com/x", "http://civitai.com/x"):
+        assert service(url) is None, url
+    mirror = hf_hosts_from_env({"HF_ENDPOINT": "https://hf-mirror.example:8443"})
+    assert service("https://hf-mirror.example:8443/x", mirror) == "huggingface"
+    assert service("https://hf-mirror.example/x", mirror) is None
+    plain = hf_hosts_from_env({"HF_ENDPOINT": "http://hf-mirror.example"})
+    assert service("http://hf-mirror.example/x", plain) is None
+    assert hf_hosts_from_env({"HF_ENDPOINT": "https://evil\\@huggingface.co"}) == ("huggingface.co", "hf.co")
+
+
+def test_redaction_covers_signed_url_parameters_and_shows_the_real_host() -> None:
+    url = ("https://u:pw@storage.example/x?X-Goog-Signature=a1&X-Goog-Credential=a2&X-Amz-Security-Token=a3"
+           "&hf_token=a4&access-token=a5&Password=a6&X-Amz-Signature=a7&client_secret=a8&download=true&modelVersionId=5")
+    shown = redact_url(url)
+    assert not any(f"a{n}" in shown for n in range(1, 9)), shown
+    assert shown.startswith("https://***@storage.example/x?") and "download=true" in shown and "modelVersionId=5" in shown
+    assert redact_url("http://attacker.example\\@huggingface.co/x") == "http://<invalid host>"
+    assert redact_url("/x?X-Goog-Signature=s1&a=b") == "/x?X-Goog-Signature=***&a=b"  # urllib3's log lines
+
+
+@pytest.mark.parametrize(
+    "relpath",
+    [".CFD/staging/x.part", ".Cfd/locks/x", "checkpoints/a.safetensors:stream", "checkpoints/CON", "NUL/a.safetensors",
+     "checkpoints/com1.safetensors", "checkpoints/lpt9.txt", "checkpoints./a.safetensors", "checkpoints/a.safetensors.",
+     "checkpoints/a.safetensors ", "checkpoints /a", "checkpoints/a?.safetensors", "checkpoints/a|b", "checkpoints/<a>"],
+)
+def test_names_windows_cannot_hold_are_refused_everywhere(relpath: str) -> None:
+    with pytest.raises(UnsafeManifestValue):
+        safe_relative_path(relpath)
+
+
+@pytest.mark.parametrize("filename", ["CON", "nul.txt", "Com3.safetensors", "a.safetensors:stream", "a.safetensors.",
+                                      "a.safetensors ", 'a"b'])
+def test_filenames_windows_cannot_hold_are_refused(filename: str) -> None:
+    with pytest.raises(UnsafeManifestValue):
+        safe_filename(filename)
+
+
+def test_the_agent_log_passes_through_the_sanitiser() -> None:
+    import logging
+
+    from cfd.agent.daemon import _SanitizingFormatter
+
+    record = logging.LogRecord("cfd.agent", logging.WARNING, __file__, 1, "download failed: %s: %s",
+                               ("\x1b]0;pwned\x07\u202egpj.safetensors", "x\ny"), None)
+    line = _SanitizingFormatter("%(message)s").format(record)
+    assert line == "download failed: \\u001b]0;pwned\\u0007\\u202egpj.safetensors: x\\u000ay"  # no forged line
