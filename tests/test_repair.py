@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import pytest
@@ -517,7 +518,7 @@ def test_intent_counts_in_preview_and_summary_agree(scenario: Scenario, server: 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout.splitlines()
     assert "To download: 1 model(s), 1 of unknown size" in out
-    assert "    optional  loras/lora.safetensors from 127.0.0.1 for wf1, wf2" in out
+    assert f"    optional  loras/lora.safetensors from {urlsplit(url).netloc} for wf1, wf2" in out
     assert "Downloaded 1 model(s)." in out
     assert "pyproject.toml updated: 1 download intent(s) resolved (2 workflow entries). Commit it:" in out
 
