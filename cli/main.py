@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from cfd.core import __version__
 from cfd.core.errors import CfdError
 
+from .common import warn_unread_bad_settings
+
 # Modules under cfd.cli that add subcommands, in --help order.
 COMMAND_MODULES = ("status_cmd", "repair_cmd", "hooks_cmd", "agent_cmd", "index_cmd", "config_cmd", "demo_cmd")
 # Which module defines each command: a command run by name imports only its own module
@@ -71,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        warn_unread_bad_settings()
+        return code
     except CfdError as exc:
         print(f"cfd: error: {exc.message}", file=sys.stderr)
         if exc.hint:

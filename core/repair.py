@@ -130,12 +130,14 @@ def _download(
 ) -> list[DownloadOutcome]:
     from .download import DownloadOptions, DownloadOutcome, download_models
 
+    # A bad setting (cfd.jobs = lots) is the command's error, not every file's failure.
+    options = DownloadOptions.from_settings(env, **({"max_rate": max_rate} if max_rate else {}))
     try:
         return download_models(
             jobs,
             models_dir=env.models_dir,
             index_path=env.index_path,
-            options=DownloadOptions.from_settings(env, **({"max_rate": max_rate} if max_rate else {})),
+            options=options,
             callbacks=callbacks,
             cancel=cancel,
         )
