@@ -29,6 +29,19 @@ MODULE_OF = {
 }
 
 
+class _Version(argparse.Action):
+    """`cfd --version`, plus a note on stderr when the `cfd` on PATH is someone else's."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from cfd.core.commandname import shadow_note
+
+        print(f"cfd {__version__}")
+        note = shadow_note()
+        if note:
+            print(note, file=sys.stderr)
+        parser.exit()
+
+
 def command_of(argv: Sequence[str]) -> str | None:
     """The subcommand named in argv (skipping the global --env PATH), if any."""
     words = iter(argv)
@@ -46,7 +59,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Keep AI model files in sync with git-shared ComfyUI environments.",
         epilog="Settings: see `cfd config`. Exit codes: 0 ok/in sync, 1 models missing or failed, 2 error.",
     )
-    parser.add_argument("--version", action="version", version=f"cfd {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version (and whether `cfd` on PATH is another program)")
     parser.add_argument(
         "--env",
         metavar="PATH",
