@@ -502,7 +502,8 @@ def test_a_token_never_appears_anywhere(scenario: Scenario, cfd_env: dict[str, s
         assert pulled.returncode == 0
         texts["git pull"] = pulled.stdout + pulled.stderr
         for args in (("status",), ("status", "--json"), ("repair", "--dry-run"), ("repair", "--yes"),
-                     ("repair", "--yes", "--json")):
+                     ("repair", "--yes", "--json"), ("index", "list"), ("index", "list", "--json"),
+                     ("index", "show", models[0].hash), ("index", "show", models[0].hash, "--json")):
             result = run_cfd(*args, cwd=bob.path, env=env)
             texts[" ".join(args)] = result.stdout + result.stderr
         agent = subprocess.Popen([*CFD, "agent", "run", "--retry-base", "0.2", "--settle", "0.2"], cwd=bob.path, env=env,
@@ -533,6 +534,17 @@ def test_a_token_never_appears_anywhere(scenario: Scenario, cfd_env: dict[str, s
                 assert secret not in text, f"{secret} leaked into {where}: {text[:500]}"
         assert "HF_TOKEN" in texts["repair --yes"]  # the hint names where the token came from, not what it is
     report("hostile-token-leak", outputs_checked=len(texts), hub_requests_with_token=len(sent), leaks=0)
+
+
+def test_cfd_hash_of_a_fifo_or_device_does_not_block(tmp_path: Path) -> None:
+    """`cfd hash` reads what it is given: a FIFO would block and /dev/zero never ends."""
+    os.mkfifo(tmp_path / "pipe")
+    result = subprocess.run([*CFD, "hash", "pipe", "/dev/zero"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "cfd: error: cannot hash pipe: not a regular file",
+        "cfd: error: cannot hash /dev/zero: not a regular file",
+    ]
 
 
 def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

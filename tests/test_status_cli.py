@@ -18,6 +18,7 @@ import pytest
 
 from cfd.cli.main import build_parser
 from cfd.core import __version__
+from cfd.core.index import ModelIndex
 from cfd.core.marker import Marker, PendingEntry
 from cfd.core.settings import SPECS
 from helpers.gitscenario import run_git
@@ -311,6 +312,30 @@ def test_index_scan_of_a_missing_models_dir_is_a_clean_error(env: Env, tmp_path:
     make_model(env.models, "checkpoints/a.safetensors", 1, 64)
     assert env.run("index", "scan").returncode == 0
     assert_clean_error(env.run("index", "scan", CFD_MODELS_DIR=str(tmp_path / "unmounted")), "does not exist")
+
+
+def test_index_list_and_show_give_a_manifest_writer_the_hashes(env: Env) -> None:
+    env.write(ManifestBuilder().render())
+    a, _ = make_model(env.models, "checkpoints/a.safetensors", 1, 4096)
+    b, b_path = make_model(env.models, "loras/b.safetensors", 2, 2048)
+    assert env.run("index", "scan").returncode == 0
+    with ModelIndex(env.vars["CFD_INDEX"], env.models) as index:
+        index.add_source(a, HF + "a.safetensors?token=SECRET")
+    b_path.unlink()  # indexed, but no longer on disk
+    listed = json.loads(env.run("index", "list", "--json").stdout)
+    assert [(m["hash"], m["size"], m["locations"]) for m in listed] == [
+        (a, 4096, [{"relative_path": "checkpoints/a.safetensors", "on_disk": True}]),
+        (b, 2048, [{"relative_path": "loras/b.safetensors", "on_disk": False}]),
+    ]
+    text = env.run("index", "list")
+    assert text.returncode == 0 and text.stdout.splitlines()[0].split()[:4] == [a, "4.0", "KiB", "checkpoints/a.safetensors"]
+    assert "loras/b.safetensors  (not on disk" in text.stdout
+    shown = json.loads(env.run("index", "show", a[:6], "--json").stdout)
+    assert (shown["hash"], shown["sources"]) == (a, [HF + "a.safetensors?token=***"])
+    assert "SECRET" not in env.run("index", "show", a).stdout
+    assert f"file:    {env.models / 'checkpoints/a.safetensors'}" in env.run("index", "show", a).stdout
+    assert_clean_error(env.run("index", "show", "0123456789abcdef"), "no model 0123456789abcdef in the index")
+    assert_clean_error(env.run("index", "show", "zz; rm"), "'zz; rm' is not a hash")
 
 
 # --- cfd config ----------------------------------------------------------------------------
