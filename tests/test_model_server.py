@@ -11,6 +11,7 @@ import time
 
 import pytest
 import requests
+from helpers.chaos import wait_until
 
 from cfd.cli.model_server import (
     ModelServer,
@@ -435,3 +436,20 @@ def test_cli_serves_a_directory(tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# --------------------------------------------------------------------------- hold
+
+
+def test_hold_keeps_requests_waiting_until_release(srv):
+    srv.hold()
+    replies = []
+    clients = [threading.Thread(target=lambda: replies.append(get(srv, timeout=30))) for _ in range(2)]
+    for client in clients:
+        client.start()
+    wait_until(lambda: len(srv.held) == 2, 20, "both clients to connect")
+    assert replies == []  # both connected, neither answered
+    srv.release()
+    for client in clients:
+        client.join(timeout=30)
+    assert [r.content for r in replies] == [DATA, DATA] and srv.held == []

@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -151,6 +152,27 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, poll: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(poll)
+
+
+class Lines:
+    """Collects a pipe's lines as they arrive (a thread), so a test can wait for one."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def has(self, fragment: str) -> bool:
+        return any(fragment in line for line in list(self.lines))
+
+    def text(self, timeout: float = 30) -> str:
+        """Everything, once the pipe has closed."""
+        self._thread.join(timeout)
+        return "".join(self.lines)
 
 
 @dataclass(frozen=True)
