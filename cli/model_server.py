@@ -111,6 +111,7 @@ class RequestRecord:
     status: int | None = None
     bytes_sent: int = 0
     started: float = field(default_factory=time.monotonic)
+    finished: float | None = None  # set once the handler is done with it (answered, cut or abandoned)
 
 
 @dataclass(frozen=True)
@@ -495,6 +496,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(owner, key, plan)
         except (OSError, _Aborted):
             self.close_connection = True
+        finally:
+            self.record.finished = time.monotonic()
 
     def _respond(self, owner: ModelServer, key: str, plan: _Plan | None) -> None:
         fault = plan.fault if plan else Fault()

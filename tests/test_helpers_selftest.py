@@ -154,3 +154,11 @@ def test_big_manifest_adds_newly_referenced_models() -> None:
 
     assert referenced(n) - referenced(o) == added
     assert big_manifest(50, 4, 5, new_fraction=0.2, seed=3) == (old, new)
+
+
+def test_figures_sums_seeded_runs_per_test() -> None:
+    from helpers.figures import summarise
+
+    lines = ['{"test": "kill-repair[1]", "faults": 2, "refetched_mib": 1.5, "points": "x"}',
+             '{"test": "kill-repair[2]", "faults": 1, "refetched_mib": 0.25}', '{"test": "other", "ok": true}']
+    assert summarise(lines) == {"kill-repair": {"runs": 2, "faults": 3, "refetched_mib": 1.75}, "other": {"runs": 1}}

@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from helpers.chaos import Lines, wait_until
 
 from cfd.core.manifest import ManifestModel, WorkflowModelRef
 from cfd.core.marker import MARKER_NAME, Marker, PendingEntry
@@ -94,6 +94,7 @@ WRITER = """
         marker.write([PendingEntry(key=f"{n}-{i}", filename="f" * 200, relative_path="p" * 200, size=i,
                                    sources=("https://h/x",), criticality="required", workflows=("wf",),
                                    reason="deferred") for i in range(2000)])
+        print(n, flush=True)
 """
 
 
@@ -101,14 +102,20 @@ def test_killing_a_writer_mid_write_never_corrupts(tmp_path: Path) -> None:
     marker = Marker(tmp_path)
     marker.write([entry("first")])
     for attempt in range(6):
-        writer = _run(WRITER, str(tmp_path))
-        time.sleep(0.3 + 0.17 * attempt)  # land at different points of a write
+        writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(tmp_path)],
+                                  stdout=subprocess.PIPE, text=True)
+        written = Lines(writer.stdout)
+        # Killed only once it is in its write loop: 1 to 6 writes done, the next one under way.
+        wait_until(lambda: len(written.lines) >= 1 + attempt, 60, f"{1 + attempt} marker writes")
         writer.send_signal(signal.SIGKILL)
         writer.wait()
+        assert writer.returncode == -signal.SIGKILL  # the kill landed on a running writer
         warnings: list[str] = []
         entries = Marker(tmp_path, warnings.append).read()
         assert not warnings, warnings
-        assert entries and (entries[0].key == "first" or len(entries) == 2000)
+        finished = written.text().split()
+        # One whole write: the last one finished, or the one the kill cut if its rename came first.
+        assert len(entries) == 2000 and entries[0].key.split("-")[0] in (finished[-1], str(len(finished) + 1))
         json.loads(marker.path.read_text())  # whole, valid JSON every time
 
 

@@ -182,7 +182,7 @@ def test_bytes_sent_counts_partial_write_when_client_hangs_up(srv):
     r = get(srv, stream=True)
     first = next(r.iter_content(1000))
     r.close()  # hang up mid-body
-    time.sleep(0.4)
+    wait_until(lambda: srv.requests_for(PATH)[0].finished, 20, "the server to notice the hang-up")
     sent = srv.bytes_sent(PATH)
     assert len(first) <= sent < len(DATA)
 
@@ -202,7 +202,7 @@ def test_quiet_even_when_clients_hang_up(srv, capfd):
     with socket.create_connection(("127.0.0.1", srv.port)) as s:
         s.sendall(f"GET {PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     get(srv, "/nope")
-    time.sleep(0.2)
+    wait_until(lambda: len(srv.requests) == 3 and all(r.finished for r in srv.requests), 20, "every request to be handled")
     out, err = capfd.readouterr()
     assert err == ""
 
