@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from helpers import Clone, ManifestBuilder, Scenario, short_hash_for
 from helpers.chaos import wait_until
+from helpers.proxy import Proxy
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
 from cfd.core.environment import open_environment
@@ -267,6 +268,25 @@ def test_two_concurrent_repairs_download_each_file_once(scenario: Scenario, serv
         assert (models_dir / model.relative_path).read_bytes() == model.data
         assert server.bytes_sent(model.path) == model.size, model.name
     assert marker_of(clone) == {}
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy"])
+def test_downloads_go_through_the_proxy_the_environment_names(scenario: Scenario, server: ModelServer,
+                                                               cfd_env: dict[str, str], models_dir: Path, variable: str) -> None:
+    """The README: downloads honour HTTP(S)_PROXY and NO_PROXY as requests does (a real proxy)."""
+    models = [Model(server, f"p{i}.safetensors", 60 + i, MIB + i) for i in range(2)]
+    clone = make_env(scenario, manifest(models).render())
+    with Proxy() as proxy:
+        first = cfd(clone, {**cfd_env, variable: proxy.url, "NO_PROXY": "example.invalid"}, "repair", "--yes", "--models", "all")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert sorted(proxy.requests) == sorted(("GET", server.url(m.path)) for m in models)  # every file, via the proxy
+        assert all((models_dir / m.relative_path).read_bytes() == m.data for m in models)
+        for m in models:
+            (models_dir / m.relative_path).unlink()
+        second = cfd(clone, {**cfd_env, variable: proxy.url, "NO_PROXY": "127.0.0.1"}, "repair", "--yes", "--models", "all")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert len(proxy.requests) == len(models)  # NO_PROXY: straight to the server this time
+        assert len(server.requests) == 2 * len(models)
 
 
 def test_intent_is_downloaded_and_written_into_pyproject(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
