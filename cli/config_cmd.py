@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         value = "(unset)" if row["value"] is None else row["value"]
         print(f"{row['key']:<{width}}  {value}  [{row['source']}]")
         if "error" in row:
-            print(f"{'':<{width}}  ^ not used: {row['error']}")
+            print(f"{'':<{width}}  ^ invalid (what reads it stops): {row['error']}")
     for entry in unknown:
         guess = f" (did you mean {entry['did_you_mean']}?)" if entry["did_you_mean"] else ""
         print(f"unknown key {entry['key']} in git config ({entry['scope']}): cfd ignores it{guess}")
