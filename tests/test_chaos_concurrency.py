@@ -84,10 +84,15 @@ def test_hook_agent_and_two_repairs_at_once(seed: int, scenario: Scenario, serve
         "repair-2": lambda: subprocess.Popen([*CFD, "repair", "--yes"], cwd=carol.path, env=env, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
     }
-    # Each one's first file has started (on_file_start comes right before the file's lock):
-    # the hook and the repairs print a line for it, the agent lists it in its status file.
+    # Each one has reached the downloads: the hook and the repairs print a line as a file starts
+    # (right before its lock is taken); the agent lists the file in its status file, or counts an
+    # entry it left to the process holding that file's lock.
+    def agent_started() -> bool:
+        status = read_status(agent_paths(models_dir).status) or {}
+        return bool(status.get("downloads") or (status.get("stats") or {}).get("left_to_others"))
+
     started = {
-        "agent": lambda: bool((read_status(agent_paths(models_dir).status) or {}).get("downloads")),
+        "agent": agent_started,
         "hook": lambda: errors["hook"].has("cfd: ["),
         "repair-1": lambda: errors["repair-1"].has("downloading"),
         "repair-2": lambda: errors["repair-2"].has("downloading"),
@@ -101,7 +106,12 @@ def test_hook_agent_and_two_repairs_at_once(seed: int, scenario: Scenario, serve
             procs[name] = starters[name]()
             errors[name] = Lines(procs[name].stderr)
             time.sleep(rng.uniform(0, 0.3))
-        wait_until(lambda: all(check() for check in started.values()), 60, "all four to be downloading")
+        try:
+            wait_until(lambda: all(check() for check in started.values()), 60, "all four to be downloading")
+        except AssertionError:
+            waiting = sorted(name for name, check in started.items() if not check())
+            raise AssertionError(f"still not downloading: {waiting}; held: {[r.path for r in server.held]}; "
+                                 f"stderr: { {name: lines.lines[-3:] for name, lines in errors.items()} }") from None
         held = len(server.held)
         overlapping = sorted(name for name, proc in procs.items() if proc.poll() is None)
         server.release()
