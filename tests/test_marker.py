@@ -120,21 +120,28 @@ def test_killing_a_writer_mid_write_never_corrupts(tmp_path: Path) -> None:
 
 
 MERGER = """
-    import sys
+    import sys, time
     from pathlib import Path
     from cfd.core.marker import Marker, PendingEntry
-    marker = Marker(Path(sys.argv[1]))
+    marker, me, other = Marker(Path(sys.argv[1])), sys.argv[2], sys.argv[3]
     for i in range(40):
-        marker.merge([PendingEntry(key=f"{sys.argv[2]}-{i}", filename="f", relative_path="p", size=1,
+        marker.merge([PendingEntry(key=f"{me}-{i}", filename="f", relative_path="p", size=1,
                                    sources=(), criticality="optional", workflows=(), reason="deferred")])
+        if i == 0:  # overlap for real: go on only once the other process has merged too
+            deadline = time.monotonic() + 60
+            while f"{other}-0" not in {e.key for e in marker.read()}:
+                if time.monotonic() > deadline:
+                    sys.exit(3)
+                time.sleep(0.01)
 """
 
 
 def test_concurrent_merges_from_two_processes_lose_nothing(tmp_path: Path) -> None:
-    writers = [_run(MERGER, str(tmp_path), name) for name in ("hook", "agent")]
-    assert [w.wait(timeout=90) for w in writers] == [0, 0]
-    keys = {e.key for e in Marker(tmp_path).read()}
-    assert keys == {f"{name}-{i}" for name in ("hook", "agent") for i in range(40)}
+    writers = [_run(MERGER, str(tmp_path), name, other) for name, other in (("hook", "agent"), ("agent", "hook"))]
+    assert [w.wait(timeout=90) for w in writers] == [0, 0]  # 3: the other never merged while this one ran
+    keys = [e.key for e in Marker(tmp_path).read()]
+    assert set(keys) == {f"{name}-{i}" for name in ("hook", "agent") for i in range(40)}
+    assert len(keys) == 80
     leftovers = [p.name for p in (tmp_path / "cfd").iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
 
