@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from cfd.core import __version__
 from cfd.core.errors import CfdError
 
-from .common import warn_unread_bad_settings
+from .common import opened, warn_unread_bad_settings
 
 # Modules under cfd.cli that add subcommands, in --help order.
 COMMAND_MODULES = ("status_cmd", "repair_cmd", "hooks_cmd", "agent_cmd", "index_cmd", "hash_cmd", "config_cmd", "demo_cmd")
@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    opened.clear()  # environments of an earlier main() in this process (tests call it directly)
     try:
         code = int(args.handler(args) or 0)
         warn_unread_bad_settings()
