@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .environment import Environment
-from .errors import CfdError
+from .errors import CfdError, ConfigError
 from .index import ModelIndex
 from .manifest import WorkflowModelRef, stronger
 from .marker import Marker, PendingEntry, intent_key
@@ -201,6 +201,9 @@ def sync_models(
         outcomes = _download(env, jobs, callbacks, cancel, max_rate)
     except KeyboardInterrupt:
         marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
+        raise
+    except ConfigError as exc:  # a bad download setting stops the batch; what it was for stays pending, with why
+        marker.merge(replace(entry, reason="failed", error=exc.message) for entry in base.values())
         raise
     cancelled = cancel is not None and cancel.is_set()
     result = _sort_outcomes(jobs, outcomes, cancelled)
