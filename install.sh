@@ -35,6 +35,10 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here$extras"
+# setuptools explains editable installs in ten lines on every run; a quiet install says nothing.
+PYTHONWARNINGS="ignore:Editable installation" \
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here$extras"
 
-echo "cfd installed: $venv/bin/cfd ($("$venv/bin/cfd" --version))"
+# `cfd --version` also says (on stderr) when the `cfd` first on PATH is another program,
+# such as ComfyDock's CLI; comfy-model-sync is the same tool under a name that never clashes.
+echo "cfd installed: $venv/bin/cfd, also $venv/bin/comfy-model-sync ($("$venv/bin/cfd" --version))"

@@ -218,6 +218,7 @@ class BackgroundQueue:
                 later.append(delay)
             elif is_locked(lock_path(env.models_dir, entry.key)):
                 later.append(BUSY_RECHECK)  # a hook or `cfd repair` is fetching it right now
+                self.board.incr("left_to_others")  # counted: `cfd agent status` shows why it waits
             else:
                 due[entry.key] = entry
         if due:

@@ -181,9 +181,11 @@ class GitWatcher:
 
     def _check(self, state: _EnvWatch) -> None:
         if any((state.env.git_dir / name).exists() for name in BUSY_MARKERS):
+            self.board.incr("git_waits")  # counted, so `cfd agent status` (and a test) can see it waited
             with self._cond:
                 state.due = time.monotonic() + max(self.debounce, 1.0)  # look again when it is over
             return
+        self.board.incr("git_checks")  # every look at HEAD, synced or not
         head, blob = head_state(state.env.repo)
         if head is None or head == state.seen_head:
             return

@@ -10,8 +10,25 @@ from typing import Any
 from cfd.core.environment import Environment, open_environment
 
 
+# Environments this command opened: after it ran, main() warns about bad settings it never read.
+opened: list[Environment] = []
+
+
 def environment(args: argparse.Namespace, **flags: Any) -> Environment:
-    return open_environment(getattr(args, "env", None), {k: v for k, v in flags.items() if v is not None})
+    env = open_environment(getattr(args, "env", None), {k: v for k, v in flags.items() if v is not None})
+    opened.append(env)
+    return env
+
+
+def warn_unread_bad_settings() -> None:
+    """A bad setting stops only what reads it; for every other command it is a warning."""
+    seen: set[str] = set()
+    for env in opened:
+        for setting in env.settings.problems():
+            if setting.key not in env.settings.read and setting.key not in seen and setting.error is not None:
+                seen.add(setting.key)
+                warn(f"{setting.error.message} (not used by this command; {setting.error.hint})")
+    opened.clear()
 
 
 def is_terminal(stream: Any = None) -> bool:

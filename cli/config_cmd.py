@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cfd.core.errors import ConfigError
-from cfd.core.settings import SPECS
+from cfd.core.settings import SPECS, git_config_text, suggest_key
 
 from .common import add_env_argument, environment, print_json
 
@@ -27,19 +27,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     env = environment(args)
+    env.settings.read.update(spec.key for spec in SPECS)  # shown below, with any error: no separate warning
     rows = []
     for setting in env.settings.all():
-        value = setting.value
+        value, source = setting.value, setting.source
         if setting.key == "cfd.index" and value is None:
             try:
                 value, source = env.index_path, "default (<modelsDir>/.cfd/models.db)"
             except ConfigError:  # no models dir yet: `cfd config` is where one looks for it
                 source = "default (<modelsDir>/.cfd/models.db; no models dir set)"
-        else:
-            source = setting.source
-        rows.append({"key": setting.key, "value": None if value is None else str(value), "source": source})
+        row = {"key": setting.key, "value": setting.raw if setting.error else git_config_text(value), "source": source}
+        if setting.error is not None:
+            row["error"] = f"{setting.error.message}; {setting.error.hint}"
+        rows.append(row)
+    unknown = [
+        {"key": key, "scope": scope, "did_you_mean": suggest_key(key)} for key, scope in sorted(env.settings.unknown_keys.items())
+    ]
     if args.json:
-        print_json({"environment": str(env.repo), "workspace": str(env.workspace.root) if env.workspace else None, "settings": rows})
+        print_json(
+            {
+                "environment": str(env.repo),
+                "workspace": str(env.workspace.root) if env.workspace else None,
+                "settings": rows,
+                "unknown_keys": unknown,
+            }
+        )
         return 0
     print(f"environment: {env.repo}")
     print(f"workspace:   {env.workspace.root if env.workspace else '(none)'}")
@@ -47,4 +59,9 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         value = "(unset)" if row["value"] is None else row["value"]
         print(f"{row['key']:<{width}}  {value}  [{row['source']}]")
+        if "error" in row:
+            print(f"{'':<{width}}  ^ invalid (what reads it stops): {row['error']}")
+    for entry in unknown:
+        guess = f" (did you mean {entry['did_you_mean']}?)" if entry["did_you_mean"] else ""
+        print(f"unknown key {entry['key']} in git config ({entry['scope']}): cfd ignores it{guess}")
     return 0

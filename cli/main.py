@@ -18,14 +18,29 @@ from cfd.core import __version__
 from cfd.core.errors import CfdError
 from cfd.core.text import SanitizingStream
 
+from .common import opened, warn_unread_bad_settings
+
 # Modules under cfd.cli that add subcommands, in --help order.
-COMMAND_MODULES = ("status_cmd", "repair_cmd", "hooks_cmd", "agent_cmd", "index_cmd", "config_cmd", "demo_cmd")
+COMMAND_MODULES = ("status_cmd", "repair_cmd", "hooks_cmd", "agent_cmd", "index_cmd", "hash_cmd", "config_cmd", "demo_cmd")
 # Which module defines each command: a command run by name imports only its own module
 # (every cfd start pays for the imports; --help and mistakes still see them all).
 MODULE_OF = {
     "status": "status_cmd", "repair": "repair_cmd", "hooks": "hooks_cmd", "hook-run": "hooks_cmd",
-    "agent": "agent_cmd", "index": "index_cmd", "config": "config_cmd", "demo": "demo_cmd",
+    "agent": "agent_cmd", "index": "index_cmd", "hash": "hash_cmd", "config": "config_cmd", "demo": "demo_cmd",
 }
+
+
+class _Version(argparse.Action):
+    """`cfd --version`, plus a note on stderr when the `cfd` on PATH is someone else's."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from cfd.core.commandname import shadow_note
+
+        print(f"cfd {__version__}")
+        note = shadow_note()
+        if note:
+            print(note, file=sys.stderr)
+        parser.exit()
 
 
 def command_of(argv: Sequence[str]) -> str | None:
@@ -45,7 +60,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Keep AI model files in sync with git-shared ComfyUI environments.",
         epilog="Settings: see `cfd config`. Exit codes: 0 ok/in sync, 1 models missing or failed, 2 error.",
     )
-    parser.add_argument("--version", action="version", version=f"cfd {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version (and whether `cfd` on PATH is another program)")
     parser.add_argument(
         "--env",
         metavar="PATH",
@@ -82,8 +97,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    opened.clear()  # environments of an earlier main() in this process (tests call it directly)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        warn_unread_bad_settings()
+        return code
     except CfdError as exc:
         print(f"cfd: error: {exc.message}", file=sys.stderr)
         if exc.hint:

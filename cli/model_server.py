@@ -116,6 +116,7 @@ class RequestRecord:
     status: int | None = None
     bytes_sent: int = 0
     started: float = field(default_factory=time.monotonic)
+    finished: float | None = None  # set once the handler is done with it (answered, cut or abandoned)
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,9 @@ class ModelServer:
         self._versions: dict[str, int] = {}
         self._faults: dict[str, _FaultState] = {}
         self._records: list[RequestRecord] = []
+        self._open = threading.Event()  # cleared by hold(): requests wait before being served
+        self._open.set()
+        self._held: list[RequestRecord] = []
         # "localhost" may resolve to ::1 first; binding IPv4 keeps clients' fallback cheap.
         bind = "127.0.0.1" if host == "localhost" else host
         self._httpd = _HTTPServer((bind, port), _Handler, self)
@@ -255,6 +259,7 @@ class ModelServer:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._open.set()  # wake held requests
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
@@ -333,6 +338,33 @@ class ModelServer:
         """Body bytes written to sockets (partial writes included), for one path or all."""
         records = self.requests if path is None else self.requests_for(path)
         return sum(r.bytes_sent for r in records)
+
+    # holding -------------------------------------------------------------
+
+    def hold(self) -> None:
+        """New requests wait, recorded but unanswered, until release(): a test sees who is
+        connected at the same moment (overlap proven, not hoped for)."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    @property
+    def held(self) -> list[RequestRecord]:
+        """The requests waiting at the hold right now."""
+        with self._lock:
+            return list(self._held)
+
+    def _wait_if_held(self, rec: RequestRecord) -> None:
+        if self._open.is_set():
+            return
+        with self._lock:
+            self._held.append(rec)
+        try:
+            self._open.wait()
+        finally:
+            with self._lock:
+                self._held.remove(rec)
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -489,6 +521,7 @@ class _Handler(BaseHTTPRequestHandler):
             client=self.client_address,
         )
         owner._record(self.record)
+        owner._wait_if_held(self.record)
         self.head = head
         key = _norm(self.path)
         plan = owner._plan(key, self.command)
@@ -497,6 +530,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(owner, key, plan)
         except (OSError, _Aborted):
             self.close_connection = True
+        finally:
+            self.record.finished = time.monotonic()
 
     def _respond(self, owner: ModelServer, key: str, plan: _Plan | None) -> None:
         fault = plan.fault if plan else Fault()

@@ -73,6 +73,20 @@ class Location:
     size: int
 
 
+@dataclass(frozen=True)
+class IndexedModel:
+    hash: str
+    size: int
+    blake3: str | None
+    sha256: str | None
+    placed: list[tuple[Location, bool]]  # locations under this models dir, and whether the file is there at its size
+    sources: list[str]
+
+    @property
+    def locations(self) -> list[Location]:
+        return [location for location, _ in self.placed]
+
+
 def source_type_for(url: str) -> str:
     """ComfyDock's source_type vocabulary."""
     host = url.split("://", 1)[-1].split("/", 1)[0].lower()
@@ -219,6 +233,35 @@ class ModelIndex:
                     result[url] = row[1]
                     break
         return result
+
+    def models_here(self) -> list[IndexedModel]:
+        """Every model with a location under this models dir (`cfd index list`), by path."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT l.model_hash FROM model_locations l WHERE l.base_directory = ?", (self.base_directory,)
+        )
+        found = [self.model(row[0]) for row in rows]
+        return sorted((m for m in found if m is not None), key=lambda m: (m.locations[0].relative_path if m.locations else "", m.hash))
+
+    def matching_hashes(self, prefix: str) -> list[str]:
+        """Hashes in the index that start with `prefix` (a user may type only the first few characters)."""
+        escaped = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._conn.execute("SELECT hash FROM models WHERE hash LIKE ? ESCAPE '\\' ORDER BY hash LIMIT 50", (escaped + "%",))
+        return [row[0] for row in rows]
+
+    def model(self, model_hash: str) -> IndexedModel | None:
+        """One model: its digests, where it lies under this models dir (and whether it is there), its sources."""
+        row = self.model_row(model_hash)
+        if row is None:
+            return None
+        locations = sorted(self.locations_of([model_hash]).get(model_hash, []), key=lambda location: location.relative_path)
+        return IndexedModel(
+            model_hash,
+            row[0],
+            row[1],
+            row[2],
+            [(location, self._exists(location)) for location in locations],
+            self.sources_of(model_hash),
+        )
 
     def has_model(self, model_hash: str) -> bool:
         """ComfyDock's meaning: a row exists (proves nothing about the disk)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .environment import Environment
-from .errors import CfdError
+from .errors import CfdError, ConfigError
 from .index import ModelIndex
 from .manifest import WorkflowModelRef, stronger
 from .marker import Marker, PendingEntry, intent_key
@@ -135,12 +135,14 @@ def _download(
 ) -> list[DownloadOutcome]:
     from .download import DownloadOptions, DownloadOutcome, download_models
 
+    # A bad setting (cfd.jobs = lots) is the command's error, not every file's failure.
+    options = DownloadOptions.from_settings(env, **({"max_rate": max_rate} if max_rate else {}))
     try:
         return download_models(
             jobs,
             models_dir=env.models_dir,
             index_path=env.index_path,
-            options=DownloadOptions.from_settings(env, **({"max_rate": max_rate} if max_rate else {})),
+            options=options,
             callbacks=callbacks,
             cancel=cancel,
         )
@@ -216,6 +218,9 @@ def sync_models(
         outcomes = _download(env, jobs, callbacks, cancel, max_rate) if jobs else []
     except KeyboardInterrupt:
         marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
+        raise
+    except ConfigError as exc:  # a bad download setting stops the batch; what it was for stays pending, with why
+        marker.merge(replace(entry, reason="failed", error=exc.message) for entry in base.values())
         raise
     cancelled = cancel is not None and cancel.is_set()
     adopted = _sort_outcomes(adopt_jobs, adoptions, cancelled)

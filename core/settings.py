@@ -7,6 +7,7 @@ Git config is read with one `git config` call (a few ms, no pygit2 import).
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import subprocess
@@ -107,16 +108,33 @@ class Setting:
     key: str
     value: Any
     source: str  # "flag", "env CFD_X", "git config (local)", "workspace", "default"
+    # A value cfd cannot use: the raw text and the ConfigError that reading it raises.
+    raw: str | None = None
+    error: ConfigError | None = None
 
 
 class Settings:
-    """Resolved settings for one environment."""
+    """Resolved settings for one environment.
 
-    def __init__(self, values: Mapping[str, Setting]) -> None:
+    A bad value is kept, not raised at once: only what reads it stops (a bad
+    hook-only setting must not break `cfd status`), and `cfd config` can show it.
+    """
+
+    def __init__(self, values: Mapping[str, Setting], unknown_keys: Mapping[str, str] | None = None) -> None:
         self._values = dict(values)
+        self.unknown_keys = dict(unknown_keys or {})  # cfd.* git config keys cfd does not know -> scope
+        self.read: set[str] = set()  # keys a command has read, so the CLI warns only about the others
 
     def __getitem__(self, key: str) -> Any:
-        return self._values[key.lower()].value
+        setting = self._values[key.lower()]
+        self.read.add(setting.key)
+        if setting.error is not None:
+            raise setting.error
+        return setting.value
+
+    def problems(self) -> list[Setting]:
+        """The settings whose value cfd cannot use."""
+        return [setting for setting in self.all() if setting.error is not None]
 
     def setting(self, key: str) -> Setting:
         return self._values[key.lower()]
@@ -127,7 +145,24 @@ class Settings:
     def with_value(self, key: str, value: Any, source: str) -> Settings:
         values = dict(self._values)
         values[key.lower()] = Setting(SPEC_BY_KEY[key.lower()].key, value, source)
-        return Settings(values)
+        return Settings(values, self.unknown_keys)
+
+
+def suggest_key(key: str) -> str | None:
+    """The known key a mistyped `cfd.*` key most likely meant (`cfd.modelDir` -> `cfd.modelsDir`)."""
+    close = difflib.get_close_matches(key.lower(), SPEC_BY_KEY, n=1, cutoff=0.75)
+    return SPEC_BY_KEY[close[0]].key if close else None
+
+
+def git_config_text(value: Any) -> str | None:
+    """A value written the way `git config` takes it back: `true`, `30`, not `True`, `30.0`."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def read_git_config(repo: Path | None) -> dict[str, tuple[str, str]]:
@@ -175,13 +210,15 @@ def resolve_settings(
             try:
                 values[lowered] = Setting(spec.key, spec.convert(raw[0]), raw[1])
             except (ValueError, IndexError) as exc:
-                where = spec.env if raw[1].startswith("env") else spec.key
-                raise ConfigError(
-                    f"{where} = {raw[0]!r} is not valid: {exc}",
-                    f"fix it, or unset it ({'unset ' + spec.env if raw[1].startswith('env') else 'git config --unset ' + spec.key})",
-                ) from None
+                from_env = raw[1].startswith("env")
+                error = ConfigError(
+                    f"{spec.env if from_env else spec.key} = {raw[0]!r} is not valid: {exc}",
+                    f"fix it, or unset it ({'unset ' + spec.env if from_env else 'git config --unset ' + spec.key})",
+                )
+                values[lowered] = Setting(spec.key, spec.default, raw[1], raw=raw[0], error=error)
         elif workspace_defaults.get(spec.key) is not None:
             values[lowered] = Setting(spec.key, workspace_defaults[spec.key], "ComfyDock workspace")
         else:
             values[lowered] = Setting(spec.key, spec.default, "default")
-    return Settings(values)
+    unknown = {key: scope for key, (_, scope) in git_values.items() if key not in SPEC_BY_KEY}
+    return Settings(values, unknown)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import json
 from pathlib import Path
 
 import pytest
 
 from cfd.core.marker import Marker
 from helpers import ManifestBuilder
-from test_agent_support import agent_env, agents, locations, wait_for  # noqa: F401
+from test_agent_support import agent_env, agents, cfd, locations, wait_for  # noqa: F401
 
 NEW = "abcdef0123456789"
 
@@ -42,12 +42,35 @@ def test_reset_hard_to_a_commit_with_a_new_model_syncs_once(scenario, models_dir
     assert (clone.path / ".git" / "cfd" / "last-synced").read_text().strip() == blob
     wait_for(lambda: agent.stats().get("git_syncs") == 1, what="one sync counted")
 
+    checks = agent.stats().get("git_checks", 0)
     clone.git("commit", "-q", "--allow-empty", "-m", "same manifest")  # HEAD moves, manifest does not
-    clone.git("stash", "list")
-    time.sleep(1.2)  # four debounce periods: long enough for a second sync to show
+    wait_for(lambda: agent.stats().get("git_checks", 0) > checks, what="the agent to look at the new HEAD")
     assert agent.stats().get("git_syncs") == 1
     log = agent.paths.log.read_text()
     assert log.count("with a new pyproject.toml: syncing") == 1
+
+
+def test_git_stash_and_pop_of_a_manifest_change(scenario, models_dir, agent_env, agents, monkeypatch):
+    """A real `git stash` / `git stash pop` of an uncommitted pyproject.toml change moves no
+    HEAD: the agent looks (positive signal: a HEAD check) and acts on committed manifests only.
+    `cfd status` reads the working tree, so it shows the popped model at once; committing it
+    is what syncs it (the post-commit hook)."""
+    monkeypatch.setenv("CFD_ON_PULL", "defer")
+    clone = scenario.clone("alice")
+    clone.commit("A", {"pyproject.toml": ManifestBuilder().render()})
+    agent = agents(clone.path, models_dir)
+    (clone.path / "pyproject.toml").write_text(manifest_with("https://example.invalid/new.safetensors"))
+    checks = agent.stats().get("git_checks", 0)
+    clone.git("stash", "-q")
+    assert "abcdef0123456789" not in (clone.path / "pyproject.toml").read_text()  # the stash really moved it
+    wait_for(lambda: agent.stats().get("git_checks", 0) > checks, what="the agent to look after the stash")
+    assert pending(clone.path) == {} and not agent.stats().get("git_syncs")  # HEAD did not move: nothing to act on
+    clone.git("stash", "pop", "-q")
+    assert NEW in (clone.path / "pyproject.toml").read_text()
+    status = json.loads(cfd("status", "--json", cwd=clone.path).stdout)
+    assert [m["hash"] for m in status["missing"]] == [NEW]  # the working tree, as the user sees it
+    clone.git("commit", "-q", "-am", "the popped model")  # the post-commit hook acts on it
+    wait_for(lambda: pending(clone.path) == {NEW: "deferred"}, what="the committed manifest to be synced")
 
 
 def test_sync_waits_while_a_rebase_is_under_way(scenario, models_dir, agent_env, agents, monkeypatch):
@@ -60,7 +83,7 @@ def test_sync_waits_while_a_rebase_is_under_way(scenario, models_dir, agent_env,
     busy = clone.path / ".git" / "rebase-merge"
     busy.mkdir()
     clone.git("reset", "-q", "--hard", b)
-    time.sleep(1.0)
+    wait_for(lambda: agent.stats().get("git_waits", 0) >= 1, what="the agent to see the HEAD move and wait")
     assert pending(clone.path) == {}, "no sync in the middle of a rebase"
     busy.rmdir()
     wait_for(lambda: pending(clone.path) == {NEW: "deferred"}, what="sync once the rebase is over")

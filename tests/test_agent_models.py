@@ -53,7 +53,10 @@ def test_partially_written_file_is_not_indexed_until_complete(scenario, models_d
     with open(target, "wb") as handle:
         handle.write(data[: MIB])
         handle.flush()
-        time.sleep(1.2)  # four settle periods with the writer still holding the file open
+        # A file written after the partial one, and closed, is the positive signal: once it is
+        # indexed, the agent has been through the partial file's events and settle period too.
+        sentinel_hash, _ = make_model(models_dir, "sentinel.safetensors", seed=9, size=MIB)
+        wait_for(lambda: locations(models_dir).get("sentinel.safetensors") == sentinel_hash, what="a later file indexed")
         assert "slow.safetensors" not in locations(models_dir)
         handle.write(data[MIB:])
     wait_for(lambda: "slow.safetensors" in locations(models_dir), what="indexed after close")
@@ -63,8 +66,8 @@ def test_partially_written_file_is_not_indexed_until_complete(scenario, models_d
 
     assert locations(models_dir)["slow.safetensors"] == short_hash_file(models_dir / "check.bin")
     wait_for(lambda: "check.bin" in locations(models_dir), what="check.bin indexed")
-    time.sleep(0.6)  # one status flush
-    assert agent.stats()["hashed"] == 2  # slow.safetensors once, check.bin once: never the partial state
+    wait_for(lambda: agent.stats().get("hashed", 0) >= 3, what="the status file to count check.bin")
+    assert agent.stats()["hashed"] == 3  # sentinel, slow.safetensors once, check.bin once: never the partial state
 
 
 def test_partial_download_names_and_hidden_dirs_are_skipped_until_renamed(scenario, models_dir, agent_env, agents):
@@ -73,10 +76,12 @@ def test_partial_download_names_and_hidden_dirs_are_skipped_until_renamed(scenar
     model_hash, part = make_model(models_dir, "x.safetensors.part", seed=3, size=MIB)
     make_model(models_dir, ".cfd/staging/y.part", seed=4, size=MIB)
     make_model(models_dir, ".hidden/z.safetensors", seed=5, size=MIB)
-    time.sleep(0.8)
-    assert locations(models_dir) == {}
+    sentinel_hash, _ = make_model(models_dir, "sentinel.safetensors", seed=9, size=MIB)  # written last
+    wait_for(lambda: locations(models_dir).get("sentinel.safetensors") == sentinel_hash, what="a later file indexed")
+    assert locations(models_dir) == {"sentinel.safetensors": sentinel_hash}
     os.replace(part, models_dir / "x.safetensors")
-    wait_for(lambda: locations(models_dir) == {"x.safetensors": model_hash}, what="renamed file indexed")
+    wait_for(lambda: locations(models_dir) == {"x.safetensors": model_hash, "sentinel.safetensors": sentinel_hash},
+             what="renamed file indexed")
 
 
 def test_moved_file_keeps_its_hash_and_gets_its_new_location(scenario, models_dir, agent_env, agents):

@@ -18,6 +18,7 @@ from helpers import Scenario
 from helpers.chaos import (
     CFD,
     MIB,
+    Lines,
     Served,
     chaos_seeds,
     check_invariants,
@@ -29,6 +30,8 @@ from helpers.chaos import (
     wait_until,
 )
 
+from cfd.agent.paths import agent_paths
+from cfd.agent.statusfile import read_status
 from cfd.cli.model_server import ModelServer
 from cfd.core.marker import Marker, PendingEntry
 
@@ -60,7 +63,7 @@ def test_hook_agent_and_two_repairs_at_once(seed: int, scenario: Scenario, serve
     models = [serve(server, f"c{i}-{seed}.safetensors", 100 * seed + i, rng.randrange(3, 12) * MIB + rng.randrange(MIB))
               for i in range(5)]
     for m in models:
-        server.set_fault(m.path, throttle=16 * MIB)  # slow enough for everyone to collide
+        server.set_fault(m.path, throttle=16 * MIB)  # once released, slow enough for everyone to keep colliding
     scenario.seed({"pyproject.toml": manifest([]).render()})
     alice, bob, carol, dave = (scenario.clone(name) for name in ("alice", "bob", "carol", "dave"))
     assert run_cfd("hooks", "install", cwd=bob.path, env=env).returncode == 0
@@ -81,23 +84,53 @@ def test_hook_agent_and_two_repairs_at_once(seed: int, scenario: Scenario, serve
         "repair-2": lambda: subprocess.Popen([*CFD, "repair", "--yes"], cwd=carol.path, env=env, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
     }
+    # Each one has reached the downloads: the hook and the repairs print a line as a file starts
+    # (right before its lock is taken); the agent lists the file in its status file, or counts an
+    # entry it left to the process holding that file's lock.
+    def agent_started() -> bool:
+        status = read_status(agent_paths(models_dir).status) or {}
+        return bool(status.get("downloads") or (status.get("stats") or {}).get("left_to_others"))
+
+    started = {
+        "agent": agent_started,
+        "hook": lambda: errors["hook"].has("cfd: ["),
+        "repair-1": lambda: errors["repair-1"].has("downloading"),
+        "repair-2": lambda: errors["repair-2"].has("downloading"),
+    }
     order = rng.sample(sorted(starters), len(starters))
     procs: dict[str, subprocess.Popen[str]] = {}
+    errors: dict[str, Lines] = {}
+    server.hold()  # nothing is served until all four are downloading at once
     try:
         for name in order:
             procs[name] = starters[name]()
+            errors[name] = Lines(procs[name].stderr)
             time.sleep(rng.uniform(0, 0.3))
+        try:
+            wait_until(lambda: all(check() for check in started.values()), 60, "all four to be downloading")
+        except AssertionError:
+            waiting = sorted(name for name, check in started.items() if not check())
+            raise AssertionError(f"still not downloading: {waiting}; held: {[r.path for r in server.held]}; "
+                                 f"stderr: { {name: lines.lines[-3:] for name, lines in errors.items()} }") from None
+        held = len(server.held)
+        overlapping = sorted(name for name, proc in procs.items() if proc.poll() is None)
+        server.release()
         for name in ("hook", "repair-1", "repair-2"):
-            out, err = procs[name].communicate(timeout=120)
+            out = procs[name].stdout.read() if procs[name].stdout else ""
+            procs[name].wait(timeout=120)
+            err = errors[name].text()
             assert procs[name].returncode == 0, (name, out, err)
             assert "Traceback" not in err, (name, err)
         wait_until(lambda: pending_keys(dave.path / ".git") == {}, 60, "the agent's pending list to empty", poll=0.1)
     finally:
+        server.release()
         agent = procs.get("agent")
         if agent is not None:
             agent.send_signal(signal.SIGTERM)
-            _, agent_err = agent.communicate(timeout=20)
+            agent.wait(timeout=20)
+    agent_err = errors["agent"].text()
     assert agent.returncode == 0 and "Traceback" not in agent_err
+    assert overlapping == sorted(starters) and held >= 1, (overlapping, held)
 
     total = sum(m.size for m in models)
     assert server.bytes_sent() == total, f"{(server.bytes_sent() - total) / MIB:.1f} MiB downloaded twice"
@@ -106,5 +139,6 @@ def test_hook_agent_and_two_repairs_at_once(seed: int, scenario: Scenario, serve
     for clone in (bob, carol, dave):
         assert pending_keys(clone.path / ".git") == {}
     assert bob.is_clean() and carol.is_clean()
-    report(f"concurrency[{seed}]", processes=4, start_order="/".join(order), files=len(models),
-           total_mib=round(total / MIB, 1), bytes_sent_mib=round(server.bytes_sent() / MIB, 1), downloaded_twice=0)
+    report(f"concurrency[{seed}]", processes=len(overlapping), held_requests=held, start_order="/".join(order),
+           files=len(models), total_mib=round(total / MIB, 1), bytes_sent_mib=round(server.bytes_sent() / MIB, 1),
+           sent_twice_mib=round((server.bytes_sent() - total) / MIB, 1))

@@ -9,6 +9,7 @@ a few MiB per file the kill interrupted (counted by the server).
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from helpers.chaos import (
     children_of,
     cmdline,
     interrupted_by,
+    Kill,
+    is_running,
     kill_at_random_point,
     manifest,
     pending_keys,
@@ -100,20 +103,25 @@ def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, c
     models = [*models, intent]
     env = {**cfd_env, **engine_settings(rng)}
     index, git_dir = Path(cfd_env["CFD_INDEX"]), clone.path / ".git"
-    kills, interrupted, points = rng.randint(1, 3), 0, []
+    kills, interrupted, points, landed, survived = rng.randint(1, 3), 0, [], 0, 0
     total = sum(m.size for m in models)
 
     throttle(server, models, RATE)
     for _ in range(kills):
         before = staging_state(models_dir)
         proc = spawn_cfd("repair", "--yes", cwd=clone.path, env=env)
-        points.append(kill_at_random_point(rng, proc, server.bytes_sent, total))
+        kill = kill_at_random_point(rng, proc, server.bytes_sent, total)
         proc.communicate(timeout=60)
+        # Only a kill that ended the run counts as a fault (the run may have finished first).
+        kill = Kill(kill.point, kill.landed and proc.returncode == -signal.SIGKILL)
+        landed += kill.landed
+        points.append(str(kill))
         check_invariants(models_dir, index, [git_dir], models)
         interrupted += interrupted_by(before, staging_state(models_dir))
         assert_status_agrees(run_cfd("status", "--json", cwd=clone.path, env=env).stdout)
         text = clone.read("pyproject.toml")
         assert text == original or resolved(text, intent), "pyproject.toml is neither the old nor the new version"
+        survived += kill.landed
 
     throttle(server, models, None)
     final = run_cfd("repair", "--yes", cwd=clone.path, env=env)
@@ -124,7 +132,8 @@ def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, c
     assert resolved(clone.read("pyproject.toml"), intent)
     assert clone.status().split() == ["M", "pyproject.toml"]  # the resolution, for the user to commit
     refetched = check_refetch(server, models, interrupted)
-    report(f"kill-repair[{seed}]", faults=kills, runs_survived=kills, files=len(models), total_mib=round(total / MIB, 1),
+    report(f"kill-repair[{seed}]", faults=landed, kill_attempts=kills, runs_survived=survived, files=len(models),
+           total_mib=round(total / MIB, 1),
            interrupted_files=interrupted, refetched_mib=round(refetched / MIB, 2), points=";".join(points))
 
 
@@ -185,7 +194,7 @@ def test_sigkill_of_a_hook_mid_download(seed: int, scenario: Scenario, server: M
     pull = subprocess.Popen(["git", "pull", "-q"], cwd=bob.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     victim = wait_until(lambda: hook_process(pull.pid), 30, "the post-merge hook to start", poll=0.002)
-    point = kill_at_random_point(rng, pull, server.bytes_sent, total, victim=lambda: victim)
+    kill = kill_at_random_point(rng, pull, server.bytes_sent, total, victim=lambda: victim)
     out, err = pull.communicate(timeout=60)
     assert pull.returncode == 0, err  # a killed hook never fails the pull
     assert bob.is_clean(), bob.status()
@@ -197,7 +206,7 @@ def test_sigkill_of_a_hook_mid_download(seed: int, scenario: Scenario, server: M
     blob = bob.rev_parse("HEAD:pyproject.toml")
     if read_last_synced(git_dir) == blob:
         recorded = pending_keys(git_dir)
-        assert left <= set(recorded), (point, left - set(recorded))
+        assert left <= set(recorded), (kill, left - set(recorded))
     status = run_cfd("status", "--json", cwd=bob.path, env=env)
     assert status.returncode == (1 if left else 0), status.stdout + status.stderr
     assert_status_agrees(status.stdout)
@@ -208,8 +217,9 @@ def test_sigkill_of_a_hook_mid_download(seed: int, scenario: Scenario, server: M
     check_invariants(models_dir, index, [git_dir], models, complete=True)
     assert pending_keys(git_dir) == {} and bob.is_clean()
     refetched = check_refetch(server, models, len(facts["partials"]))
-    report(f"kill-hook[{seed}]", faults=1, runs_survived=1, files=len(models), total_mib=round(total / MIB, 1),
-           interrupted_files=len(facts["partials"]), refetched_mib=round(refetched / MIB, 2), point=point)
+    report(f"kill-hook[{seed}]", faults=int(kill.landed), kill_attempts=1, runs_survived=int(kill.landed), files=len(models),
+           total_mib=round(total / MIB, 1), interrupted_files=len(facts["partials"]), refetched_mib=round(refetched / MIB, 2),
+           point=str(kill))
 
 
 # --------------------------------------------------------------------------- the agent
@@ -240,7 +250,7 @@ def test_sigkill_of_the_agent(seed: int, scenario: Scenario, server: ModelServer
     alice.push()
     index, git_dir = Path(cfd_env["CFD_INDEX"]), bob.path / ".git"
     total = sum(m.size for m in models)
-    kills, interrupted, points = rng.randint(1, 2), 0, []
+    kills, interrupted, points, landed = rng.randint(1, 2), 0, [], 0
 
     throttle(server, models, RATE)
     before = staging_state(models_dir)
@@ -254,14 +264,12 @@ def test_sigkill_of_the_agent(seed: int, scenario: Scenario, server: ModelServer
 
             class _Alive:
                 def poll(self) -> int | None:
-                    try:
-                        os.kill(pid, 0)
-                    except ProcessLookupError:
-                        return 0
-                    return None
+                    return None if is_running(pid) else 0
 
-            points.append(kill_at_random_point(rng, _Alive(), server.bytes_sent, total, victim=lambda: pid))  # type: ignore[arg-type]
-            wait_until(lambda: _Alive().poll() is not None or _zombie(pid), 10, "the agent to die")
+            kill = kill_at_random_point(rng, _Alive(), server.bytes_sent, total, victim=lambda: pid)  # type: ignore[arg-type]
+            landed += kill.landed
+            points.append(str(kill))
+            wait_until(lambda: not is_running(pid), 10, "the agent to die")
             check_invariants(models_dir, index, [git_dir], models)
             interrupted += interrupted_by(before, staging_state(models_dir))
             before = staging_state(models_dir)
@@ -281,16 +289,9 @@ def test_sigkill_of_the_agent(seed: int, scenario: Scenario, server: ModelServer
                 pass
     check_invariants(models_dir, index, [git_dir], models, complete=True)
     refetched = check_refetch(server, models, interrupted)
-    report(f"kill-agent[{seed}]", faults=kills, runs_survived=kills, files=len(models), total_mib=round(total / MIB, 1),
+    report(f"kill-agent[{seed}]", faults=landed, kill_attempts=kills, runs_survived=landed, files=len(models),
+           total_mib=round(total / MIB, 1),
            interrupted_files=interrupted, refetched_mib=round(refetched / MIB, 2), points=";".join(points))
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 # --------------------------------------------------------------------------- the narrowest window

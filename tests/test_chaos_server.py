@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 from helpers import Clone, Scenario
-from helpers.chaos import MIB, Served, check_invariants, manifest, report, run_cfd, serve
+from helpers.chaos import MIB, Served, check_invariants, manifest, report, run_cfd, serve, wait_until
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
 from cfd.core.index import ModelIndex
+from cfd.core.shorthash import sample_regions, short_hash_bytes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -200,25 +201,50 @@ def test_file_changed_between_attempts_is_never_spliced(setup: Setup) -> None:
 
 
 def test_file_replaced_during_a_multi_connection_download(setup: Setup) -> None:
+    """The file changes on the server while two connections fetch it. The new version differs
+    only outside the regions the short hash samples, so a file spliced from both versions
+    would pass verification: only the engine's If-Range/ETag check keeps it from mixing."""
     m = serve(setup.server, "big.safetensors", 8, 64 * MIB)
+    old = m.data
+    new = bytearray(old)
+    sampled = sample_regions(len(old))
+    for start in range(0, len(new), MIB):  # flip every unsampled MiB
+        if not any(lo < start + MIB and start < hi for lo, hi in sampled):
+            new[start : start + MIB] = bytes(b ^ 0xFF for b in new[start : start + 64]) * (MIB // 64)
+    new = bytes(new)
+    assert new != old and short_hash_bytes(new) == m.hash  # a mixture of the two would verify too
     setup.environment(m)
-    setup.server.set_fault(m.path, throttle=16 * MIB)
+    # Both first responses are cut at 12 MiB, after the swap: each connection must then come back
+    # for the rest of its segment, from a server that now has the new version.
+    setup.server.set_fault(m.path, throttle=16 * MIB, close_after=12 * MIB, close_times=2)
     import threading
 
+    swapped_after: list[int] = []
+
     def swap() -> None:
-        deadline = time.monotonic() + 20
-        while setup.server.bytes_sent(m.path) < 8 * MIB and time.monotonic() < deadline:
-            time.sleep(0.01)
-        setup.server.replace_file(m.path, m.data)  # same bytes, new ETag: ranges must not mix versions
-        setup.server.clear_faults()
+        def both_connections_streaming() -> bool:
+            started = setup.server.requests_for(m.path)
+            return len(started) >= 2 and all(r.bytes_sent >= MIB for r in started[:2])
+
+        wait_until(both_connections_streaming, 20, "two connections streaming the old version")
+        setup.server.replace_file(m.path, new)  # other bytes, same size and short hash, new ETag
+        swapped_after.append(len(setup.server.requests_for(m.path)))
 
     thread = threading.Thread(target=swap)
     thread.start()
     code, data, _, _ = setup.repair(CFD_CONNECTIONS="2")
     thread.join()
     assert code == 0, data
+    assert swapped_after == [2], "the swap came after the first responses were cut: nothing could mix"
+    resumed = [r for r in setup.server.requests_for(m.path)[2:] if "Range" in r.headers]
+    assert resumed, "no connection came back for the rest of its segment after the swap"
+    placed = (setup.models_dir / m.relpath).read_bytes()
+    assert placed in (old, new), "the placed file mixes the two versions"
+    version = "old" if placed == old else "new"
+    m.data = placed
     setup.check(complete=True)
-    report("server-file-replaced-mid-download", faults=1, refetched_mib=round((setup.server.bytes_sent() - m.size) / MIB, 1))
+    report("server-file-replaced-mid-download", faults=1, placed_version=version,
+           refetched_mib=round((setup.server.bytes_sent() - m.size) / MIB, 1))
 
 
 # --------------------------------------------------------------------------- redirects and rate limits

@@ -6,9 +6,12 @@ short hash, the index schema and the pyproject format.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,6 +84,51 @@ def test_spec_test_vector(tmp_path: Path) -> None:
     path = tmp_path / "t.bin"
     path.write_bytes(b"abcdefghij")
     assert short_hash_file(path) == comfydock_hash(path, tmp_path) == "7bc234d9c29950da"
+
+
+def _cfd_hash(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cfd.cli.main", "hash", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cfd_hash_prints_the_spec_test_vector(tmp_path: Path) -> None:
+    (tmp_path / "t.bin").write_bytes(b"abcdefghij")
+    result = _cfd_hash("t.bin", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "7bc234d9c29950da  10  t.bin\n", "")
+
+
+def test_cfd_hash_agrees_with_comfydock(tmp_path: Path) -> None:
+    """Short hash, size and --full digests of `cfd hash` against comfydock-core's own functions."""
+    sizes = {"tiny.bin": 10, "start-only.bin": 5 * MIB + 1, "sampled.safetensors": 31 * MIB + 12345}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(random.Random(size).randbytes(size))
+    oracle = ModelRepository(tmp_path / "oracle.db")
+    result = _cfd_hash("--full", "--json", *sizes, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected = [
+        {
+            "path": name,
+            "hash": oracle.calculate_short_hash(tmp_path / name),
+            "size": size,
+            "blake3": oracle.compute_blake3(tmp_path / name),
+            "sha256": oracle.compute_sha256(tmp_path / name),
+        }
+        for name, size in sizes.items()
+    ]
+    assert json.loads(result.stdout) == expected
+    text = _cfd_hash(*sizes, cwd=tmp_path).stdout.splitlines()
+    assert [line.split() for line in text] == [[row["hash"], str(row["size"]), row["path"]] for row in expected]
+
+
+def test_cfd_hash_of_what_is_not_a_file_is_one_line_each(tmp_path: Path) -> None:
+    (tmp_path / "t.bin").write_bytes(b"abcdefghij")
+    (tmp_path / "dir").mkdir()
+    result = _cfd_hash("t.bin", "missing.bin", "dir", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == "7bc234d9c29950da  10  t.bin\n"  # what could be hashed still is
+    assert result.stderr.splitlines() == [
+        "cfd: error: cannot hash missing.bin: No such file or directory",
+        "cfd: error: cannot hash dir: not a regular file",
+    ]
 
 
 def test_resumed_download_seeds_the_hash_from_disk(tmp_path: Path) -> None:

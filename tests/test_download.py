@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from blake3 import blake3
+from helpers.chaos import Lines, wait_until
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
 from cfd.core.download import (
@@ -197,10 +198,16 @@ def test_callbacks_follow_comfydock_shape(server: ModelServer, models_dir: Path,
 _CHILD = r"""
 import json, sys
 from cfd.core.download import DownloadJob, DownloadOptions, download_models
+from cfd.core.downloadtypes import DownloadCallbacks
+
+class SayStart(DownloadCallbacks):
+    def on_file_start(self, filename, index, total):  # called right before the file's lock is taken
+        print("started", filename, file=sys.stderr, flush=True)
+
 args = json.loads(sys.argv[1])
 job = DownloadJob(**{**args["job"], "sources": tuple(args["job"]["sources"])})
 out = download_models([job], models_dir=args["models"], index_path=args["index"],
-                      options=DownloadOptions(**args["options"]))[0]
+                      options=DownloadOptions(**args["options"]), callbacks=SayStart())[0]
 print(json.dumps({"success": out.success, "error": out.error, "fetched": out.bytes_fetched}))
 """
 
@@ -208,7 +215,8 @@ print(json.dumps({"success": out.success, "error": out.error, "fetched": out.byt
 def spawn(job: DownloadJob, models_dir: Path, index_path: Path, **options: Any) -> subprocess.Popen[str]:
     options = {"allow_private_networks": True, "backoff_base": 0.01, "checkpoint_bytes": MIB, **options}
     args = {"job": asdict(job), "models": str(models_dir), "index": str(index_path), "options": options}
-    return subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(args)], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def wait_for_bytes(server: ModelServer, at_least: int, timeout: float = 20.0) -> None:
@@ -576,7 +584,7 @@ def test_write_error_keeps_the_partial_for_resume(server: ModelServer, models_di
     ModelIndex(index_path, models_dir).close()  # the index itself must not hit the limit
     result = subprocess.run([sys.executable, "-c", script, json.dumps(args), _CHILD],
                             capture_output=True, text=True, timeout=60)
-    assert result.stderr == ""
+    assert result.stderr == "started m.safetensors\n"  # and nothing else: no traceback
     reply = json.loads(result.stdout)
     assert not reply["success"] and reply["error"].startswith("file too large for the file system while writing m.safetensors")
     assert "kept" in reply["error"] and not (models_dir / REL).exists()
@@ -593,13 +601,20 @@ def test_write_error_keeps_the_partial_for_resume(server: ModelServer, models_di
 def test_two_processes_fetch_one_hash_once(server: ModelServer, models_dir: Path, index_path: Path) -> None:
     data = generate_model_bytes(29, 6 * MIB)
     url = server.add_file("/m", data)
-    server.set_fault("/m", throttle=12 * MIB)
     job = make_job(data, url)
-    children = [spawn(job, models_dir, index_path), spawn(job, models_dir, index_path)]
-    replies = [json.loads(child.communicate(timeout=30)[0]) for child in children]
+    server.hold()  # the first process's request waits until the second is at the file's lock
+    first = spawn(job, models_dir, index_path)
+    wait_until(lambda: len(server.held) == 1, 30, "the first process to connect")
+    second = spawn(job, models_dir, index_path)
+    second_err = Lines(second.stderr)
+    wait_until(lambda: second_err.has("started"), 30, "the second process to reach the download")
+    overlapped = len(server.held) == 1 and first.poll() is None  # the first is still mid-request
+    server.release()
+    replies = [json.loads(child.communicate(timeout=30)[0]) for child in (first, second)]
+    assert overlapped, "the two processes did not overlap"
     assert all(r["success"] for r in replies), replies
-    assert sorted(r["fetched"] for r in replies) == [0, len(data)]
-    assert server.bytes_sent() == len(data)
+    assert [r["fetched"] for r in replies] == [len(data), 0]  # the second waited at the lock, then found it
+    assert server.bytes_sent() == len(data) and len(server.requests) == 1
     assert_placed(models_dir, index_path, data)
 
 

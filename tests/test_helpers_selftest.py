@@ -154,3 +154,34 @@ def test_big_manifest_adds_newly_referenced_models() -> None:
 
     assert referenced(n) - referenced(o) == added
     assert big_manifest(50, 4, 5, new_fraction=0.2, seed=3) == (old, new)
+
+
+def test_figures_sums_seeded_runs_per_test() -> None:
+    from helpers.figures import summarise
+
+    lines = ['{"test": "kill-repair[1]", "faults": 2, "refetched_mib": 1.5, "points": "x"}',
+             '{"test": "kill-repair[2]", "faults": 1, "refetched_mib": 0.25}', '{"test": "other", "ok": true}']
+    assert summarise(lines) == {"kill-repair": {"runs": 2, "faults": 3, "refetched_mib": 1.75}, "other": {"runs": 1}}
+
+
+def test_proxy_forwards_and_tunnels() -> None:
+    import socket
+
+    import requests
+
+    from cfd.cli.model_server import ModelServer
+    from helpers.proxy import Proxy
+
+    with ModelServer() as server, Proxy() as proxy:
+        url = server.add_file("/m", b"model bytes")
+        reply = requests.get(url, proxies={"http": proxy.url}, timeout=10)
+        assert (reply.status_code, reply.content) == (200, b"model bytes")
+        assert proxy.requests == [("GET", url)]
+        with socket.create_connection(("127.0.0.1", int(proxy.url.rsplit(":", 1)[1])), timeout=10) as tunnel:
+            tunnel.sendall(f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\n\r\n".encode())
+            assert tunnel.recv(1024).startswith(b"HTTP/1.0 200")
+            tunnel.sendall(b"GET /m HTTP/1.0\r\n\r\n")
+            received = b""
+            while chunk := tunnel.recv(4096):
+                received += chunk
+        assert received.endswith(b"model bytes") and proxy.requests[-1] == ("CONNECT", f"127.0.0.1:{server.port}")

@@ -287,6 +287,36 @@ def test_missing_cfd_installation_exits_0_with_one_line(team, tmp_path):
     assert bob.checkout("origin/other", env=bare_path).returncode == 0
 
 
+def test_a_bad_download_setting_stops_the_hook_and_loses_nothing(served, cfd_env):
+    alice, bob, _, server, model = served
+    bob.git("config", "cfd.jobs", "lots")
+    a = model(47)
+    publish(alice, manifest(a))
+    pulled = bob.pull()
+    assert pulled.returncode == 0 and bob.is_clean()
+    assert "cfd.jobs = 'lots' is not valid" in pulled.stderr and "Traceback" not in pulled.stderr
+    assert server.requests == []
+    entry = pending(bob)[a.hash]  # still to fetch, and why
+    assert entry["reason"] == "failed" and "cfd.jobs" in entry["error"]
+
+
+def test_a_bare_path_still_finds_a_working_installation(served, cfd_env):
+    """A GUI git client runs hooks with a bare PATH: the hook calls the cfd recorded at install
+    time, so the model is downloaded all the same."""
+    alice, bob, _, server, model = served
+    installed = cfd("hooks", "install", cwd=bob.path)  # this installation, as a user would run it
+    assert installed.returncode == 0, installed.stderr
+    a = model(46)
+    publish(alice, manifest(a))
+    bare = {"PATH": "/usr/bin:/bin"}  # git and sh; no cfd, no venv
+    assert subprocess.run(["sh", "-c", "command -v cfd"], env={**os.environ, **bare}, capture_output=True).returncode != 0
+    pulled = bob.pull(env=bare)
+    assert pulled.returncode == 0, pulled.stderr
+    assert on_disk(cfd_env, a), pulled.stderr
+    assert server.bytes_sent(f"/{a.name}") == a.size
+    assert pending(bob) == {}
+
+
 @pytest.mark.parametrize("how", ["CFD_SKIP", "config"])
 def test_hooks_can_be_turned_off(team, how):
     alice, bob, log = team

@@ -63,12 +63,14 @@ def snapshot(root: Path, models: Path) -> dict[str, tuple[int, float]]:
     return found
 
 
-def clean_output(*texts: str) -> None:
+def clean_output(*texts: str) -> int:
+    """Assert no traceback, no internal error, no control character; the number of texts checked."""
     for text in texts:
         assert "Traceback" not in text, text
         assert "internal error" not in text and "unexpected error" not in text, text
         assert not CONTROL.search(text), f"control characters reach the terminal: {text[:2000]!r}"
         assert not BIDI.search(text), f"bidi controls reach the terminal: {text[:2000]!r}"
+    return len(texts)
 
 
 def env_with(scenario: Scenario, text: str | bytes, name: str = "bob") -> Clone:
@@ -108,6 +110,9 @@ ESCAPES = {
     "windows-trailing-dot": "checkpoints./escape.safetensors",
     "windows-trailing-space": "checkpoints/escape.safetensors ",
 }
+# Paths with control characters are dropped by the reader (a listed problem), and the entry
+# falls back to <category>/<filename> inside the models dir, where it is downloaded.
+FALLS_BACK_INSIDE = ("nul", "newline")
 BAD_FILENAMES = {
     "filename-dotdot": "../escape-fn.safetensors",
     "filename-absolute": "/etc/escape-fn",
@@ -149,23 +154,32 @@ def test_path_escapes_are_refused_before_any_request(scenario: Scenario, server:
     assert code == 1
     assert (models / good.relpath).read_bytes() == good.data  # the good entry is not held back
     failed = {f["key"]: f["error"] for f in data["failed"]}
+    dropped = json.loads(status_json.stdout)["problems"]
+    requests = {label: len(server.requests_for(m.path)) for label, m, _ in hostile}
     for label, m, relpath in hostile:
-        if label in ("nul", "newline"):
+        if label in FALLS_BACK_INSIDE:
             # The reader drops a path with control characters (a listed problem) and the entry
-            # falls back to <category>/<filename>, inside the models dir.
-            assert any(label in p or "control characters" in p for p in json.loads(status_json.stdout)["problems"])
+            # falls back to <category>/<filename>, inside the models dir: that file is fetched.
+            assert any(label in p or "control characters" in p for p in dropped)
+            assert (models / "checkpoints" / m.name).read_bytes() == m.data
+            assert requests[label] >= 1
         else:
-            assert server.requests_for(m.path) == [], f"{label}: fetched although refused"
+            assert requests[label] == 0, f"{label}: fetched although refused"
         if m.hash in failed:
             assert "refusing" in failed[m.hash], (label, failed[m.hash])
             assert len(failed[m.hash]) < 400, (label, len(failed[m.hash]))
-        if landings[label]:
-            assert os.path.lexists(landings[label]) == existed[label], f"{label}: written outside: {landings[label]}"
-    assert snapshot(sandbox["root"], models) == before, "something was written beside the models directory"
-    assert not Path("/tmp/cfd-escape-very-deep.safetensors").exists()
+    written_outside = [label for label, path in landings.items() if path and os.path.lexists(path) != existed[label]]
+    written_outside += ["beside the models dir"] if snapshot(sandbox["root"], models) != before else []
+    written_outside += ["/tmp"] if Path("/tmp/cfd-escape-very-deep.safetensors").exists() else []
+    assert written_outside == [], written_outside
     marker = (clone.path / ".git" / "cfd" / MARKER_NAME).read_text()
     assert "\\u001b" not in marker and "\x1b" not in marker
-    report("hostile-paths", inputs=len(hostile) * 2, fetched=0, written_outside=0)
+    refused = [label for label, count in requests.items() if count == 0]
+    report("hostile-paths", inputs=len(hostile) * 2, refused_entries=len(refused) * 2,
+           requests_for_refused=sum(requests[label] for label in refused),
+           fell_back_inside=sorted(set(requests) - set(refused)),
+           requests_for_fallbacks=sum(count for label, count in requests.items() if label not in refused),
+           written_outside=len(written_outside), longest_message=max(map(len, failed.values()), default=0))
 
 
 def test_a_path_escape_to_a_matching_file_is_not_found_on_disk(scenario: Scenario, server: ModelServer, sandbox: dict[str, Any]) -> None:
@@ -208,22 +222,27 @@ def test_hook_refuses_path_escapes_too(scenario: Scenario, server: ModelServer, 
     alice, bob = scenario.clone("alice"), scenario.clone("bob")
     assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
     builder = ManifestBuilder()
-    served = []
+    served: dict[str, Served] = {}
     for number, (label, relpath) in enumerate(ESCAPES.items()):
-        if label in ("nul", "newline"):
-            continue  # dropped by the reader; the entry falls back inside (see above)
         m = serve(server, f"p{number}.safetensors", 200 + number, 2048)
         builder.model(m.hash, m.name, m.size, relpath.format(outside=sandbox["outside"]), "checkpoints", [m.url])
         builder.ref("wf", m.name, "checkpoints", hash=m.hash, criticality="required", status="resolved", node_id=str(number))
-        served.append(m)
+        served[label] = m
     alice.commit("hostile", {"pyproject.toml": builder.render()})
     alice.push()
     before = snapshot(sandbox["root"], models)
     pulled = bob.pull()
     assert pulled.returncode == 0 and bob.is_clean()
     clean_output(pulled.stderr)
-    assert server.requests == []
+    requests = {label: len(server.requests_for(m.path)) for label, m in served.items()}
+    for label in FALLS_BACK_INSIDE:  # dropped by the reader; the entry falls back inside (see above)
+        assert (models / "checkpoints" / served[label].name).read_bytes() == served[label].data
+        assert requests.pop(label) >= 1
+    assert requests == {label: 0 for label in requests}, "a refused path was fetched"
+    assert len(server.requests) == sum(len(server.requests_for(served[label].path)) for label in FALLS_BACK_INSIDE)
     assert snapshot(sandbox["root"], models) == before
+    report("hostile-paths-hook", inputs=len(served), refused=len(requests), requests_for_refused=sum(requests.values()),
+           requests_for_fallbacks=len(server.requests))
 
 
 # --------------------------------------------------------------------------- URLs
@@ -264,10 +283,13 @@ def test_other_schemes_and_credentials(scenario: Scenario, server: ModelServer, 
     assert all(h in failed for h in bad_hashes), failed
     assert sum("only http and https" in failed[h] for h in bad_hashes) >= 5
     stored = [(clone.path / ".git" / "cfd" / MARKER_NAME).read_text(), dump_index(sandbox["index"])]
-    for word in secret_words:
-        for text in outputs + stored:
-            assert word not in text, f"{word} leaked: {text[:300]}"
-    report("hostile-urls", inputs=len(bad_schemes) + 1, fetched_bad=0, secrets_leaked=0)
+    leaks = [(word, text[:300]) for word in secret_words for text in outputs + stored if word in text]
+    assert leaks == []
+    # The two bad URLs that name this server (a bad port, a leading space) never reach it either.
+    fetched_bad = [r.path for r in server.requests if r.path.split("?")[0] != path]
+    assert fetched_bad == []
+    report("hostile-urls", inputs=len(bad_schemes) + 1, refused=sum(h in failed for h in bad_hashes),
+           fetched_bad=len(fetched_bad), secrets_leaked=len(leaks))
 
 
 def dump_index(path: Path) -> str:
@@ -318,7 +340,8 @@ def test_private_addresses_are_refused_without_a_connection(scenario: Scenario, 
         assert "loopback, private or link-local" in failed[h] or "cannot resolve" in failed[h], (url, failed[h])
     assert server.requests == []
     assert elapsed < 15, "refusals must not wait for connection timeouts"
-    report("hostile-private-hosts", inputs=len(PRIVATE), connections=0, seconds=round(elapsed, 1))
+    report("hostile-private-hosts", inputs=len(PRIVATE), refused=sum(h in failed for h in hashes),
+           connections=len(server.requests), seconds=round(elapsed, 1))
 
 
 def test_redirect_from_a_public_host_into_the_lan_is_refused(server: ModelServer, tmp_path: Path) -> None:
@@ -352,13 +375,15 @@ def test_redirect_from_a_public_host_into_the_lan_is_refused(server: ModelServer
             assert not outcome.success, label
             expected = "backslash" if label == "backslash" else "loopback, private or link-local"
             assert expected in (outcome.error or ""), (label, outcome.error)
-        assert lan.requests == []
+        connections_to_lan = len(lan.requests)
+        assert connections_to_lan == 0
         assert len(server.requests) == len(targets)  # the first hop was allowed and asked
         # The same chain with the LAN host trusted too works: the refusal was about the address.
         trusted = DownloadOptions(private_hosts=(f"127.0.0.1:{server.port}", f"127.0.0.1:{lan.port}"))
         ok = download_models([jobs[0]], models_dir=tmp_path / "models", index_path=tmp_path / "i.db", options=trusted)[0]
         assert ok.success, ok.error
-    report("hostile-redirect-into-lan", inputs=len(targets), connections_to_lan=0)
+    report("hostile-redirect-into-lan", inputs=len(targets), refused=sum(not o.success for o in outcomes),
+           connections_to_lan=connections_to_lan)
 
 
 # --------------------------------------------------------------------------- values of the wrong kind
@@ -436,23 +461,26 @@ def test_escape_sequences_and_bidi_controls_from_a_manifest_never_reach_the_term
     for args in (("status",), ("status", "--json"), ("repair", "--dry-run"), ("repair", "--yes"), ("repair", "--yes", "--json")):
         result = run_cfd(*args, cwd=bob.path, env=dict(os.environ))
         outputs[" ".join(args)] = result.stdout + result.stderr
-    for where, out in outputs.items():
+    raw_controls = sum(bool(CONTROL.search(out) or BIDI.search(out)) for out in outputs.values())
+    forged = [where for where, out in outputs.items() if any(line.startswith("cfd: forged") for line in out.splitlines())]
+    for out in outputs.values():
         clean_output(out)
-        assert not any(line.startswith("cfd: forged") for line in out.splitlines()), (where, out)
+    assert forged == [], forged
     assert "\\u202egpj.safetensors" in outputs["repair --dry-run"]  # shown, as escapes
     problems = json.loads(run_cfd("status", "--json", cwd=bob.path, env=dict(os.environ)).stdout)["problems"]
     assert any("abcdef0123456789\\u000a" in p and "not a model hash" in p for p in problems), problems
     assert any("\\u001b]0;pwned" in p for p in problems), problems
     assert (sandbox["models"] / "checkpoints" / trick).read_bytes() == good.data  # the name itself is kept
-    report("hostile-escapes", outputs_checked=len(outputs), raw_controls=0)
+    report("hostile-escapes", outputs_checked=len(outputs), outputs_with_raw_controls=raw_controls, forged_lines=len(forged))
 
 
 def test_wrong_types_huge_and_negative_sizes(scenario: Scenario, server: ModelServer, sandbox: dict[str, Any]) -> None:
     text = WRONG_TYPES.replace("{url}", server.url("/e")).replace("{{", "{").replace("}}", "}")
     clone = env_with(scenario, ManifestBuilder().render() + text)
+    checked = 0
     for args in (("status",), ("status", "--json"), ("repair", "--dry-run"), ("repair", "--yes"), ("index", "scan")):
         result = run_cfd(*args, cwd=clone.path, env=sandbox["env"])
-        clean_output(result.stdout, result.stderr)
+        checked += clean_output(result.stdout, result.stderr)
         assert result.returncode in (0, 1), (args, result.stdout, result.stderr)
     status = json.loads(run_cfd("status", "--json", cwd=clone.path, env=sandbox["env"]).stdout)
     assert len(status["problems"]) >= 8
@@ -461,7 +489,8 @@ def test_wrong_types_huge_and_negative_sizes(scenario: Scenario, server: ModelSe
     assert "not enough disk space" in failed["aaaaaaaaaaaaaaa5"]  # 8 EiB
     assert "aaaaaaaaaaaaaaa4" in failed  # a size beyond TOML's range is no size; x.invalid cannot resolve
     assert server.requests == []
-    report("hostile-types", entries=text.count("filename ="), problems_listed=len(status["problems"]), tracebacks=0)
+    report("hostile-types", entries=text.count("filename ="), problems_listed=len(status["problems"]),
+           requests=len(server.requests), outputs_checked=checked)
 
 
 def test_deep_nesting_and_invalid_utf8_through_repair_and_hooks(scenario: Scenario, sandbox: dict[str, Any],
@@ -479,19 +508,20 @@ def test_deep_nesting_and_invalid_utf8_through_repair_and_hooks(scenario: Scenar
     scenario.seed({"pyproject.toml": ManifestBuilder().render()})
     alice, bob = scenario.clone("alice"), scenario.clone("bob")
     assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
+    checked = 0
     for label, data in cases.items():
         alice.commit(label, {"pyproject.toml": data})
         alice.push()
         pulled = bob.pull()
         assert pulled.returncode == 0 and bob.is_clean(), (label, pulled.stderr)
-        clean_output(pulled.stderr)
+        checked += clean_output(pulled.stderr)
         assert "does not parse" in pulled.stderr or "not valid UTF-8" in pulled.stderr, (label, pulled.stderr)
         for args in (("status",), ("repair", "--yes")):
             result = run_cfd(*args, cwd=bob.path, env=dict(os.environ))
-            clean_output(result.stdout, result.stderr)
+            checked += clean_output(result.stdout, result.stderr)
             assert result.returncode == 2 and result.stderr.startswith("cfd: error:"), (label, args, result.stderr)
             assert len(result.stderr.splitlines()) <= 2, (label, result.stderr)
-    report("hostile-encodings", inputs=len(cases), tracebacks=0)
+    report("hostile-encodings", inputs=len(cases), outputs_checked=checked)
 
 
 # --------------------------------------------------------------------------- size of the manifest
@@ -580,7 +610,8 @@ def test_a_token_never_appears_anywhere(scenario: Scenario, cfd_env: dict[str, s
         assert pulled.returncode == 0
         texts["git pull"] = pulled.stdout + pulled.stderr
         for args in (("status",), ("status", "--json"), ("repair", "--dry-run"), ("repair", "--yes"),
-                     ("repair", "--yes", "--json")):
+                     ("repair", "--yes", "--json"), ("index", "list"), ("index", "list", "--json"),
+                     ("index", "show", models[0].hash), ("index", "show", models[0].hash, "--json")):
             result = run_cfd(*args, cwd=bob.path, env=env)
             texts[" ".join(args)] = result.stdout + result.stderr
         agent = subprocess.Popen([*CFD, "agent", "run", "--retry-base", "0.2", "--settle", "0.2"], cwd=bob.path, env=env,
@@ -606,11 +637,23 @@ def test_a_token_never_appears_anywhere(scenario: Scenario, cfd_env: dict[str, s
         assert sent and all(r.headers["Authorization"] == f"Bearer {HF_SECRET}" for r in sent)  # the token was in play
         assert not any("Authorization" in r.headers for r in storage.requests)  # and never left its host
         assert (models_dir / models[0].relpath).read_bytes() == models[0].data
-        for where, text in texts.items():
-            for secret in (HF_SECRET, CIVITAI_SECRET, "SIGSECRET"):
-                assert secret not in text, f"{secret} leaked into {where}: {text[:500]}"
+        leaks = [(secret, where) for where, text in texts.items() for secret in (HF_SECRET, CIVITAI_SECRET, "SIGSECRET")
+                 if secret in text]
+        assert leaks == [], leaks
         assert "HF_TOKEN" in texts["repair --yes"]  # the hint names where the token came from, not what it is
-    report("hostile-token-leak", outputs_checked=len(texts), hub_requests_with_token=len(sent), leaks=0)
+    report("hostile-token-leak", outputs_checked=len(texts), hub_requests_with_token=len(sent),
+           storage_requests_with_token=sum("Authorization" in r.headers for r in storage.requests), leaks=len(leaks))
+
+
+def test_cfd_hash_of_a_fifo_or_device_does_not_block(tmp_path: Path) -> None:
+    """`cfd hash` reads what it is given: a FIFO would block and /dev/zero never ends."""
+    os.mkfifo(tmp_path / "pipe")
+    result = subprocess.run([*CFD, "hash", "pipe", "/dev/zero"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "cfd: error: cannot hash pipe: not a regular file",
+        "cfd: error: cannot hash /dev/zero: not a regular file",
+    ]
 
 
 def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture,
@@ -794,7 +837,7 @@ def test_repair_and_hook_never_write_outside_the_models_dir(scenario: Scenario, 
     outside.mkdir(parents=True)
     clone = scenario.clone("bob")
     clone.commit("start", {"pyproject.toml": ManifestBuilder().render()})
-    counter = {"examples": 0, "downloaded": 0, "refused": 0}
+    counter = {"examples": 0, "downloaded": 0, "refused": 0, "outside": 0}
 
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.data())
@@ -817,7 +860,9 @@ def test_repair_and_hook_never_write_outside_the_models_dir(scenario: Scenario, 
             counter["refused"] += sum("refusing" in f.error for f in result.failed)
         except CfdError:
             pass
-        assert outside_writes(root, models, before, landings) == [], text
+        escaped = outside_writes(root, models, before, landings)
+        counter["outside"] += len(escaped)
+        assert escaped == [], text
         # The same manifest arriving through a pull (the hook's path), into a fresh models dir.
         models2 = run / "models2"
         models2.mkdir()
@@ -830,11 +875,13 @@ def test_repair_and_hook_never_write_outside_the_models_dir(scenario: Scenario, 
             sync_between(env, "HEAD~1", "HEAD", trigger="post-merge", mode="download", strategy="all")
         except CfdError:
             pass
-        assert [p for p in outside_writes(root, models2, before, deep_landings(models2, text))
-                if not p.startswith(str(models) + os.sep)] == [], text
+        escaped = [p for p in outside_writes(root, models2, before, deep_landings(models2, text))
+                   if not p.startswith(str(models) + os.sep)]
+        counter["outside"] += len(escaped)
+        assert escaped == [], text
         clone.git("checkout", "-q", "--", "pyproject.toml")
 
     check()
     assert counter["downloaded"] > 0, "no example downloaded anything: the property proved little"
     report("hostile-property-repair-and-hook", examples=counter["examples"], downloads=counter["downloaded"],
-           refusals=counter["refused"], written_outside=0)
+           refusals=counter["refused"], written_outside=counter["outside"])

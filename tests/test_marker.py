@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from helpers.chaos import Lines, wait_until
 
 from cfd.core.manifest import ManifestModel, WorkflowModelRef
 from cfd.core.marker import MARKER_NAME, Marker, PendingEntry
@@ -94,6 +94,7 @@ WRITER = """
         marker.write([PendingEntry(key=f"{n}-{i}", filename="f" * 200, relative_path="p" * 200, size=i,
                                    sources=("https://h/x",), criticality="required", workflows=("wf",),
                                    reason="deferred") for i in range(2000)])
+        print(n, flush=True)
 """
 
 
@@ -101,33 +102,46 @@ def test_killing_a_writer_mid_write_never_corrupts(tmp_path: Path) -> None:
     marker = Marker(tmp_path)
     marker.write([entry("first")])
     for attempt in range(6):
-        writer = _run(WRITER, str(tmp_path))
-        time.sleep(0.3 + 0.17 * attempt)  # land at different points of a write
+        writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(tmp_path)],
+                                  stdout=subprocess.PIPE, text=True)
+        written = Lines(writer.stdout)
+        # Killed only once it is in its write loop: 1 to 6 writes done, the next one under way.
+        wait_until(lambda: len(written.lines) >= 1 + attempt, 60, f"{1 + attempt} marker writes")
         writer.send_signal(signal.SIGKILL)
         writer.wait()
+        assert writer.returncode == -signal.SIGKILL  # the kill landed on a running writer
         warnings: list[str] = []
         entries = Marker(tmp_path, warnings.append).read()
         assert not warnings, warnings
-        assert entries and (entries[0].key == "first" or len(entries) == 2000)
+        finished = written.text().split()
+        # One whole write: the last one finished, or the one the kill cut if its rename came first.
+        assert len(entries) == 2000 and entries[0].key.split("-")[0] in (finished[-1], str(len(finished) + 1))
         json.loads(marker.path.read_text())  # whole, valid JSON every time
 
 
 MERGER = """
-    import sys
+    import sys, time
     from pathlib import Path
     from cfd.core.marker import Marker, PendingEntry
-    marker = Marker(Path(sys.argv[1]))
+    marker, me, other = Marker(Path(sys.argv[1])), sys.argv[2], sys.argv[3]
     for i in range(40):
-        marker.merge([PendingEntry(key=f"{sys.argv[2]}-{i}", filename="f", relative_path="p", size=1,
+        marker.merge([PendingEntry(key=f"{me}-{i}", filename="f", relative_path="p", size=1,
                                    sources=(), criticality="optional", workflows=(), reason="deferred")])
+        if i == 0:  # overlap for real: go on only once the other process has merged too
+            deadline = time.monotonic() + 60
+            while f"{other}-0" not in {e.key for e in marker.read()}:
+                if time.monotonic() > deadline:
+                    sys.exit(3)
+                time.sleep(0.01)
 """
 
 
 def test_concurrent_merges_from_two_processes_lose_nothing(tmp_path: Path) -> None:
-    writers = [_run(MERGER, str(tmp_path), name) for name in ("hook", "agent")]
-    assert [w.wait(timeout=90) for w in writers] == [0, 0]
-    keys = {e.key for e in Marker(tmp_path).read()}
-    assert keys == {f"{name}-{i}" for name in ("hook", "agent") for i in range(40)}
+    writers = [_run(MERGER, str(tmp_path), name, other) for name, other in (("hook", "agent"), ("agent", "hook"))]
+    assert [w.wait(timeout=90) for w in writers] == [0, 0]  # 3: the other never merged while this one ran
+    keys = [e.key for e in Marker(tmp_path).read()]
+    assert set(keys) == {f"{name}-{i}" for name in ("hook", "agent") for i in range(40)}
+    assert len(keys) == 80
     leftovers = [p.name for p in (tmp_path / "cfd").iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
 

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import requests
+from helpers.chaos import wait_until
 
 from cfd.cli.model_server import (
     ModelServer,
@@ -181,7 +182,7 @@ def test_bytes_sent_counts_partial_write_when_client_hangs_up(srv):
     r = get(srv, stream=True)
     first = next(r.iter_content(1000))
     r.close()  # hang up mid-body
-    time.sleep(0.4)
+    wait_until(lambda: srv.requests_for(PATH)[0].finished, 20, "the server to notice the hang-up")
     sent = srv.bytes_sent(PATH)
     assert len(first) <= sent < len(DATA)
 
@@ -201,7 +202,7 @@ def test_quiet_even_when_clients_hang_up(srv, capfd):
     with socket.create_connection(("127.0.0.1", srv.port)) as s:
         s.sendall(f"GET {PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     get(srv, "/nope")
-    time.sleep(0.2)
+    wait_until(lambda: len(srv.requests) == 3 and all(r.finished for r in srv.requests), 20, "every request to be handled")
     out, err = capfd.readouterr()
     assert err == ""
 
@@ -435,3 +436,20 @@ def test_cli_serves_a_directory(tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# --------------------------------------------------------------------------- hold
+
+
+def test_hold_keeps_requests_waiting_until_release(srv):
+    srv.hold()
+    replies = []
+    clients = [threading.Thread(target=lambda: replies.append(get(srv, timeout=30))) for _ in range(2)]
+    for client in clients:
+        client.start()
+    wait_until(lambda: len(srv.held) == 2, 20, "both clients to connect")
+    assert replies == []  # both connected, neither answered
+    srv.release()
+    for client in clients:
+        client.join(timeout=30)
+    assert [r.content for r in replies] == [DATA, DATA] and srv.held == []

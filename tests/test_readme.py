@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cfd.core import __version__
 from cfd.core.settings import SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,3 +106,43 @@ def test_exit_code_table_has_the_agents_already_running_code():
     table = README.split("## Exit codes", 1)[1].split("\n\n", 2)[1]
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()}
     assert "`cfd agent run`: another agent already serves this models directory" in rows[str(ALREADY_RUNNING)]
+
+
+def _other_cfd_first_on_path(tmp_path: Path) -> dict[str, str]:
+    """A fake ComfyDock `cfd` earlier on PATH than this installation."""
+    other = tmp_path / "comfydock-bin"
+    other.mkdir()
+    (other / "cfd").write_text("#!/bin/sh\necho 'ComfyDock CLI'\n")
+    (other / "cfd").chmod(0o755)
+    return {**os.environ, "PATH": f"{other}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_the_unambiguous_name_is_installed_and_is_cfd():
+    script = Path(sys.executable).parent / "comfy-model-sync"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, f"cfd {__version__}\n")
+    assert "comfy-model-sync" in README and "comfydock-cli" in README
+
+
+def test_version_says_when_another_cfd_is_first_on_path(tmp_path):
+    env = _other_cfd_first_on_path(tmp_path)
+    result = subprocess.run([str(Path(sys.executable).parent / "cfd"), "--version"], capture_output=True, text=True, env=env)
+    assert result.stdout == f"cfd {__version__}\n"
+    assert result.stderr.startswith(f"note: `cfd` on your PATH is another program ({tmp_path / 'comfydock-bin' / 'cfd'}")
+    assert "comfy-model-sync" in result.stderr
+    ours_first = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
+    result = subprocess.run(["cfd", "--version"], capture_output=True, text=True, env=ours_first)
+    assert (result.stdout, result.stderr) == (f"cfd {__version__}\n", "")
+
+
+def test_install_sh_is_quiet_and_names_the_clash(tmp_path):
+    """A repeat install prints one line (no setuptools editable-install essay), plus the clash note."""
+    result = subprocess.run(
+        ["/bin/sh", str(ROOT / "install.sh"), "--dev"], capture_output=True, text=True, env=_other_cfd_first_on_path(tmp_path), timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"cfd installed: {ROOT}/.venv/bin/cfd, also {ROOT}/.venv/bin/comfy-model-sync (cfd {__version__})"
+    ]
+    assert "Editable installation" not in result.stderr and "Please be careful" not in result.stderr, result.stderr
+    assert "note: `cfd` on your PATH is another program" in result.stderr

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from helpers import Clone, ManifestBuilder, Scenario, short_hash_for
+from helpers.chaos import wait_until
+from helpers.proxy import Proxy
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
 from cfd.core.environment import open_environment
@@ -268,21 +270,49 @@ def test_required_strategy_is_complete_when_required_models_are_here(scenario: S
 
 
 def test_two_concurrent_repairs_download_each_file_once(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
+    """The first run (2 at a time) connects for m0 and m1 and is held there; the second (3 at a
+    time) waits at those two locks and connects for m2: both are connected at once."""
     models = [Model(server, f"m{i}.safetensors", i, 4 * MIB + i) for i in range(3)]
-    for model in models:
-        server.set_fault(model.path, throttle=16 * MIB)  # slow enough that the two runs overlap
     clone = make_env(scenario, manifest(models).render())
     argv = [sys.executable, "-m", "cfd.cli.main", "repair", "--yes"]
-    runs = [
-        subprocess.Popen(argv, cwd=clone.path, env=cfd_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    outputs = [run.communicate(timeout=100) for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], outputs
+
+    def start(jobs: int) -> subprocess.Popen[str]:
+        return subprocess.Popen(argv, cwd=clone.path, env={**cfd_env, "CFD_JOBS": str(jobs)}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    server.hold()
+    first = start(2)
+    wait_until(lambda: len(server.held) == 2, 60, "the first repair to connect for two models")
+    second = start(3)
+    wait_until(lambda: len(server.held) == 3, 60, "the second repair to connect for the third model")
+    held_paths = sorted(r.path for r in server.held)
+    server.release()
+    outputs = [run.communicate(timeout=100) for run in (first, second)]
+    assert held_paths == sorted(model.path for model in models)  # all three in flight at once, from two processes
+    assert [run.returncode for run in (first, second)] == [0, 0], outputs
     for model in models:
         assert (models_dir / model.relative_path).read_bytes() == model.data
         assert server.bytes_sent(model.path) == model.size, model.name
     assert marker_of(clone) == {}
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy"])
+def test_downloads_go_through_the_proxy_the_environment_names(scenario: Scenario, server: ModelServer,
+                                                               cfd_env: dict[str, str], models_dir: Path, variable: str) -> None:
+    """The README: downloads honour HTTP(S)_PROXY and NO_PROXY as requests does (a real proxy)."""
+    models = [Model(server, f"p{i}.safetensors", 60 + i, MIB + i) for i in range(2)]
+    clone = make_env(scenario, manifest(models).render())
+    with Proxy() as proxy:
+        first = cfd(clone, {**cfd_env, variable: proxy.url, "NO_PROXY": "example.invalid"}, "repair", "--yes", "--models", "all")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert sorted(proxy.requests) == sorted(("GET", server.url(m.path)) for m in models)  # every file, via the proxy
+        assert all((models_dir / m.relative_path).read_bytes() == m.data for m in models)
+        for m in models:
+            (models_dir / m.relative_path).unlink()
+        second = cfd(clone, {**cfd_env, variable: proxy.url, "NO_PROXY": "127.0.0.1"}, "repair", "--yes", "--models", "all")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert len(proxy.requests) == len(models)  # NO_PROXY: straight to the server this time
+        assert len(server.requests) == 2 * len(models)
 
 
 def test_intent_is_downloaded_and_written_into_pyproject(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from cfd.core.environment import find_repo, open_environment
 from cfd.core.errors import ConfigError, EnvironmentNotFound
-from cfd.core.settings import SPECS, resolve_settings
+from cfd.core.settings import SPECS, git_config_text, resolve_settings, suggest_key
 from helpers.gitscenario import run_git
 
 PYPROJECT = '[project]\nname = "env"\n\n[tool.comfydock]\ncomfyui_version = "v0.3.40"\n'
@@ -123,20 +123,43 @@ def test_paths_expand_the_home_directory(repo: Path) -> None:
     ],
 )
 def test_bad_environment_values(repo: Path, env: str, value: str) -> None:
+    settings = resolve_settings(repo, environ={env: value})  # resolving never fails: only a reader does
+    spec = next(spec for spec in SPECS if spec.env == env)
     with pytest.raises(ConfigError) as caught:
-        resolve_settings(repo, environ={env: value})
+        settings[spec.key]
     message = caught.value.message
     assert message.startswith(f"{env} = {value!r} is not valid: expected")
     assert "\n" not in message and "int()" not in message and "float" not in message
     assert caught.value.hint == f"fix it, or unset it (unset {env})"
+    assert [bad.key for bad in settings.problems()] == [spec.key]
+    assert settings.setting(spec.key).raw == value
 
 
 def test_bad_git_config_value_names_the_key(repo: Path) -> None:
     run_git("config", "cfd.jobs", "lots", cwd=repo)
+    settings = resolve_settings(repo, environ={})
+    assert settings["cfd.models"] == "required"  # the other settings still read
     with pytest.raises(ConfigError) as caught:
-        resolve_settings(repo, environ={})
+        settings["cfd.jobs"]
     assert caught.value.message.startswith("cfd.jobs = 'lots' is not valid")
     assert "git config --unset cfd.jobs" in (caught.value.hint or "")
+
+
+def test_unknown_git_config_keys_are_kept_with_a_suggestion(repo: Path) -> None:
+    run_git("config", "cfd.modelDir", "/data/models", cwd=repo)
+    run_git("config", "cfd.colour", "blue", cwd=repo)
+    settings = resolve_settings(repo, environ={})
+    assert settings.unknown_keys == {"cfd.modeldir": "local", "cfd.colour": "local"}
+    assert suggest_key("cfd.modeldir") == "cfd.modelsDir"
+    assert suggest_key("cfd.onpul") == "cfd.onPull"
+    assert suggest_key("cfd.colour") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(True, "true"), (False, "false"), (30.0, "30"), (0.5, "0.5"), (4, "4"), (None, None)]
+)
+def test_values_print_the_way_git_config_takes_them(value: object, text: str | None) -> None:
+    assert git_config_text(value) == text
 
 
 def test_good_unusual_values(repo: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from cfd.cli.main import build_parser
 from cfd.core import __version__
+from cfd.core.index import ModelIndex
 from cfd.core.marker import Marker, PendingEntry
 from cfd.core.settings import SPECS
 from helpers.gitscenario import run_git
@@ -35,7 +36,7 @@ def cfd(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> subp
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     """Exit 2, one `cfd: error:` line (and at most a hint line), no traceback."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.returncode == 2, (result.stdout[-800:], result.stderr)
     lines = result.stderr.splitlines()
     assert lines and lines[0].startswith("cfd: error: "), result.stderr
     assert len(lines) <= 2 and all(line.startswith("hint: ") for line in lines[1:]), result.stderr
@@ -326,11 +327,32 @@ def test_repo_without_pyproject_is_not_an_environment(env: Env) -> None:
     assert_clean_error(env.run("status"), "no ComfyDock environment found")
 
 
-def test_bad_setting(env: Env) -> None:
+def test_a_bad_setting_stops_only_what_reads_it(env: Env) -> None:
     two_workflows(env, present=True)
-    assert_clean_error(env.run("status", CFD_JOBS="many"), "CFD_JOBS = 'many' is not valid")
-    run_git("config", "cfd.models", "some", cwd=env.repo)
-    assert_clean_error(env.run("status"), "cfd.models = 'some' is not valid")
+    env.run("index", "scan")
+    run_git("config", "cfd.models", "requierd", cwd=env.repo)  # read by hooks and plain `cfd repair` only
+    status = env.run("status")
+    assert status.returncode == 0, status.stderr
+    assert "In sync" in status.stdout or "in sync" in status.stdout.lower(), status.stdout
+    assert status.stderr.splitlines() == [
+        "cfd: warning: cfd.models = 'requierd' is not valid: expected one of all|required|skip "
+        "(not used by this command; fix it, or unset it (git config --unset cfd.models))"
+    ]
+    for args in (("repair", "--models", "all"), ("repair",), ("config",)):
+        result = env.run(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    # What reads the setting stops there: the hook says so and leaves git alone.
+    hook = subprocess.run(
+        [sys.executable, "-m", "cfd.hooks.runtime", "post-checkout", "0" * 40, "0" * 40, "1"],
+        cwd=env.repo, env=env.vars, capture_output=True, text=True, timeout=60,
+    )
+    assert hook.returncode == 0 and "cfd.models = 'requierd' is not valid" in hook.stderr, hook.stderr
+
+
+def test_a_bad_setting_a_command_reads_is_its_error(env: Env) -> None:
+    two_workflows(env, present=False)
+    assert_clean_error(env.run("repair", "--yes", CFD_JOBS="many"), "CFD_JOBS = 'many' is not valid")
 
 
 def test_no_models_dir_configured(env: Env) -> None:
@@ -376,6 +398,30 @@ def test_index_scan_of_a_missing_models_dir_is_a_clean_error(env: Env, tmp_path:
     assert_clean_error(env.run("index", "scan", CFD_MODELS_DIR=str(tmp_path / "unmounted")), "does not exist")
 
 
+def test_index_list_and_show_give_a_manifest_writer_the_hashes(env: Env) -> None:
+    env.write(ManifestBuilder().render())
+    a, _ = make_model(env.models, "checkpoints/a.safetensors", 1, 4096)
+    b, b_path = make_model(env.models, "loras/b.safetensors", 2, 2048)
+    assert env.run("index", "scan").returncode == 0
+    with ModelIndex(env.vars["CFD_INDEX"], env.models) as index:
+        index.add_source(a, HF + "a.safetensors?token=SECRET")
+    b_path.unlink()  # indexed, but no longer on disk
+    listed = json.loads(env.run("index", "list", "--json").stdout)
+    assert [(m["hash"], m["size"], m["locations"]) for m in listed] == [
+        (a, 4096, [{"relative_path": "checkpoints/a.safetensors", "on_disk": True}]),
+        (b, 2048, [{"relative_path": "loras/b.safetensors", "on_disk": False}]),
+    ]
+    text = env.run("index", "list")
+    assert text.returncode == 0 and text.stdout.splitlines()[0].split()[:4] == [a, "4.0", "KiB", "checkpoints/a.safetensors"]
+    assert "loras/b.safetensors  (not on disk" in text.stdout
+    shown = json.loads(env.run("index", "show", a[:6], "--json").stdout)
+    assert (shown["hash"], shown["sources"]) == (a, [HF + "a.safetensors?token=***"])
+    assert "SECRET" not in env.run("index", "show", a).stdout
+    assert f"file:    {env.models / 'checkpoints/a.safetensors'}" in env.run("index", "show", a).stdout
+    assert_clean_error(env.run("index", "show", "0123456789abcdef"), "no model 0123456789abcdef in the index")
+    assert_clean_error(env.run("index", "show", "zz; rm"), "'zz; rm' is not a hash")
+
+
 # --- cfd config ----------------------------------------------------------------------------
 
 
@@ -410,9 +456,38 @@ def test_config_help_names_every_variable(env: Env) -> None:
         assert spec.key in result.stdout and spec.env in result.stdout
 
 
-def test_config_with_bad_value_is_a_clean_error(env: Env) -> None:
+def test_config_shows_a_bad_value_with_its_error(env: Env) -> None:
     two_workflows(env, present=True)
-    assert_clean_error(env.run("config", CFD_ALLOW_PRIVATE_NETWORKS="perhaps"), "CFD_ALLOW_PRIVATE_NETWORKS = 'perhaps'")
+    run_git("config", "cfd.models", "requierd", cwd=env.repo)
+    result = env.run("config", CFD_ALLOW_PRIVATE_NETWORKS="perhaps")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    models = next(i for i, line in enumerate(lines) if line.startswith("cfd.models "))
+    assert lines[models].split()[1:] == ["requierd", "[git", "config", "(local)]"]
+    assert "not valid: expected one of all|required|skip" in lines[models + 1]
+    assert "git config --unset cfd.models" in lines[models + 1]
+    rows = {row["key"]: row for row in json.loads(env.run("config", "--json", CFD_ALLOW_PRIVATE_NETWORKS="perhaps").stdout)["settings"]}
+    assert rows["cfd.allowPrivateNetworks"]["value"] == "perhaps"
+    assert rows["cfd.allowPrivateNetworks"]["error"].startswith("CFD_ALLOW_PRIVATE_NETWORKS = 'perhaps' is not valid")
+    assert "error" not in rows["cfd.jobs"]
+
+
+def test_config_lists_unknown_keys_with_a_guess(env: Env) -> None:
+    env.write(ManifestBuilder().render())
+    run_git("config", "cfd.modelDir", "/data/models", cwd=env.repo)
+    result = env.run("config")
+    assert result.returncode == 0, result.stderr
+    assert "unknown key cfd.modeldir in git config (local): cfd ignores it (did you mean cfd.modelsDir?)" in result.stdout
+    data = json.loads(env.run("config", "--json").stdout)
+    assert data["unknown_keys"] == [{"key": "cfd.modeldir", "scope": "local", "did_you_mean": "cfd.modelsDir"}]
+
+
+def test_config_prints_values_the_way_git_config_takes_them(env: Env) -> None:
+    env.write(ManifestBuilder().render())
+    run_git("config", "cfd.allowPrivateNetworks", "yes", cwd=env.repo)
+    lines = {line.split()[0]: line.split()[1] for line in env.run("config").stdout.splitlines() if line.startswith("cfd.")}
+    assert (lines["cfd.allowPrivateNetworks"], lines["cfd.stallTimeout"], lines["cfd.hooks.enabled"]) == ("true", "30", "true")
 
 
 # --- --help and --version ------------------------------------------------------------------

@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -153,13 +154,54 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, poll: float 
         time.sleep(poll)
 
 
+class Lines:
+    """Collects a pipe's lines as they arrive (a thread), so a test can wait for one."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def has(self, fragment: str) -> bool:
+        return any(fragment in line for line in list(self.lines))
+
+    def text(self, timeout: float = 30) -> str:
+        """Everything, once the pipe has closed."""
+        self._thread.join(timeout)
+        return "".join(self.lines)
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Where a kill was aimed, and whether it hit a live process (one that had exited is no fault)."""
+
+    point: str
+    landed: bool
+
+    def __str__(self) -> str:
+        return self.point if self.landed else f"{self.point} (already exited)"
+
+
+def is_running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie has exited: a SIGKILL to it changes nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def kill_at_random_point(rng: random.Random, proc: subprocess.Popen[Any], progress: Callable[[], int], total: int,
-                         victim: Callable[[], int | None] | None = None, max_seconds: float = 3.0) -> str:
+                         victim: Callable[[], int | None] | None = None, max_seconds: float = 3.0) -> Kill:
     """SIGKILL `proc` (or the pid `victim()` names) at a point drawn from `rng`.
 
     Half the time the point is a byte count (somewhere in the transfer), half the time
     a delay from now (start-up, planning, downloading, placing, writing the marker).
-    Returns a short description of the point.
+    Says where, and whether the signal reached a process that was still running.
     """
     if rng.random() < 0.5:
         at = int(total * rng.uniform(0.02, 0.98))
@@ -174,12 +216,14 @@ def kill_at_random_point(rng: random.Random, proc: subprocess.Popen[Any], progre
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.002)
     pid = victim() if victim else proc.pid
-    if pid is not None:
+    landed = False
+    if pid is not None and is_running(pid):
         try:
             os.kill(pid, signal.SIGKILL)
+            landed = True
         except ProcessLookupError:
             pass
-    return what
+    return Kill(what, landed)
 
 
 # --------------------------------------------------------------------------- invariants
