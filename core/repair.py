@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .download import DownloadCallbacks, DownloadJob, DownloadOutcome
 
 Warn = Callable[[str], None]
+BUDGET_REASON = "hook-time-budget"  # the marker's reason for what a hook's time budget left
 _URL_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 
@@ -127,15 +128,19 @@ def _download(
     callbacks: DownloadCallbacks | None,
     cancel: threading.Event | None,
     max_rate: int = 0,
+    deadline: float | None = None,
 ) -> list[DownloadOutcome]:
     from .download import DownloadOptions, DownloadOutcome, download_models
 
+    overrides: dict[str, object] = {"max_rate": max_rate} if max_rate else {}
+    if deadline is not None:
+        overrides.update(deadline=deadline, budget=env.settings["cfd.hookTimeBudget"])
     try:
         return download_models(
             jobs,
             models_dir=env.models_dir,
             index_path=env.index_path,
-            options=DownloadOptions.from_settings(env, **({"max_rate": max_rate} if max_rate else {})),
+            options=DownloadOptions.from_settings(env, **overrides),
             callbacks=callbacks,
             cancel=cancel,
         )
@@ -186,23 +191,28 @@ def sync_models(
     trigger: str = "",
     warn: Warn | None = None,
     max_rate: int = 0,
+    deadline: float | None = None,
 ) -> SyncResult:
     """Download `models` and `intents`; failures and interruptions go to the marker, successes leave it.
 
-    `max_rate` (bytes/s over all files, 0 = unlimited) is the agent's `cfd.agent.maxRate`."""
+    `max_rate` (bytes/s over all files, 0 = unlimited) is the agent's `cfd.agent.maxRate`;
+    `deadline` (time.monotonic()) is a hook's time budget: what is left then is pending
+    with reason "hook-time-budget"."""
     jobs = jobs_from(models, intents)
     if not jobs:
         return SyncResult([], [], [])
     marker = Marker(env.git_dir, warn)
     base = {entry.key: entry for entry in pending_entries(models, intents, "failed", trigger)}
     try:
-        outcomes = _download(env, jobs, callbacks, cancel, max_rate)
+        outcomes = _download(env, jobs, callbacks, cancel, max_rate, deadline)
     except KeyboardInterrupt:
         marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
         raise
     cancelled = cancel is not None and cancel.is_set()
     result = _sort_outcomes(jobs, outcomes, cancelled)
-    entries = [replace(base[key], reason="failed", error=error) for key, error in result.failed.items()]
+    over_budget = {outcome.job.key for outcome in outcomes if outcome.over_budget}
+    entries = [replace(base[key], reason=BUDGET_REASON if key in over_budget else "failed", error=error)
+               for key, error in result.failed.items()]
     entries += [replace(base[key], reason="interrupted", error=error) for key, error in result.interrupted.items()]
     marker.merge(entries, drop=[outcome.job.key for outcome in result.succeeded])
     filenames = {job.key: job.filename for job in jobs}

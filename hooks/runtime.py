@@ -87,6 +87,7 @@ def summary(outcome: object) -> str | None:
             "no-source": "without a source",
             "deferred": "deferred by cfd.onPull=defer",
             "background": "for the agent",
+            "hook-time-budget": "left by the hook time budget (cfd.hookTimeBudget)",
         }
         detail = ", ".join(f"{n} {labels.get(reason, reason)}" for reason, n in sorted(reasons.items()))
         return "; ".join(parts) + f"; {len(left)} pending ({detail}): run `cfd repair`"
@@ -134,7 +135,8 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
         return
     from .progress import HookProgress
 
-    outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=HookProgress(err), repo=repo)
+    outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=HookProgress(err), repo=repo,
+                           time_budget=env.settings["cfd.hookTimeBudget"])
     for warning in outcome.warnings[:3]:
         _say(err, f"warning: {warning}")
     if len(outcome.warnings) > 3:

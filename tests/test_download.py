@@ -18,6 +18,7 @@ import pytest
 from blake3 import blake3
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
+from cfd.core.tensorfile import safetensors_bytes
 from cfd.core.download import (
     DownloadCallbacks,
     DownloadJob,
@@ -538,9 +539,10 @@ def test_not_enough_space_is_said_plainly(server: ModelServer, models_dir: Path,
     assert server.requests == []
 
 
-def test_write_error_keeps_the_partial_for_resume(server: ModelServer, models_dir: Path, index_path: Path) -> None:
-    """A file-size limit makes pwrite fail with EFBIG mid-stream, as a full or FAT disk would."""
-    data = generate_model_bytes(28, 4 * MIB)
+def test_write_error_discards_a_partial_of_unknown_size(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+    """A file-size limit makes pwrite fail with EFBIG mid-stream, as a full or FAT disk would. Without a
+    length nothing could check a resumed file: the partial is discarded, never kept to be refilled."""
+    data = safetensors_bytes(generate_model_bytes(28, 4 * MIB))
     url = server.add_file("/m", data)
     server.set_fault("/m", no_length=True)  # an intent of unknown size: nothing is preallocated
     job = DownloadJob("intent:wf/1/0", "m.safetensors", REL, None, (url,), None)
@@ -558,11 +560,11 @@ def test_write_error_keeps_the_partial_for_resume(server: ModelServer, models_di
     assert result.stderr == ""
     reply = json.loads(result.stdout)
     assert not reply["success"] and reply["error"].startswith("file too large for the file system while writing m.safetensors")
-    assert "kept" in reply["error"] and not (models_dir / REL).exists()
-    assert (models_dir / ".cfd" / "staging" / f"{staging_name(job.key)}.part").stat().st_size == 2 * MIB
+    assert "discarded" in reply["error"] and not (models_dir / REL).exists()
+    assert staging_files(models_dir) == []
     server.clear_faults()
     outcome = one(job, models_dir, index_path)
-    assert outcome.success and outcome.bytes_fetched < len(data)  # resumed, not restarted
+    assert outcome.success and outcome.bytes_fetched == len(data)
     assert (models_dir / REL).read_bytes() == data
 
 
@@ -609,22 +611,58 @@ def test_intent_is_downloaded_hashed_and_remembered_by_source(server: ModelServe
     assert again.success and again.bytes_fetched == 0 and server.requests == []
 
 
-def test_intent_without_length_resumes(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+def test_intent_cut_short_without_length_is_refused(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+    """Without a length a cut looks like the end: nothing confirms it, so nothing is placed (nor kept)."""
     data = generate_model_bytes(31, 3 * MIB)
     url = server.add_file("/x", data)
     server.set_fault("/x", no_length=True, close_after=MIB, close_times=1)
-    job = DownloadJob("intent:wf1/8/0", "x.safetensors", "loras/x.safetensors", None, (url,), None)
+    job = DownloadJob("intent:wf1/8/0", "x.ckpt", "loras/x.ckpt", None, (url,), None)
     outcome = one(job, models_dir, index_path)
-    # Without a length the first cut looks like the end; the intent is then a 1 MiB file.
+    assert not outcome.success and "without saying how many to expect" in outcome.error
+    assert "\n" not in outcome.error and not (models_dir / "loras/x.ckpt").exists()
+    assert staging_files(models_dir) == []
     # With a length (the normal case) the cut is detected and resumed.
-    assert outcome.success
     server.set_fault("/x", close_after=MIB, close_times=1)
-    job2 = replace(job, key="intent:wf1/9/0", relative_path="loras/y.safetensors", filename="y.safetensors")
-    with ModelIndex(index_path, models_dir) as index:
-        index.remove_location("loras/x.safetensors")
-    outcome = one(job2, models_dir, index_path, opts={"connections": 1})
-    assert outcome.success and (models_dir / "loras/y.safetensors").read_bytes() == data
+    outcome = one(job, models_dir, index_path, opts={"connections": 1})
+    assert outcome.success and (models_dir / "loras/x.ckpt").read_bytes() == data
     assert outcome.short_hash == short_hash_bytes(data)
+
+
+@pytest.mark.parametrize("cut", [True, False])
+def test_safetensors_without_length_is_checked_against_its_header(
+    server: ModelServer, models_dir: Path, index_path: Path, cut: bool
+) -> None:
+    data = safetensors_bytes(generate_model_bytes(32, 3 * MIB))
+    url = server.add_file("/s", data)
+    server.set_fault("/s", no_length=True, **({"close_after": 2 * MIB, "close_times": 1} if cut else {}))
+    job = DownloadJob("intent:wf1/9/0", "s.safetensors", "loras/s.safetensors", None, (url,), None)
+    outcome = one(job, models_dir, index_path)
+    if cut:
+        assert not outcome.success and "cut short" in outcome.error and f"header says {len(data)}" in outcome.error
+        assert not (models_dir / "loras/s.safetensors").exists() and staging_files(models_dir) == []
+    else:
+        assert outcome.success and (models_dir / "loras/s.safetensors").read_bytes() == data
+
+
+def test_unknown_size_over_the_ceiling_is_refused(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+    data = safetensors_bytes(generate_model_bytes(33, 3 * MIB))
+    url = server.add_file("/big", data)
+    job = DownloadJob("intent:wf1/10/0", "big.safetensors", "loras/big.safetensors", None, (url,), None)
+    for no_length in (False, True):  # announced, then streamed without a length
+        server.set_fault("/big", no_length=no_length)
+        outcome = one(job, models_dir, index_path, opts={"max_unknown_size": 2 * MIB})
+        assert not outcome.success and "more than cfd.maxUnknownSize (2.0 MiB)" in outcome.error, outcome.error
+        assert staging_files(models_dir) == [] and not (models_dir / "loras/big.safetensors").exists()
+
+
+def test_announced_length_larger_than_the_free_space_is_refused(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+    data = generate_model_bytes(34, MIB)
+    url = server.add_file("/huge", data)
+    server.set_fault("/huge", wrong_content_length=1 << 60)  # claims an exabyte
+    job = DownloadJob("intent:wf1/11/0", "huge.ckpt", "loras/huge.ckpt", None, (url,), None)
+    outcome = one(job, models_dir, index_path, opts={"max_unknown_size": 1 << 62})
+    assert not outcome.success and outcome.error.startswith("not enough disk space for huge.ckpt"), outcome.error
+    assert staging_files(models_dir) == []
 
 
 def test_errors_never_leak_tokens_or_url_secrets(server: ModelServer, models_dir: Path, index_path: Path) -> None:
