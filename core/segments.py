@@ -158,6 +158,7 @@ class Transfer:
     def _reset(self) -> None:
         """Start this source over (fresh plan, empty file)."""
         connections = 1 if self.single else self.options.connections
+        self.stop.clear()  # a failed sibling segment stopped the others; the new plan starts fresh
         self.file.reset(plan_segments(self.job.size, connections, self.options.segment_min))
 
     def _halt(self) -> None:
