@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .environment import Environment
-from .errors import CfdError
+from .errors import CfdError, disk_message
 from .index import ModelIndex
 from .manifest import WorkflowModelRef, stronger
 from .marker import Marker, PendingEntry, intent_key
@@ -342,7 +342,7 @@ class RepairResult:
     @property
     def complete(self) -> bool:
         """Every model the strategy asked for is present now."""
-        return not self.interrupted and not _missing_in_scope(self.after, self.plan.strategy)
+        return not self.interrupted and not self.resolve_error and not _missing_in_scope(self.after, self.plan.strategy)
 
 
 def _marker_entries(
@@ -401,7 +401,13 @@ def run_repair(
         resolve_error = str(exc)
     after = _detect(env)
     pending = _marker_entries(plan, after, sorted_.failed, sorted_.interrupted)
-    marker.write(pending)
+    if resolve_error:  # downloaded but not written back: the marker says so until a run finishes it
+        pending += _unwritten(plan, after, sorted_.succeeded, resolve_error)
+    try:
+        marker.write(pending)
+    except OSError as exc:
+        if warn is not None:
+            warn(f"{disk_message(exc, 'the pending marker')}; `cfd status` still shows what is missing")
     by_key = {job.key: job for job in jobs}
 
     def failure(key: str, error: str) -> FailedModel:
@@ -419,6 +425,15 @@ def run_repair(
         resolved=resolved,
         resolve_error=resolve_error,
     )
+
+
+def _unwritten(plan: RepairPlan, after: MissingReport, succeeded: Sequence[DownloadOutcome], error: str) -> list[PendingEntry]:
+    """Marker entries for intents that are here but not yet written into pyproject.toml."""
+    here = {o.job.key for o in succeeded} | {intent_key(ref) for ref in plan.report.satisfied_intents}
+    still_open = {intent_key(ref) for ref in after.intents}
+    refs = [ref for ref in (*plan.intents, *plan.report.satisfied_intents)
+            if intent_key(ref) in here and intent_key(ref) not in still_open]
+    return pending_entries((), refs, "write-back", "repair", {intent_key(ref): error for ref in refs})
 
 
 def resolve_downloaded_intents(env: Environment, outcomes: Iterable[DownloadOutcome]) -> list[str]:

@@ -8,7 +8,6 @@ A per-key lock in `.cfd/locks` keeps two processes off the same staging file.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from .downloadtypes import MIB, DiskError, DownloadJob, DownloadOptions, Failure
+from .errors import disk_message
 from .fullhash import FullHash
 from .shorthash import StreamingShortHasher, short_hash_file
 from .tensorfile import declared_length, is_safetensors_name
@@ -80,14 +80,6 @@ def held_lock(path: Path, cancel: threading.Event, on_wait: Callable[[], None] |
         yield True
     finally:
         lock.release()
-
-
-def disk_message(exc: OSError, what: str) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"disk full while writing {what}"
-    if exc.errno == errno.EFBIG:
-        return f"file too large for the file system while writing {what}"
-    return f"cannot write {what}: {exc.strerror or exc}"
 
 
 def size_text(n: float) -> str:
