@@ -252,8 +252,7 @@ class Transfer:
                 if offset:  # the server ignored Range (or the file changed): start over on this response
                     self.state.segments[0][2] = offset = 0
                     self.state.etag = self.state.last_modified = None
-                    if self.file.full:
-                        self.file.full.reset()
+                    self.file.full.reset()
                 total = length
             else:
                 parsed = parse_content_range(resp.headers.get("Content-Range"))
@@ -269,7 +268,7 @@ class Transfer:
             if size is None and total is not None:
                 self.file.learn_size(total)
                 size = total
-            if self.file.full and self.file.full.position != offset:
+            if self.file.full.position != offset:
                 self.file.full.catch_up(self.file.fd, offset)
             self._pump(resp, 0, offset, size, check_extra=length is None)
 

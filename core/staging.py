@@ -179,9 +179,9 @@ class StagingFile:
         self.flusher: Flusher | None = None
         self.state: State
         self.hasher: StreamingShortHasher | None = None
-        self.full: FullHash | None = None
-        if job.blake3 or job.sha256:
-            self.full = FullHash(bool(job.blake3), bool(job.sha256))
+        # The full BLAKE3 of every download goes to the index (ComfyDock's blake3_hash), hashed as the
+        # bytes arrive; sha256 only when the manifest gives one to check.
+        self.full = FullHash(True, bool(job.sha256))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -189,7 +189,11 @@ class StagingFile:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         if self.options.flush_bytes > 0:
-            self.flusher = Flusher(self.fd, keep_cached=self.full is not None)
+            # Segments after the first arrive out of order and are hashed from the page cache at the
+            # end: keep their pages. A single stream is hashed inline: drop them as they are written.
+            size, connections = self.job.size or 0, self.options.connections
+            segmented = connections > 1 and size >= 2 * max(self.options.segment_min, MIB)
+            self.flusher = Flusher(self.fd, keep_cached=segmented)
 
     def close(self) -> None:
         if self.flusher is not None:
@@ -224,8 +228,7 @@ class StagingFile:
         except OSError as exc:
             raise DiskError(disk_message(exc, self.job.filename)) from None
         self._new_hasher(seed=False)
-        if self.full:
-            self.full.reset()
+        self.full.reset()
         self.save()
 
     def _new_hasher(self, seed: bool) -> None:
@@ -306,8 +309,7 @@ class StagingFile:
         self._write(offset, data)
         if self.hasher is not None:
             self.hasher.update_at(offset, data)
-        if self.full is not None:
-            self.full.feed(offset, data)
+        self.full.feed(offset, data)
         self._advance(index, len(data))
 
     def _advance(self, index: int, n: int) -> None:
@@ -365,14 +367,12 @@ class StagingFile:
             raise Failure(
                 f"{self.shown} sent data that does not match the manifest (short hash {short}, expected {expected}); discarded"
             )
-        b3 = s256 = None
-        if self.full is not None:
-            self.full.catch_up(self.fd, size)
-            b3, s256 = self.full.digests()
-            for name, got, want in (("blake3", b3, self.job.blake3), ("sha256", s256, self.job.sha256)):
-                if want and got != want.lower():
-                    self.discard()
-                    raise Failure(f"{self.shown} sent data whose {name} does not match the manifest; discarded")
+        self.full.catch_up(self.fd, size)
+        b3, s256 = self.full.digests()
+        for name, got, want in (("blake3", b3, self.job.blake3), ("sha256", s256, self.job.sha256)):
+            if want and got != want.lower():
+                self.discard()
+                raise Failure(f"{self.shown} sent data whose {name} does not match the manifest; discarded")
         try:
             os.fsync(self.fd)
         except OSError as exc:

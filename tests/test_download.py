@@ -78,13 +78,15 @@ def staging_files(models_dir: Path) -> list[str]:
     return sorted(os.listdir(staging)) if staging.exists() else []
 
 
-def assert_placed(models_dir: Path, index_path: Path, data: bytes, relpath: str = REL) -> None:
+def assert_placed(models_dir: Path, index_path: Path, data: bytes, relpath: str = REL, downloaded: bool = True) -> None:
     path = models_dir / relpath
     assert path.read_bytes() == data
     with ModelIndex(index_path, models_dir) as index:
         digest = short_hash_bytes(data)
         assert index.present([digest]) == {digest: relpath}
         assert index.locations()[relpath].mtime == path.stat().st_mtime
+        if downloaded:  # its full BLAKE3 is recorded
+            assert index.model_row(digest)[1] == blake3(data).hexdigest()
     assert not [n for n in staging_files(models_dir) if n.endswith(".part")]
 
 
@@ -101,6 +103,8 @@ def test_download_places_verifies_and_indexes(server: ModelServer, models_dir: P
     assert_placed(models_dir, index_path, data)
     with ModelIndex(index_path, models_dir) as index:
         assert index.sources_of(short_hash_bytes(data)) == [url]
+        # The manifest gave no blake3: the full one is recorded anyway (the short hash samples).
+        assert index.model_row(short_hash_bytes(data)) == (len(data), blake3(data).hexdigest(), None)
     request = server.requests[0]
     assert request.headers.get("Accept-Encoding") == "identity"
     assert "Authorization" not in request.headers
@@ -111,7 +115,7 @@ def test_large_file_uses_parallel_segments_and_three_region_hash(
 ) -> None:
     data = generate_model_bytes(2, 40 * MIB)  # > 30 MiB: middle and tail regions count
     url = server.add_file("/big.safetensors", data)
-    job = make_job(data, url, blake3=blake3(data).hexdigest())
+    job = make_job(data, url)  # no blake3 in the manifest: segments are hashed in full all the same
     outcome = one(job, models_dir, index_path, opts={"connections": 4})
     assert outcome.success, outcome.error
     assert_placed(models_dir, index_path, data)
@@ -509,7 +513,7 @@ def test_existing_right_file_is_indexed_not_downloaded(server: ModelServer, mode
     outcome = one(make_job(data, server.add_file("/m", data)), models_dir, index_path)
     assert outcome.success and outcome.bytes_fetched == 0
     assert server.requests == []
-    assert_placed(models_dir, index_path, data)
+    assert_placed(models_dir, index_path, data, downloaded=False)
 
 
 def test_existing_wrong_file_is_not_overwritten(server: ModelServer, models_dir: Path, index_path: Path) -> None:
@@ -606,6 +610,7 @@ def test_intent_is_downloaded_hashed_and_remembered_by_source(server: ModelServe
     assert (models_dir / "loras/lora.safetensors").read_bytes() == data
     with ModelIndex(index_path, models_dir) as index:
         assert index.present_by_source([url]) == {url: "loras/lora.safetensors"}
+        assert index.model_row(outcome.short_hash) == (len(data), blake3(data).hexdigest(), None)
     server.reset_stats()
     again = one(job, models_dir, index_path)
     assert again.success and again.bytes_fetched == 0 and server.requests == []
