@@ -124,16 +124,25 @@ def test_intent_cut_short_without_length_is_not_placed(team: Team, server: Model
 
 
 def test_black_hole_server_is_bounded_by_the_hook_time_budget(team: Team, server: ModelServer) -> None:
-    m = serve(server, "hole.safetensors", 3, MIB)
-    server.set_fault(m.path, black_hole=True)  # accepts, reads the request, never answers
-    team.publish(manifest([m]))
+    """Three models, each with two sources, all on a server that accepts and never answers: without a
+    budget that is models x sources x retries x cfd.stallTimeout; with it, the budget."""
+    models = [serve(server, f"hole{i}.safetensors", 3 + i, MIB) for i in range(3)]
+    builder = ManifestBuilder()
+    for i, m in enumerate(models):
+        server.set_fault(m.path, black_hole=True)  # accepts, reads the request, never answers
+        server.add_file(m.path + ".mirror", m.data)
+        server.set_fault(m.path + ".mirror", black_hole=True)
+        builder.model(m.hash, m.name, m.size, m.relpath, m.category, [m.url, m.url + ".mirror"])
+        builder.ref("wf1", m.name, m.category, hash=m.hash, criticality="required", status="resolved", node_id=str(i))
+    team.publish(builder)
     budget = 2.0
     elapsed, stderr = team.pull(CFD_HOOK_TIME_BUDGET=str(budget))
-    assert server.requests_for(m.path), "the hook never reached the server"
-    assert "hook time budget" in stderr, stderr
-    assert pending_keys(team.git_dir) == {m.hash: "hook-time-budget"}
-    assert not (team.models_dir / m.relpath).exists()
-    report("hook-vs-black-hole", budget_s=budget, stall_timeout_s=30, git_pull_s=round(elapsed, 2))
+    assert all(server.requests_for(m.path) for m in models), "the hook never reached the server"
+    assert "hook time budget" in stderr and "left by the hook time budget" in stderr, stderr
+    assert pending_keys(team.git_dir) == {m.hash: "hook-time-budget" for m in models}
+    assert not any((team.models_dir / m.relpath).exists() for m in models)
+    report("hook-vs-black-hole", models=3, sources_each=2, budget_s=budget, stall_timeout_s=30, retries=2,
+           git_pull_s=round(elapsed, 2))
 
 
 def test_slowloris_is_cut_by_the_low_speed_limit(team: Team, server: ModelServer) -> None:
