@@ -414,8 +414,9 @@ class Transfer:
                 raise Failure(f"{host}: slower than {size_text(slow.limit)}/s for {slow.window:g} s "
                               f"at byte {offset} of {end or '?'} (cfd.lowSpeedLimit)", retry=True)
             if limiter is not None:
+                waited = time.monotonic()
                 limiter.consume(len(data), cancel)
-                slow.restart()  # our own rate cap is not the server's slowness
+                slow.start += time.monotonic() - waited  # our own rate cap is not the server's slowness
         if end is not None and offset < end:
             raise Failure(f"{host} closed the connection at byte {offset} of {end}", retry=True)
         if check_extra and end is not None:

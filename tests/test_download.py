@@ -700,3 +700,21 @@ def test_unreachable_source_falls_through_to_the_next(server: ModelServer, model
     assert not outcome.success and "connection refused" in outcome.error and "2 attempts" in outcome.error
     outcome = one(make_job(data, dead, good), models_dir, index_path, opts={"retries": 2})
     assert outcome.success and outcome.source == good
+
+
+def test_low_speed_limit_ignores_our_own_rate_cap_but_not_a_slow_server(
+    server: ModelServer, models_dir: Path, index_path: Path
+) -> None:
+    data = generate_model_bytes(35, 2 * MIB)
+    url = server.add_file("/capped", data)
+    slow = {"low_speed_limit": 4 * MIB, "low_speed_time": 0.3, "retries": 1, "connections": 1}
+    # The agent's cap (1 MiB/s) is far under the limit: waiting for it is not the server's slowness.
+    outcome = one(make_job(data, url), models_dir, index_path, opts={**slow, "max_rate": MIB, "chunk_size": 64 * 1024})
+    assert outcome.success, outcome.error
+    # A server dripping bytes is still cut, cap or not.
+    drip = generate_model_bytes(36, MIB)
+    server.add_file("/drip", drip)
+    server.set_fault("/drip", drip=0.05)
+    outcome = one(make_job(drip, server.url("/drip"), relpath="loras/d.safetensors"), models_dir, index_path,
+                  opts={**slow, "max_rate": 100 * MIB})
+    assert not outcome.success and "slower than 4.0 MiB/s for 0.3 s" in outcome.error, outcome.error
