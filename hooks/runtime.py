@@ -72,8 +72,9 @@ def summary(outcome: object) -> str | None:
     parts = [f"{needed} new model(s) needed"]
     if outcome.downloaded:
         parts.append(f"{len(outcome.downloaded)} downloaded")
-    if outcome.failed:
-        parts.append(f"{len(outcome.failed)} failed")
+    failed = [name for name, error in outcome.failed if not error.startswith("hook time budget")]
+    if failed:  # those the budget stopped are said below, as pending
+        parts.append(f"{len(failed)} failed")
     if outcome.handed_to_agent:
         where = "downloading in the background" if outcome.agent_started else "recorded for the agent (not available)"
         parts.append(f"{outcome.handed_to_agent} {where}")

@@ -139,6 +139,7 @@ def test_black_hole_server_is_bounded_by_the_hook_time_budget(team: Team, server
     elapsed, stderr = team.pull(CFD_HOOK_TIME_BUDGET=str(budget))
     assert all(server.requests_for(m.path) for m in models), "the hook never reached the server"
     assert "hook time budget" in stderr and "left by the hook time budget" in stderr, stderr
+    assert "3 pending (3 left by the hook time budget" in stderr and "failed;" not in stderr, stderr
     assert pending_keys(team.git_dir) == {m.hash: "hook-time-budget" for m in models}
     assert not any((team.models_dir / m.relpath).exists() for m in models)
     report("hook-vs-black-hole", models=3, sources_each=2, budget_s=budget, stall_timeout_s=30, retries=2,
