@@ -146,7 +146,12 @@ class Transfer:
                 self._reset()
             try:
                 self._fetch()
-            except (Cancelled, DiskError, Failure):
+            except DiskError:
+                if self.state.size is None:  # the sidecar's write failed first: still nothing to check it by
+                    self.file.discard()
+                self.file.checkpoint(sync=True)
+                raise
+            except (Cancelled, Failure):
                 self.file.checkpoint(sync=True)
                 raise
             self.batch.callbacks.on_file_progress(self.job.filename, self.state.done, self.state.size)
