@@ -114,11 +114,17 @@ class _Engine:
                 outcome = failed(job, clean(str(exc)))
             except Exception as exc:  # noqa: BLE001 - one line per file, never a traceback
                 outcome = failed(job, f"unexpected error: {type(exc).__name__}: {clean(str(exc))}")
-        if self.over_budget and outcome.interrupted:
+        if not outcome.success and self._out_of_time():
+            # Stopped by the deadline, or failed at it (a socket timeout cut short to end by then).
+            last = "" if outcome.interrupted else f" (last error: {outcome.error})"
             outcome = failed(job, f"{OVER_BUDGET} ({self.options.budget or 0:g} s, cfd.hookTimeBudget) used up; "
-                                  "what arrived is kept: run `cfd repair` to finish", outcome.bytes_fetched)
+                                  f"what arrived is kept: run `cfd repair` to finish{last}", outcome.bytes_fetched)
         self.callbacks.on_file_complete(job.filename, outcome.success, outcome.error)
         return outcome
+
+    def _out_of_time(self) -> bool:
+        deadline = self.options.deadline
+        return self.over_budget or (deadline is not None and time.monotonic() >= deadline)
 
     def _job(self, job: DownloadJob, space_error: str | None) -> DownloadOutcome:
         relpath = safe_relative_path(job.relative_path, job.filename)

@@ -191,3 +191,15 @@ def test_hook_waiting_for_another_process_says_so_and_the_wait_counts(team: Team
     # The lock is free again: `cfd repair` (no budget) finishes the job.
     result = run_cfd("repair", "--yes", cwd=team.bob.path, env=team.env)
     assert result.returncode == 0 and (team.models_dir / m.relpath).read_bytes() == m.data
+
+
+def test_a_source_failing_at_the_deadline_is_left_by_the_budget(team: Team, server: ModelServer) -> None:
+    """One attempt whose socket timeout was cut short to end with the budget fails right at the
+    deadline: it is the budget that stopped it, and the marker says so (with the last error)."""
+    m = serve(server, "edge.safetensors", 7, MIB)
+    server.set_fault(m.path, black_hole=True)
+    team.publish(manifest([m]))
+    _, stderr = team.pull(CFD_HOOK_TIME_BUDGET="1.5", CFD_RETRIES="1")
+    assert pending_keys(team.git_dir) == {m.hash: "hook-time-budget"}, stderr
+    entry = marker_entry(team, m.name)
+    assert (entry.error or "").startswith("hook time budget") and "last error" in (entry.error or ""), entry.error
