@@ -141,6 +141,11 @@ class Fault:
     redirect_loop: bool = False
     throttle: float | None = None  # bytes per second
     headers: dict[str, str] | None = None
+    # A load-balanced mirror of N backends whose ETags differ (round robin per request);
+    # each backend honours If-Range only with its own ETag.
+    mirror_etags: int = 0
+    drip: float | None = None  # slowloris: one body byte every `drip` seconds
+    black_hole: bool = False  # accept the request, never answer (until the client hangs up)
 
 
 @dataclass
@@ -161,6 +166,7 @@ class _Plan:
     fail_status: int | None = None
     cut_at: int | None = None  # body bytes to send before stalling / closing
     cut_mode: str | None = None  # "stall" | "close"
+    backend: int = 0  # which mirror backend answers (Fault.mirror_etags)
 
 
 @dataclass(frozen=True)
@@ -403,6 +409,8 @@ def _decide(state: _FaultState, method: str) -> _Plan:
     fault = state.fault
     state.requests += 1
     plan = _Plan(fault)
+    if fault.mirror_etags:
+        plan.backend = state.requests % fault.mirror_etags
     if fault.status_always is not None:
         plan.fail_status = fault.status_always
     elif state.requests <= fault.fail_times:
@@ -535,6 +543,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self, owner: ModelServer, key: str, plan: _Plan | None) -> None:
         fault = plan.fault if plan else Fault()
+        if fault.black_hole:
+            self.close_connection = True
+            return self._stall()
         if plan and plan.fail_status is not None:
             return self._fail(plan.fail_status, fault)
         if fault.redirect_loop:
@@ -584,14 +595,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_entry(self, entry: _Entry, plan: _Plan) -> None:
         fault = plan.fault
-        selected = self._select_range(entry, fault)
+        etag = entry.etag if not plan.backend else f'"{entry.etag.strip(chr(34))}-b{plan.backend}"'
+        selected = self._select_range(entry, fault, etag)
         if selected is None:
             return self._simple(416, b"", headers={"Content-Range": f"bytes */{entry.size}"})
         start, length, partial = selected
         headers = {
             "Content-Type": "application/octet-stream",
             "Accept-Ranges": "bytes",
-            "ETag": entry.etag,
+            "ETag": etag,
             "Last-Modified": entry.last_modified,
         }
         if partial:
@@ -611,10 +623,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             headers["Content-Length"] = str(length)
 
-    def _select_range(self, entry: _Entry, fault: Fault):
+    def _select_range(self, entry: _Entry, fault: Fault, etag: str):
         """(start, length, partial) of the body to send, or None for 416."""
         spec = self.headers.get("Range")
-        if not spec or fault.ignore_range or not self._if_range_holds(entry):
+        if not spec or fault.ignore_range or not self._if_range_holds(entry, etag):
             return 0, entry.size, False
         parsed = _parse_range(spec, entry.size)
         if parsed is None:  # malformed or multi-range: RFC 9110 lets us ignore it
@@ -624,13 +636,13 @@ class _Handler(BaseHTTPRequestHandler):
         start, end = parsed
         return start, end - start + 1, True
 
-    def _if_range_holds(self, entry: _Entry) -> bool:
+    def _if_range_holds(self, entry: _Entry, etag: str) -> bool:
         value = self.headers.get("If-Range")
         if value is None:
             return True
         value = value.strip()
         if value.startswith(('"', "W/")):
-            return value == entry.etag  # strong comparison; weak tags never match
+            return value == etag  # strong comparison; weak tags never match
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
@@ -641,16 +653,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_body(self, entry: _Entry, start: int, length: int, plan: _Plan) -> None:
         fault = plan.fault
-        byte_faults = plan.cut_at is not None or fault.corrupt_at is not None or fault.throttle
+        byte_faults = plan.cut_at is not None or fault.corrupt_at is not None or fault.throttle or fault.drip
         if entry.file is not None and not byte_faults and hasattr(os, "sendfile"):
             self._sendfile(entry.file, start, length)
             self._pump(_junk(fault.extra_bytes), None, None)
             return
         self.throttle_start = time.monotonic()
         self.throttle_sent = 0
+        if fault.drip:
+            return self._drip(_body_chunks(entry, start, length, fault), fault.drip)
         chunks = _body_chunks(entry, start, length, fault)
         if self._pump(chunks, plan.cut_at, fault.throttle):
             self._cut(plan.cut_mode)
+
+    def _drip(self, chunks, every: float) -> None:
+        stop = self.server.owner._stop
+        for chunk in chunks:
+            for i in range(len(chunk)):
+                self._send_all(memoryview(chunk)[i:i + 1], None)
+                if stop.wait(every):
+                    raise _Aborted()
 
     def _sendfile(self, file: str, start: int, length: int) -> None:
         if isinstance(self.connection, ssl.SSLSocket):  # os.sendfile would bypass TLS

@@ -71,6 +71,9 @@ class LineProgress(AbstractContextManager["LineProgress"]):
         detail = f" ({human_size(size - resumed)} in {elapsed:.1f} s{here})" if size else ""
         self._line(f"done {filename}{detail}")
 
+    def on_file_note(self, filename: str, message: str) -> None:
+        self._line(f"{filename}: {message}")
+
     def on_batch_complete(self, succeeded: int, total: int) -> None:
         self._line(f"{succeeded}/{total} downloaded")
 
@@ -303,6 +306,9 @@ class RichProgress(AbstractContextManager["RichProgress"]):
             self._console.print(f"[green]✓[/green] {self._escape(filename)}", highlight=False)
         else:
             self._console.print(f"[red]✗[/red] {self._escape(filename)}: {self._escape(error or 'unknown error')}", highlight=False)
+
+    def on_file_note(self, filename: str, message: str) -> None:
+        self._console.print(f"[yellow]•[/yellow] {self._escape(filename)}: {self._escape(message)}", highlight=False)
 
     def on_batch_complete(self, succeeded: int, total: int) -> None:
         return None

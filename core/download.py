@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -41,6 +42,7 @@ from .downloadtypes import (
     INTERRUPTED,
     MIB,
     BatchDownloadCallbacks,
+    OVER_BUDGET,
     Cancelled,
     DiskError,
     DownloadCallbacks,
@@ -88,6 +90,7 @@ class _Engine:
         self.locks_dir = models_dir / ".cfd" / "locks"
         self.batch = Batch(options, callbacks, cancel)
         self.setup_error: str | None = None
+        self.over_budget = False  # the deadline passed: what stopped is pending for `cfd repair`
 
     def close(self) -> None:
         self.batch.close()
@@ -114,8 +117,17 @@ class _Engine:
                 outcome = failed(job, clean(str(exc)))
             except Exception as exc:  # noqa: BLE001 - one line per file, never a traceback
                 outcome = failed(job, f"unexpected error: {type(exc).__name__}: {clean(str(exc))}")
+        if not outcome.success and self._out_of_time():
+            # Stopped by the deadline, or failed at it (a socket timeout cut short to end by then).
+            last = "" if outcome.interrupted else f" (last error: {outcome.error})"
+            outcome = failed(job, f"{OVER_BUDGET} ({self.options.budget or 0:g} s, cfd.hookTimeBudget) used up; "
+                                  f"what arrived is kept: run `cfd repair` to finish{last}", outcome.bytes_fetched)
         self.callbacks.on_file_complete(job.filename, outcome.success, outcome.error)
         return outcome
+
+    def _out_of_time(self) -> bool:
+        deadline = self.options.deadline
+        return self.over_budget or (deadline is not None and time.monotonic() >= deadline)
 
     def _job(self, job: DownloadJob, space_error: str | None) -> DownloadOutcome:
         relpath = safe_relative_path(job.relative_path, job.filename)
@@ -124,7 +136,10 @@ class _Engine:
         if self.setup_error:  # nothing can be written: a file already there is still fine
             with ModelIndex(self.index_path, self.models_dir) as index:
                 return self._already_there(job, relpath, target, index) or failed(job, self.setup_error)
-        with held_lock(self.locks_dir / f"{name}.lock", self.cancel) as held:
+        def waiting() -> None:
+            self.batch.note(job.filename, "waiting for another cfd process that is downloading it")
+
+        with held_lock(self.locks_dir / f"{name}.lock", self.cancel, waiting) as held:
             if not held:
                 return failed(job, INTERRUPTED)
             with ModelIndex(self.index_path, self.models_dir) as index:
@@ -223,8 +238,11 @@ def download_models(
     """
     callbacks = as_callbacks(callbacks)
     cancel = cancel or threading.Event()
+    stop = threading.Event()  # the caller's cancel, or the deadline: the caller's event is never set here
+    if cancel.is_set():
+        stop.set()
     models_path = Path(models_dir)
-    engine = _Engine(models_path, Path(index_path), options, callbacks, cancel)
+    engine = _Engine(models_path, Path(index_path), options, callbacks, stop)
     engine.setup_error = engine.prepare()
     total = len(jobs)
     callbacks.on_batch_start(total)
@@ -239,12 +257,15 @@ def download_models(
                 _done, pending = wait(pending, timeout=0.2)
             except KeyboardInterrupt:
                 cancel.set()
-            if cancel.is_set():
+            if options.deadline is not None and time.monotonic() >= options.deadline and not stop.is_set():
+                engine.over_budget = True
+            if cancel.is_set() or engine.over_budget:
+                stop.set()
                 engine.batch.abort_all()
         for future, i in futures.items():
             outcomes[i] = future.result()
     except BaseException:
-        cancel.set()  # never wait below for transfers nobody will collect
+        stop.set()  # never wait below for transfers nobody will collect
         engine.batch.abort_all()
         raise
     finally:

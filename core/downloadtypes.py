@@ -19,6 +19,8 @@ MIB = 1 << 20
 INTERRUPTED = "interrupted; the partial download is kept and the next run resumes it"
 # Ends the error of a source that answered 404/410: retrying will not help, the manifest must change.
 SOURCE_GONE = "fix or replace this source in pyproject.toml"
+OVER_BUDGET = "hook time budget"  # how an outcome stopped by DownloadOptions.deadline begins
+GIB = 1 << 30
 
 
 # --------------------------------------------------------------------------- public types
@@ -52,6 +54,9 @@ class DownloadCallbacks:
     def on_file_progress(self, filename: str, downloaded: int, total: int | None) -> None: ...
 
     def on_file_complete(self, filename: str, success: bool, error: str | None) -> None: ...
+
+    def on_file_note(self, filename: str, message: str) -> None:
+        """One line about a file worth telling (waiting for another process, fewer connections)."""
 
     def on_batch_complete(self, succeeded: int, total: int) -> None: ...
 
@@ -185,6 +190,10 @@ class DownloadOutcome:
     def interrupted(self) -> bool:
         return not self.success and (self.error or "").startswith("interrupted")
 
+    @property
+    def over_budget(self) -> bool:
+        return not self.success and (self.error or "").startswith(OVER_BUDGET)
+
 
 @dataclass(frozen=True)
 class DownloadOptions:
@@ -210,6 +219,15 @@ class DownloadOptions:
     max_redirects: int = 10
     max_rate: int = 0  # bytes/s over all downloads; 0 = unlimited
     user_agent: str = "cfd/0.1"
+    # Like curl's --speed-limit/--speed-time: a connection slower than `low_speed_limit`
+    # bytes/s over `low_speed_time` seconds fails (a byte every 29 s must not hold forever).
+    low_speed_limit: int = 1024
+    low_speed_time: float = 30.0
+    # The most a download whose size the manifest does not give (an intent) may be.
+    max_unknown_size: int = 64 * GIB
+    # time.monotonic() after which the batch stops (a hook's time budget); None: no budget.
+    deadline: float | None = None
+    budget: float | None = None  # the budget's length in seconds, for the message
 
     @classmethod
     def from_settings(cls, env: Any, **overrides: Any) -> DownloadOptions:
@@ -220,6 +238,9 @@ class DownloadOptions:
             "connections": s["cfd.connections"],
             "stall_timeout": float(s["cfd.stallTimeout"]),
             "retries": s["cfd.retries"],
+            "low_speed_limit": s["cfd.lowSpeedLimit"],
+            "low_speed_time": float(s["cfd.lowSpeedTime"]),
+            "max_unknown_size": s["cfd.maxUnknownSize"],
             "allow_private_networks": bool(s["cfd.allowPrivateNetworks"]),
             "tokens": load_tokens(workspace_civitai_token=getattr(env, "civitai_token", None)),
             "hf_hosts": hf_hosts_from_env(),

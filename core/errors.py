@@ -6,6 +6,8 @@ code, never a traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class CfdError(Exception):
     """Base error: `message` says what went wrong, `hint` what to do next."""
@@ -39,3 +41,12 @@ class IndexError_(CfdError):
 
 class UnsafeManifestValue(CfdError):
     """A path or URL from a (teammate's) manifest would leave its sandbox."""
+
+
+def disk_message(exc: OSError, what: str) -> str:
+    """One line for a failed write of `what` (a full disk said as such)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing {what}"
+    if exc.errno == errno.EFBIG:
+        return f"file too large for the file system while writing {what}"
+    return f"cannot write {what}: {exc.strerror or exc}"

@@ -255,6 +255,14 @@ class HttpClient:
             raise Failure(str(exc)) from None
         self._checked_hosts.add(key)
 
+    def _timeouts(self) -> tuple[float, float]:
+        """(connect, read) timeouts; never past the deadline (a black-hole server answers nothing at all)."""
+        opts = self.options
+        if opts.deadline is None:
+            return opts.connect_timeout, opts.stall_timeout
+        left = max(0.1, opts.deadline - time.monotonic())
+        return min(opts.connect_timeout, left), min(opts.stall_timeout, left)
+
     def open(self, url: str, headers: dict[str, str], shown: str) -> requests.Response:
         """GET `url`, following redirects by hand: each hop re-checked, tokens kept on their own host."""
         opts = self.options
@@ -273,8 +281,7 @@ class HttpClient:
             sent = dict(headers)
             sent.update(auth_header(opts.tokens, service))
             try:
-                resp = self.session.get(url, headers=sent, stream=True, allow_redirects=False,
-                                        timeout=(opts.connect_timeout, opts.stall_timeout))
+                resp = self.session.get(url, headers=sent, stream=True, allow_redirects=False, timeout=self._timeouts())
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise Failure(f"{target.netloc}: {network_reason(exc)}", retry=True) from None
             except requests.RequestException as exc:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError
+from .errors import ManifestError, disk_message
 from .manifest import WorkflowModelRef, parse_manifest
 
 
@@ -140,10 +140,14 @@ def write_resolutions(pyproject: Path, resolutions: Iterable[ResolvedIntent]) ->
             raise ManifestError(f"{pyproject}: resolving '{resolution.ref.filename}' went wrong; nothing was changed")
     temp = pyproject.with_name(f".{pyproject.name}.cfd-{os.getpid()}.tmp")
     try:
-        with open(temp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(new_text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(temp, "w", encoding="utf-8", newline="") as handle:
+                handle.write(new_text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:  # a full disk: the models are here, only their hashes are not written yet
+            raise ManifestError(disk_message(exc, pyproject.name) + "; it is unchanged",
+                                "free some space and run `cfd repair` again: it finishes writing the resolved models") from None
         try:
             os.chmod(temp, pyproject.stat().st_mode & 0o7777)
         except OSError:

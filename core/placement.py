@@ -13,13 +13,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from .downloadtypes import MIB, DownloadJob, DownloadOutcome, clean, failed
+from .downloadtypes import DownloadJob, DownloadOutcome, clean, failed
 from .errors import UnsafeManifestValue
 from .httpsession import storable_url
 from .index import ModelIndex
 from .safety import target_path
 from .shorthash import short_hash_file
-from .staging import Result, StagingFile, partial_bytes
+from .staging import Result, StagingFile, partial_bytes, size_text
 from .urls import redact_url
 
 
@@ -111,12 +111,8 @@ def space_errors(jobs: Sequence[DownloadJob], models_dir: Path, staging_dir: Pat
             continue  # reported by the job itself
         need = max(0, job.size - partial_bytes(staging_dir, job))
         if need > free:
-            errors[i] = (f"not enough disk space for {job.filename}: it needs {_gib(need)} more, "
-                         f"{_gib(free)} free in {models_dir}; free some space and run `cfd repair` again")
+            errors[i] = (f"not enough disk space for {job.filename}: it needs {size_text(need)} more, "
+                         f"{size_text(free)} free in {models_dir}; free some space and run `cfd repair` again")
         else:
             free -= need
     return errors
-
-
-def _gib(n: int) -> str:
-    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / MIB:.1f} MiB"

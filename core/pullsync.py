@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -134,6 +135,7 @@ def sync_between(
     callbacks: Any = None,
     cancel: threading.Event | None = None,
     repo: GitRepo | None = None,
+    time_budget: float | None = None,
 ) -> PullSyncOutcome:
     """Sync models after HEAD moved from `old_commit` to `new_commit`.
 
@@ -143,6 +145,7 @@ def sync_between(
     problems (no models dir) raise CfdError. KeyboardInterrupt propagates
     after the marker already lists what was not downloaded.
     """
+    deadline = None if time_budget is None else time.monotonic() + time_budget  # a hook's: counted from here
     out = PullSyncOutcome(
         trigger=trigger, action=NO_MANIFEST, mode=mode or env.settings["cfd.onPull"], strategy=strategy or env.settings["cfd.models"]
     )
@@ -181,7 +184,7 @@ def sync_between(
         notes = _drop_from_marker(env, diff.no_longer_needed) if diff.no_longer_needed else []
         write_last_synced(env.git_dir, new_blob)
         return replace(out, warnings=(*notes, *out.warnings))
-    return _act(env, diff, _plan(env, diff, out.strategy), out, new_blob, callbacks, cancel)
+    return _act(env, diff, _plan(env, diff, out.strategy), out, new_blob, callbacks, cancel, deadline)
 
 
 def _plan(env: Environment, diff: ManifestDiff, strategy: str) -> _Plan:
@@ -214,6 +217,7 @@ def _act(
     new_blob: str,
     callbacks: Any,
     cancel: threading.Event | None,
+    deadline: float | None = None,
 ) -> PullSyncOutcome:
     trigger, mode = out.trigger, out.mode
     selected_reason = {"download": "interrupted", "background": "background", "defer": "deferred"}[mode]
@@ -231,7 +235,7 @@ def _act(
 
     chosen = len(plan.selected) + len(plan.selected_intents)
     if mode == "download" and chosen:
-        out = _download(env, plan, marker, out, callbacks, cancel)
+        out = _download(env, plan, marker, out, callbacks, cancel, deadline)
     elif mode == "background" and chosen:
         # The agent itself syncs with trigger "agent": it must not spawn another.
         out = replace(out, handed_to_agent=chosen, agent_started=trigger == "agent" or start_agent(env))
@@ -241,7 +245,8 @@ def _act(
 
 
 def _download(
-    env: Environment, plan: _Plan, marker: Marker, out: PullSyncOutcome, callbacks: Any, cancel: threading.Event | None
+    env: Environment, plan: _Plan, marker: Marker, out: PullSyncOutcome, callbacks: Any, cancel: threading.Event | None,
+    deadline: float | None = None,
 ) -> PullSyncOutcome:
     try:
         from .repair import sync_models
@@ -249,7 +254,8 @@ def _download(
         marker.merge(_pending_entries(plan.selected, plan.selected_intents, "deferred", out.trigger))
         return out
     synced = sync_models(
-        env, plan.selected, plan.selected_intents, callbacks=callbacks, cancel=cancel, trigger=out.trigger
+        env, plan.selected, plan.selected_intents, callbacks=callbacks, cancel=cancel, trigger=out.trigger,
+        deadline=deadline,
     )
     return replace(out, downloaded=tuple(synced.models_downloaded), found=tuple(synced.models_found),
                    failed=tuple(synced.models_failed))

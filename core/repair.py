@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .environment import Environment
-from .errors import CfdError, ConfigError
+from .errors import CfdError, ConfigError, disk_message
 from .index import ModelIndex
 from .manifest import WorkflowModelRef, stronger
 from .marker import Marker, PendingEntry, intent_key
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .download import DownloadCallbacks, DownloadJob, DownloadOutcome
 
 Warn = Callable[[str], None]
+BUDGET_REASON = "hook-time-budget"  # the marker's reason for what a hook's time budget left
 
 
 def scrub(text: str | None) -> str | None:
@@ -132,11 +133,15 @@ def _download(
     callbacks: DownloadCallbacks | None,
     cancel: threading.Event | None,
     max_rate: int = 0,
+    deadline: float | None = None,
 ) -> list[DownloadOutcome]:
     from .download import DownloadOptions, DownloadOutcome, download_models
 
     # A bad setting (cfd.jobs = lots) is the command's error, not every file's failure.
-    options = DownloadOptions.from_settings(env, **({"max_rate": max_rate} if max_rate else {}))
+    overrides: dict[str, object] = {"max_rate": max_rate} if max_rate else {}
+    if deadline is not None:
+        overrides.update(deadline=deadline, budget=env.settings["cfd.hookTimeBudget"])
+    options = DownloadOptions.from_settings(env, **overrides)
     try:
         return download_models(
             jobs,
@@ -201,10 +206,13 @@ def sync_models(
     trigger: str = "",
     warn: Warn | None = None,
     max_rate: int = 0,
+    deadline: float | None = None,
 ) -> SyncResult:
     """Download `models` and `intents`; failures and interruptions go to the marker, successes leave it.
 
-    `max_rate` (bytes/s over all files, 0 = unlimited) is the agent's `cfd.agent.maxRate`."""
+    `max_rate` (bytes/s over all files, 0 = unlimited) is the agent's `cfd.agent.maxRate`;
+    `deadline` (time.monotonic()) is a hook's time budget: what is left then is pending
+    with reason "hook-time-budget"."""
     if not (models or intents):
         return SyncResult([], [], [])
     on_disk = on_disk_unindexed(env.models_dir, models)
@@ -215,7 +223,7 @@ def sync_models(
     base = {entry.key: entry for entry in pending_entries(models, intents, "failed", trigger)}
     try:
         adopt_jobs, adoptions = _adopt(env, on_disk, cancel)
-        outcomes = _download(env, jobs, callbacks, cancel, max_rate) if jobs else []
+        outcomes = _download(env, jobs, callbacks, cancel, max_rate, deadline) if jobs else []
     except KeyboardInterrupt:
         marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
         raise
@@ -227,7 +235,9 @@ def sync_models(
     result = _sort_outcomes(jobs, outcomes, cancelled)
     failed_all = {**adopted.failed, **result.failed}
     interrupted_all = {**adopted.interrupted, **result.interrupted}
-    entries = [replace(base[key], reason="failed", error=error) for key, error in failed_all.items()]
+    over_budget = {outcome.job.key for outcome in outcomes if outcome.over_budget}
+    entries = [replace(base[key], reason=BUDGET_REASON if key in over_budget else "failed", error=error)
+               for key, error in failed_all.items()]
     entries += [replace(base[key], reason="interrupted", error=error) for key, error in interrupted_all.items()]
     marker.merge(entries, drop=[outcome.job.key for outcome in (*adopted.succeeded, *result.succeeded)])
     filenames = {job.key: job.filename for job in (*adopt_jobs, *jobs)}
@@ -384,7 +394,7 @@ class RepairResult:
     @property
     def complete(self) -> bool:
         """Every model the strategy asked for is present now."""
-        return not self.interrupted and not _missing_in_scope(self.after, self.plan.strategy)
+        return not self.interrupted and not self.resolve_error and not _missing_in_scope(self.after, self.plan.strategy)
 
 
 def _marker_entries(
@@ -448,7 +458,13 @@ def run_repair(
         resolve_error = str(exc)
     after = _detect(env)
     pending = _marker_entries(plan, after, failed_all, interrupted_all)
-    marker.write(pending)
+    if resolve_error:  # downloaded but not written back: the marker says so until a run finishes it
+        pending += _unwritten(plan, after, sorted_.succeeded, resolve_error)
+    try:
+        marker.write(pending)
+    except OSError as exc:
+        if warn is not None:
+            warn(f"{disk_message(exc, 'the pending marker')}; `cfd status` still shows what is missing")
     by_key = {job.key: job for job in (*adopt_jobs, *jobs)}
 
     def failure(key: str, error: str) -> FailedModel:
@@ -467,6 +483,15 @@ def run_repair(
         resolve_error=resolve_error,
         adopted=adopted.succeeded,
     )
+
+
+def _unwritten(plan: RepairPlan, after: MissingReport, succeeded: Sequence[DownloadOutcome], error: str) -> list[PendingEntry]:
+    """Marker entries for intents that are here but not yet written into pyproject.toml."""
+    here = {o.job.key for o in succeeded} | {intent_key(ref) for ref in plan.report.satisfied_intents}
+    still_open = {intent_key(ref) for ref in after.intents}
+    refs = [ref for ref in (*plan.intents, *plan.report.satisfied_intents)
+            if intent_key(ref) in here and intent_key(ref) not in still_open]
+    return pending_entries((), refs, "write-back", "repair", {intent_key(ref): error for ref in refs})
 
 
 def resolve_downloaded_intents(env: Environment, outcomes: Iterable[DownloadOutcome]) -> list[str]:

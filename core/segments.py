@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from .httpsession import (
     parse_content_range,
     with_retries,
 )
-from .staging import Result, StagingFile, State
+from .staging import Result, StagingFile, State, size_text
 from .urls import host_of, redact_url
 
 
@@ -47,6 +48,28 @@ class _NoRanges(Exception):
 
 class _Stopped(Exception):
     """A sibling segment failed; this one stops quietly."""
+
+
+class _LowSpeed:
+    """curl's --speed-limit/--speed-time for one connection: fewer than `limit` bytes/s over `window` s."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.bytes = time.monotonic(), 0
+
+    def too_slow(self, n: int) -> bool:
+        if self.limit <= 0:
+            return False
+        self.bytes += n
+        elapsed = time.monotonic() - self.start
+        if elapsed < self.window:
+            return False
+        slow = self.bytes < self.limit * elapsed
+        self.restart()
+        return slow
 
 
 def plan_segments(size: int | None, connections: int, segment_min: int) -> list[list[int]]:
@@ -79,6 +102,12 @@ class Batch:
         with self._lock:
             self._transfers.discard(transfer)
 
+    def note(self, filename: str, message: str) -> None:
+        """A one-line note for the user (callbacks written for ComfyDock's shape may not take it)."""
+        hook = getattr(self.callbacks, "on_file_note", None)
+        if hook is not None:
+            hook(filename, message)
+
     def abort_all(self) -> None:
         with self._lock:
             transfers = list(self._transfers)
@@ -98,6 +127,8 @@ class Transfer:
         self.lock = self.file.lock  # one lock for the state, the work queue and the open responses
         self.stop = threading.Event()
         self.responses: set[requests.Response] = set()
+        self.single = False  # one connection only: the server's copies disagreed between connections
+        self.chunked = False  # the body without Content-Length was chunked (its end is explicit)
 
     @property
     def fetched(self) -> int:
@@ -118,7 +149,12 @@ class Transfer:
                 self.batch.callbacks.on_file_resume(self.job.filename, self.state.done, self.state.size)
             try:
                 self._fetch()
-            except (Cancelled, DiskError, Failure):
+            except DiskError:
+                if self.state.size is None:  # the sidecar's write failed first: still nothing to check it by
+                    self.file.discard()
+                self.file.checkpoint(sync=True)
+                raise
+            except (Cancelled, Failure):
                 self.file.checkpoint(sync=True)
                 raise
             self.batch.callbacks.on_file_progress(self.job.filename, self.state.done, self.state.size)
@@ -129,7 +165,9 @@ class Transfer:
 
     def _reset(self) -> None:
         """Start this source over (fresh plan, empty file)."""
-        self.file.reset(plan_segments(self.job.size, self.options.connections, self.options.segment_min))
+        connections = 1 if self.single else self.options.connections
+        self.stop.clear()  # a failed sibling segment stopped the others; the new plan starts fresh
+        self.file.reset(plan_segments(self.job.size, connections, self.options.segment_min))
 
     def _halt(self) -> None:
         if self.batch.cancel.is_set():
@@ -161,18 +199,26 @@ class Transfer:
     # -- fetching ----------------------------------------------------------
 
     def _fetch(self) -> None:
-        restarts = 0
+        restarts = conflicts = 0
         while not self.state.complete():
+            segmented = len(self.state.segments) > 1
             try:
-                if len(self.state.segments) > 1:
+                if segmented:
                     self._fetch_segments()
                 else:
                     self._with_retries(lambda: self._stream_single(None))
                     if self.state.size is None:
-                        self.file.learn_size(self.state.segments[0][2])  # no length given: what arrived is the file
+                        self.file.end_of_unknown_length(self.chunked)
             except _Restart as exc:
                 restarts += 1
-                if restarts > self.options.retries:
+                conflicts += segmented
+                if conflicts >= 2 and not self.single:
+                    # A load-balanced mirror whose backends disagree (ETags, ranges): ranges on
+                    # several connections mix backends, one stream reads one copy start to end.
+                    self.single, restarts = True, 0
+                    self.batch.note(self.job.filename, f"{host_of(self.url) or 'the server'} answers differently on "
+                                    f"different connections ({exc}); using one connection")
+                elif restarts > self.options.retries:
                     raise Failure(f"{self.shown}: {exc}; gave up after {restarts} restarts") from None
                 self._reset()
 
@@ -215,8 +261,7 @@ class Transfer:
                 if offset:  # the server ignored Range (or the file changed): start over on this response
                     self.state.segments[0][2] = offset = 0
                     self.state.etag = self.state.last_modified = None
-                    if self.file.full:
-                        self.file.full.reset()
+                    self.file.full.reset()
                 total = length
             else:
                 parsed = parse_content_range(resp.headers.get("Content-Range"))
@@ -226,12 +271,20 @@ class Transfer:
                 total = parsed[2]
             self._check_validator(resp)
             self._check_body(resp, total, size)
+            if size is None and total is not None and total > self.options.max_unknown_size:
+                raise self._too_big(f"announces {size_text(total)}")
+            self.chunked = "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
             if size is None and total is not None:
                 self.file.learn_size(total)
                 size = total
-            if self.file.full and self.file.full.position != offset:
+            if self.file.full.position != offset:
                 self.file.full.catch_up(self.file.fd, offset)
             self._pump(resp, 0, offset, size, check_extra=length is None)
+
+    def _too_big(self, what: str) -> Failure:
+        self.file.discard()
+        return Failure(f"{self.shown} {what}, more than cfd.maxUnknownSize ({size_text(self.options.max_unknown_size)}) "
+                       "allows for a model whose size the manifest does not give; refused (raise the setting if it is right)")
 
     def _check_range_length(self, length: int | None, parsed: tuple[int, int, int | None]) -> None:
         if length is not None and length != parsed[1] - parsed[0] + 1:
@@ -344,6 +397,8 @@ class Transfer:
         chunk = self.options.chunk_size
         limiter, cancel = self.batch.limiter, self.batch.cancel
         host = host_of(resp.url) or "the server"
+        ceiling = self.options.max_unknown_size if end is None else None
+        slow = _LowSpeed(self.options.low_speed_limit, self.options.low_speed_time)
         while True:
             if shrinks and segment[1] < end:  # type: ignore[operator]
                 end = segment[1]
@@ -360,10 +415,17 @@ class Transfer:
                 raise Failure(f"{host}: {reason} at byte {offset} of {end or '?'}", retry=True) from None
             if not data:
                 break
+            if ceiling is not None and offset + len(data) > ceiling:
+                raise self._too_big("sent more")
             self.file.store(index, offset, data)
             offset += len(data)
+            if slow.too_slow(len(data)):
+                raise Failure(f"{host}: slower than {size_text(slow.limit)}/s for {slow.window:g} s "
+                              f"at byte {offset} of {end or '?'} (cfd.lowSpeedLimit)", retry=True)
             if limiter is not None:
+                waited = time.monotonic()
                 limiter.consume(len(data), cancel)
+                slow.start += time.monotonic() - waited  # our own rate cap is not the server's slowness
         if end is not None and offset < end:
             raise Failure(f"{host} closed the connection at byte {offset} of {end}", retry=True)
         if check_extra and end is not None:

@@ -74,6 +74,19 @@ def _rate(value: str) -> int:
     return int(number * scale)
 
 
+def _size(value: str) -> int:
+    """Bytes; accepts suffixes K, M, G, T (binary)."""
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}.get(text[-1:], 1)
+    try:
+        number = float(text[:-1] if scale != 1 else text)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number * scale >= 1):
+        raise ValueError("expected a size like 64G")
+    return int(number * scale)
+
+
 def _path(value: str) -> Path:
     return Path(os.path.expanduser(value.strip()))
 
@@ -96,6 +109,10 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("cfd.connections", "CFD_CONNECTIONS", 4, _positive_int, "connections per large file when the server supports ranges"),
     SettingSpec("cfd.allowPrivateNetworks", "CFD_ALLOW_PRIVATE_NETWORKS", False, _bool, "allow downloads from loopback/private/link-local addresses"),
     SettingSpec("cfd.stallTimeout", "CFD_STALL_TIMEOUT", 30.0, _seconds, "seconds without a byte before a download counts as stalled"),
+    SettingSpec("cfd.lowSpeedLimit", "CFD_LOW_SPEED_LIMIT", 1024, _rate, "a download slower than this (bytes/s) for cfd.lowSpeedTime fails and is retried; 0 = no limit"),
+    SettingSpec("cfd.lowSpeedTime", "CFD_LOW_SPEED_TIME", 30.0, _seconds, "seconds over which cfd.lowSpeedLimit is measured"),
+    SettingSpec("cfd.hookTimeBudget", "CFD_HOOK_TIME_BUDGET", 300.0, _seconds, "seconds a git hook may spend downloading; what is left then is pending for `cfd repair`"),
+    SettingSpec("cfd.maxUnknownSize", "CFD_MAX_UNKNOWN_SIZE", 64 * 1024**3, _size, "largest download whose size the manifest does not give (an unresolved model), e.g. 64G"),
     SettingSpec("cfd.retries", "CFD_RETRIES", 5, _positive_int, "attempts per source on connection errors, 5xx and 429"),
     SettingSpec("cfd.hooks.enabled", "CFD_HOOKS_ENABLED", True, _bool, "run the git hooks (CFD_SKIP=1 also turns them off)"),
     SettingSpec("cfd.agent.maxRate", "CFD_AGENT_MAX_RATE", 0, _rate, "agent download rate cap in bytes/s (e.g. 50M); 0 = unlimited"),

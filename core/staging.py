@@ -8,10 +8,10 @@ A per-key lock in `.cfd/locks` keeps two processes off the same staging file.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,9 +23,11 @@ from pathlib import Path
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from .downloadtypes import DiskError, DownloadJob, DownloadOptions, Failure
+from .downloadtypes import MIB, DiskError, DownloadJob, DownloadOptions, Failure
+from .errors import disk_message
 from .fullhash import FullHash
 from .shorthash import StreamingShortHasher, short_hash_file
+from .tensorfile import declared_length, is_safetensors_name
 from .writeback import Flusher
 
 _HEX16 = re.compile(r"^[0-9a-f]{16}\Z")
@@ -57,14 +59,20 @@ def discard_staging(staging_dir: Path, name: str) -> None:
 
 
 @contextmanager
-def held_lock(path: Path, cancel: threading.Event) -> Iterator[bool]:
-    """Hold the lock file `path`; yields False if `cancel` was set while another process held it."""
+def held_lock(path: Path, cancel: threading.Event, on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
+    """Hold the lock file `path`; yields False if `cancel` was set while another process held it.
+
+    `on_wait` is called once when the lock is held by someone else (so a user knows why nothing moves)."""
     lock = FileLock(str(path))
+    waiting = False
     while True:  # another process may hold it: wait, but stay cancellable
         try:
             lock.acquire(timeout=0.2)
             break
         except LockTimeout:
+            if not waiting and on_wait is not None:
+                on_wait()
+            waiting = True
             if cancel.is_set():
                 yield False
                 return
@@ -74,12 +82,12 @@ def held_lock(path: Path, cancel: threading.Event) -> Iterator[bool]:
         lock.release()
 
 
-def disk_message(exc: OSError, what: str) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"disk full while writing {what}"
-    if exc.errno == errno.EFBIG:
-        return f"file too large for the file system while writing {what}"
-    return f"cannot write {what}: {exc.strerror or exc}"
+def size_text(n: float) -> str:
+    """Bytes for a message, in the binary unit that suits them."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{n:.0f} B"
 
 
 def _boot_id() -> str | None:
@@ -166,13 +174,14 @@ class StagingFile:
         self.unsaved = 0
         self.last_progress = 0.0
         self.fd = -1
+        self.dropped = False  # discarded: nothing may recreate the sidecar
         self.unflushed = 0
         self.flusher: Flusher | None = None
         self.state: State
         self.hasher: StreamingShortHasher | None = None
-        self.full: FullHash | None = None
-        if job.blake3 or job.sha256:
-            self.full = FullHash(bool(job.blake3), bool(job.sha256))
+        # The full BLAKE3 of every download goes to the index (ComfyDock's blake3_hash), hashed as the
+        # bytes arrive; sha256 only when the manifest gives one to check.
+        self.full = FullHash(True, bool(job.sha256))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -180,7 +189,11 @@ class StagingFile:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         if self.options.flush_bytes > 0:
-            self.flusher = Flusher(self.fd, keep_cached=self.full is not None)
+            # Segments after the first arrive out of order and are hashed from the page cache at the
+            # end: keep their pages. A single stream is hashed inline: drop them as they are written.
+            size, connections = self.job.size or 0, self.options.connections
+            segmented = connections > 1 and size >= 2 * max(self.options.segment_min, MIB)
+            self.flusher = Flusher(self.fd, keep_cached=segmented)
 
     def close(self) -> None:
         if self.flusher is not None:
@@ -197,6 +210,7 @@ class StagingFile:
         return True
 
     def discard(self) -> None:
+        self.dropped = True
         for path in (self.part, self.sidecar):
             try:
                 path.unlink()
@@ -214,8 +228,7 @@ class StagingFile:
         except OSError as exc:
             raise DiskError(disk_message(exc, self.job.filename)) from None
         self._new_hasher(seed=False)
-        if self.full:
-            self.full.reset()
+        self.full.reset()
         self.save()
 
     def _new_hasher(self, seed: bool) -> None:
@@ -226,7 +239,16 @@ class StagingFile:
             self.hasher.seed_from_file(self.part, ranges)
 
     def learn_size(self, total: int) -> None:
-        """An intent's size, learnt from the first response."""
+        """An intent's size, learnt from the first response (checked against the free space first)."""
+        need = total - self.state.done
+        try:
+            free = shutil.disk_usage(self.part.parent).free
+        except OSError:
+            free = need
+        if need > free:
+            self.discard()
+            raise DiskError(f"not enough disk space for {self.job.filename}: the server announces {size_text(total)}, "
+                            f"{size_text(free)} free; free some space and run `cfd repair` again")
         self.state.size = total
         self.state.segments = [[0, total, self.state.segments[0][2]]]
         try:
@@ -238,7 +260,31 @@ class StagingFile:
 
     # -- progress and checkpoints -----------------------------------------
 
+    def end_of_unknown_length(self, chunked: bool) -> None:
+        """A body without Content-Length ended: take what arrived as the file only if its length is confirmed.
+
+        A chunked body's end is explicit; a safetensors header declares its file's exact length;
+        anything else may be a connection cut short and is refused (and discarded)."""
+        done = self.state.done
+        if is_safetensors_name(self.job.filename):
+            declared = declared_length(self.fd, done)
+            if declared is not None and declared != done:
+                self.discard()
+                raise Failure(f"{self.shown} sent {done} bytes of a safetensors file whose header says {declared} "
+                              f"({'cut short' if declared > done else 'extra bytes'}); discarded")
+            if declared is not None or chunked:
+                self.learn_size(done)
+                return
+        elif chunked:
+            self.learn_size(done)
+            return
+        self.discard()
+        raise Failure(f"{self.shown} sent {done} bytes without saying how many to expect, and nothing confirms that "
+                      "length (a cut connection looks the same); discarded: add the size to the model entry")
+
     def save(self) -> None:
+        if self.dropped:
+            return
         tmp = self.sidecar.with_suffix(".json.tmp")
         try:
             tmp.write_text(self.state.to_json(), encoding="utf-8")
@@ -247,6 +293,8 @@ class StagingFile:
             raise DiskError(disk_message(exc, f"the progress file of {self.job.filename}")) from None
 
     def checkpoint(self, sync: bool = False) -> None:
+        if self.dropped:
+            return
         with self.lock:
             try:
                 if sync:
@@ -261,8 +309,7 @@ class StagingFile:
         self._write(offset, data)
         if self.hasher is not None:
             self.hasher.update_at(offset, data)
-        if self.full is not None:
-            self.full.feed(offset, data)
+        self.full.feed(offset, data)
         self._advance(index, len(data))
 
     def _advance(self, index: int, n: int) -> None:
@@ -294,6 +341,10 @@ class StagingFile:
                 written = os.pwrite(self.fd, view, offset)
                 view, offset = view[written:], offset + written
         except OSError as exc:
+            if self.state.size is None:  # no length to check a resumed file against: never keep it
+                self.discard()
+                raise DiskError(disk_message(exc, self.job.filename) + "; the partial download (size unknown) "
+                                "was discarded") from None
             raise DiskError(disk_message(exc, self.job.filename) + "; the partial download is kept for the next run") from None
 
     # -- verification ------------------------------------------------------
@@ -304,6 +355,11 @@ class StagingFile:
         if actual != size or self.state.done != size:
             self.discard()
             raise Failure(f"{self.shown}: got {self.state.done} bytes where {size} were expected; discarded")
+        if self.job.size is None and is_safetensors_name(self.job.filename):
+            declared = declared_length(self.fd, size)
+            if declared is not None and declared != size:
+                self.discard()
+                raise Failure(f"{self.shown} sent a safetensors file of {size} bytes whose header says {declared}; discarded")
         short = self.hasher.hexdigest() if self.hasher is not None else short_hash_file(self.part)
         expected = self.job.expected_hash
         if expected and short != expected.lower():
@@ -311,14 +367,12 @@ class StagingFile:
             raise Failure(
                 f"{self.shown} sent data that does not match the manifest (short hash {short}, expected {expected}); discarded"
             )
-        b3 = s256 = None
-        if self.full is not None:
-            self.full.catch_up(self.fd, size)
-            b3, s256 = self.full.digests()
-            for name, got, want in (("blake3", b3, self.job.blake3), ("sha256", s256, self.job.sha256)):
-                if want and got != want.lower():
-                    self.discard()
-                    raise Failure(f"{self.shown} sent data whose {name} does not match the manifest; discarded")
+        self.full.catch_up(self.fd, size)
+        b3, s256 = self.full.digests()
+        for name, got, want in (("blake3", b3, self.job.blake3), ("sha256", s256, self.job.sha256)):
+            if want and got != want.lower():
+                self.discard()
+                raise Failure(f"{self.shown} sent data whose {name} does not match the manifest; discarded")
         try:
             os.fsync(self.fd)
         except OSError as exc:

@@ -65,6 +65,9 @@ class HookProgress:
     def on_file_complete(self, filename: str, success: bool, error: str | None) -> None:
         self._write(f"cfd: {filename}: " + ("ok" if success else f"failed: {error}"))
 
+    def on_file_note(self, filename: str, message: str) -> None:
+        self._write(f"cfd: {filename}: {message}")
+
     def on_batch_complete(self, succeeded: int, total: int) -> None:
         if self._partial:
             self._write("")

@@ -63,6 +63,7 @@ def _say(stream: TextIO, message: str) -> None:
 
 def summary(outcome: object) -> str | None:
     """The one line a hook prints after acting (None when there is nothing to say)."""
+    from cfd.core.downloadtypes import OVER_BUDGET
     from cfd.core.pullsync import SYNCED, PullSyncOutcome
 
     assert isinstance(outcome, PullSyncOutcome)
@@ -76,8 +77,9 @@ def summary(outcome: object) -> str | None:
         parts.append(f"{len(outcome.downloaded)} downloaded")
     if outcome.found:
         parts.append(f"{len(outcome.found)} found on disk, indexed")
-    if outcome.failed:
-        parts.append(f"{len(outcome.failed)} failed")
+    failed = [name for name, error in outcome.failed if not error.startswith(OVER_BUDGET)]
+    if failed:  # those the budget stopped are said below, as pending
+        parts.append(f"{len(failed)} failed")
     if outcome.handed_to_agent:
         where = "downloading in the background" if outcome.agent_started else "recorded for the agent (not available)"
         parts.append(f"{outcome.handed_to_agent} {where}")
@@ -91,6 +93,7 @@ def summary(outcome: object) -> str | None:
             "no-source": "without a source",
             "deferred": "deferred by cfd.onPull=defer",
             "background": "for the agent",
+            "hook-time-budget": "left by the hook time budget (cfd.hookTimeBudget)",
         }
         detail = ", ".join(f"{n} {labels.get(reason, reason)}" for reason, n in sorted(reasons.items()))
         return "; ".join(parts) + f"; {len(left)} pending ({detail}): run `cfd repair`"
@@ -138,7 +141,8 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
         return
     from .progress import HookProgress
 
-    outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=HookProgress(err), repo=repo)
+    outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=HookProgress(err), repo=repo,
+                           time_budget=env.settings["cfd.hookTimeBudget"])
     for warning in outcome.warnings[:3]:
         _say(err, f"warning: {warning}")
     if len(outcome.warnings) > 3:

@@ -355,3 +355,90 @@ def test_damaged_marker_during_a_hook_and_the_agent(scenario: Scenario, server: 
     assert len(list(marker.parent.glob(f"{MARKER_NAME}.corrupt-*"))) == 2  # both damaged markers kept for a look
     status = run_cfd("status", cwd=bob.path, env=environ)
     assert status.returncode == 1 and "b.safetensors" in status.stdout  # the truth never depended on the marker
+
+
+# --------------------------------------------------------------------------- a full disk under the environment
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 4 MiB file system (tmpfs) to fill up; needs root, as on the CI machine."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); this test needs root")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill `disk` until only `leave` bytes are free."""
+    filler = disk / "filler"
+    with open(filler, "wb") as handle:
+        handle.write(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
+    return filler
+
+
+def test_full_disk_during_the_pyproject_write_back(small_disk: Path, server: ModelServer, cfd_env: dict[str, str],
+                                                   models_dir: Path) -> None:
+    """The downloads succeed (models on another disk), then the environment's disk is full when
+    `cfd repair` writes the resolved hashes back: one clear line, the marker written, and the next
+    run finishes the write-back."""
+    from helpers import ManifestBuilder
+
+    scenario = Scenario(small_disk / "repos")
+    m = serve(server, "lora.safetensors", 12, MIB, category="loras")
+    builder = ManifestBuilder().ref("wf1", m.name, "loras", criticality="required", status="unresolved",
+                                    node_id="5", node_type="LoraLoader", sources=[m.url], relative_path=m.relpath)
+    padding = "".join(f"# {'x' * 70}\n" for _ in range(800))  # ~58 KiB: more than the disk will have left
+    clone = scenario.clone("bob")
+    clone.commit("environment", {"pyproject.toml": builder.render() + padding})
+    env = {**cfd_env, "CFD_RETRIES": "2", "CFD_CONNECTIONS": "1"}
+    filler = fill(small_disk, 16 * 1024)
+    result = run_cfd("repair", "--yes", cwd=clone.path, env=env)
+    clean_stderr(result.stderr)
+    assert (models_dir / m.relpath).read_bytes() == m.data  # the download itself worked
+    lines = [line for line in result.stderr.splitlines() if "pyproject.toml" in line]
+    assert len(lines) == 1 and "disk full" in lines[0] and "run `cfd repair` again" in lines[0], result.stderr
+    assert result.returncode == 1
+    assert 'status = "unresolved"' in clone.read("pyproject.toml")  # untouched, not half-written
+    assert not [p for p in clone.path.iterdir() if p.name.endswith(".tmp")]
+    marker = Marker(clone.path / ".git").read()
+    assert [e.filename for e in marker] == [m.name] and "disk full" in (marker[0].error or "")
+    # Space again: the next run writes the hash back without downloading anything.
+    filler.unlink()
+    server.reset_stats()
+    result = run_cfd("repair", "--yes", cwd=clone.path, env=env)
+    clean_stderr(result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server.requests == [] and 'status = "unresolved"' not in clone.read("pyproject.toml")
+    assert Marker(clone.path / ".git").read() == []
+    report("disk-full-during-write-back", faults=1, survived=1)
+
+
+def test_disk_filled_by_an_intent_of_unknown_size_keeps_nothing(small_disk: Path, env: Env) -> None:
+    """An intent streamed without a length until the models disk is full (4 MiB tmpfs, default
+    ceiling): one line, nothing placed, and no filler kept in staging for a later run to refill."""
+    from helpers import ManifestBuilder
+
+    from cfd.core.tensorfile import safetensors_bytes
+
+    models = small_disk / "models"
+    models.mkdir()
+    url = env.server.add_file("/loras/filler.safetensors", safetensors_bytes(b"\1" * MIB))
+    env.server.set_fault("/loras/filler.safetensors", no_length=True, extra_bytes=1 << 40)
+    builder = ManifestBuilder().ref("wf1", "filler.safetensors", "loras", criticality="required", status="unresolved",
+                                    node_id="5", node_type="LoraLoader", sources=[url], relative_path="loras/filler.safetensors")
+    env.clone = env.scenario.clone("bob")
+    env.clone.commit("environment", {"pyproject.toml": builder.render()})
+    code, data, _ = env.repair(extra={"CFD_MODELS_DIR": str(models)})
+    assert code == 1
+    error = data["failed"][0]["error"]
+    assert error.startswith("disk full while writing filler.safetensors") and "discarded" in error, error
+    assert not (models / "loras" / "filler.safetensors").exists()
+    assert os.listdir(models / ".cfd" / "staging") == []
+    assert shutil.disk_usage(small_disk).free > 3 * MIB  # the space is given back

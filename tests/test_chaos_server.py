@@ -247,6 +247,22 @@ def test_file_replaced_during_a_multi_connection_download(setup: Setup) -> None:
            refetched_mib=round((setup.server.bytes_sent() - m.size) / MIB, 1))
 
 
+def test_mirror_with_inconsistent_etags_falls_back_to_one_connection(setup: Setup) -> None:
+    """A load-balanced mirror whose two backends give the same file different ETags: ranges on several
+    connections keep hitting the other backend (its If-Range fails); one connection reads one copy."""
+    m = serve(setup.server, "mirrored.safetensors", 9, 64 * MIB)
+    setup.environment(m)
+    setup.server.set_fault(m.path, mirror_etags=2)
+    assert setup.clone is not None
+    result = run_cfd("repair", "--yes", cwd=setup.clone.path, env={**setup.env, "CFD_CONNECTIONS": "4"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert "answers differently on different connections" in said and "using one connection" in said, said
+    setup.check(complete=True)
+    report("mirror-inconsistent-etags", backends=2, connections=4, requests=len(setup.server.requests_for(m.path)),
+           sent_mib=round(setup.server.bytes_sent(m.path) / MIB, 1))
+
+
 # --------------------------------------------------------------------------- redirects and rate limits
 
 

@@ -19,6 +19,7 @@ from blake3 import blake3
 from helpers.chaos import Lines, wait_until
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
+from cfd.core.tensorfile import safetensors_bytes
 from cfd.core.download import (
     DownloadCallbacks,
     DownloadJob,
@@ -88,13 +89,15 @@ def staging_files(models_dir: Path) -> list[str]:
     return sorted(os.listdir(staging)) if staging.exists() else []
 
 
-def assert_placed(models_dir: Path, index_path: Path, data: bytes, relpath: str = REL) -> None:
+def assert_placed(models_dir: Path, index_path: Path, data: bytes, relpath: str = REL, downloaded: bool = True) -> None:
     path = models_dir / relpath
     assert path.read_bytes() == data
     with ModelIndex(index_path, models_dir) as index:
         digest = short_hash_bytes(data)
         assert index.present([digest]) == {digest: relpath}
         assert index.locations()[relpath].mtime == path.stat().st_mtime
+        if downloaded:  # its full BLAKE3 is recorded
+            assert index.model_row(digest)[1] == blake3(data).hexdigest()
     assert not [n for n in staging_files(models_dir) if n.endswith(".part")]
 
 
@@ -111,6 +114,8 @@ def test_download_places_verifies_and_indexes(server: ModelServer, models_dir: P
     assert_placed(models_dir, index_path, data)
     with ModelIndex(index_path, models_dir) as index:
         assert index.sources_of(short_hash_bytes(data)) == [url]
+        # The manifest gave no blake3: the full one is recorded anyway (the short hash samples).
+        assert index.model_row(short_hash_bytes(data)) == (len(data), blake3(data).hexdigest(), None)
     request = server.requests[0]
     assert request.headers.get("Accept-Encoding") == "identity"
     assert "Authorization" not in request.headers
@@ -121,7 +126,7 @@ def test_large_file_uses_parallel_segments_and_three_region_hash(
 ) -> None:
     data = generate_model_bytes(2, 40 * MIB)  # > 30 MiB: middle and tail regions count
     url = server.add_file("/big.safetensors", data)
-    job = make_job(data, url, blake3=blake3(data).hexdigest())
+    job = make_job(data, url)  # no blake3 in the manifest: segments are hashed in full all the same
     outcome = one(job, models_dir, index_path, opts={"connections": 4})
     assert outcome.success, outcome.error
     assert_placed(models_dir, index_path, data)
@@ -537,7 +542,7 @@ def test_existing_right_file_is_indexed_not_downloaded(server: ModelServer, mode
     outcome = one(make_job(data, server.add_file("/m", data)), models_dir, index_path)
     assert outcome.success and outcome.bytes_fetched == 0
     assert server.requests == []
-    assert_placed(models_dir, index_path, data)
+    assert_placed(models_dir, index_path, data, downloaded=False)
 
 
 def test_existing_wrong_file_is_not_overwritten(server: ModelServer, models_dir: Path, index_path: Path) -> None:
@@ -567,9 +572,10 @@ def test_not_enough_space_is_said_plainly(server: ModelServer, models_dir: Path,
     assert server.requests == []
 
 
-def test_write_error_keeps_the_partial_for_resume(server: ModelServer, models_dir: Path, index_path: Path) -> None:
-    """A file-size limit makes pwrite fail with EFBIG mid-stream, as a full or FAT disk would."""
-    data = generate_model_bytes(28, 4 * MIB)
+def test_write_error_discards_a_partial_of_unknown_size(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+    """A file-size limit makes pwrite fail with EFBIG mid-stream, as a full or FAT disk would. Without a
+    length nothing could check a resumed file: the partial is discarded, never kept to be refilled."""
+    data = safetensors_bytes(generate_model_bytes(28, 4 * MIB))
     url = server.add_file("/m", data)
     server.set_fault("/m", no_length=True)  # an intent of unknown size: nothing is preallocated
     job = DownloadJob("intent:wf/1/0", "m.safetensors", REL, None, (url,), None)
@@ -587,11 +593,11 @@ def test_write_error_keeps_the_partial_for_resume(server: ModelServer, models_di
     assert result.stderr == "started m.safetensors\n"  # and nothing else: no traceback
     reply = json.loads(result.stdout)
     assert not reply["success"] and reply["error"].startswith("file too large for the file system while writing m.safetensors")
-    assert "kept" in reply["error"] and not (models_dir / REL).exists()
-    assert (models_dir / ".cfd" / "staging" / f"{staging_name(job.key)}.part").stat().st_size == 2 * MIB
+    assert "discarded" in reply["error"] and not (models_dir / REL).exists()
+    assert staging_files(models_dir) == []
     server.clear_faults()
     outcome = one(job, models_dir, index_path)
-    assert outcome.success and outcome.bytes_fetched < len(data)  # resumed, not restarted
+    assert outcome.success and outcome.bytes_fetched == len(data)
     assert (models_dir / REL).read_bytes() == data
 
 
@@ -640,27 +646,64 @@ def test_intent_is_downloaded_hashed_and_remembered_by_source(server: ModelServe
     assert (models_dir / "loras/lora.safetensors").read_bytes() == data
     with ModelIndex(index_path, models_dir) as index:
         assert index.present_by_source([url]) == {url: "loras/lora.safetensors"}
+        assert index.model_row(outcome.short_hash) == (len(data), blake3(data).hexdigest(), None)
     server.reset_stats()
     again = one(job, models_dir, index_path)
     assert again.success and again.bytes_fetched == 0 and server.requests == []
 
 
-def test_intent_without_length_resumes(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+def test_intent_cut_short_without_length_is_refused(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+    """Without a length a cut looks like the end: nothing confirms it, so nothing is placed (nor kept)."""
     data = generate_model_bytes(31, 3 * MIB)
     url = server.add_file("/x", data)
     server.set_fault("/x", no_length=True, close_after=MIB, close_times=1)
-    job = DownloadJob("intent:wf1/8/0", "x.safetensors", "loras/x.safetensors", None, (url,), None)
+    job = DownloadJob("intent:wf1/8/0", "x.ckpt", "loras/x.ckpt", None, (url,), None)
     outcome = one(job, models_dir, index_path)
-    # Without a length the first cut looks like the end; the intent is then a 1 MiB file.
+    assert not outcome.success and "without saying how many to expect" in outcome.error
+    assert "\n" not in outcome.error and not (models_dir / "loras/x.ckpt").exists()
+    assert staging_files(models_dir) == []
     # With a length (the normal case) the cut is detected and resumed.
-    assert outcome.success
     server.set_fault("/x", close_after=MIB, close_times=1)
-    job2 = replace(job, key="intent:wf1/9/0", relative_path="loras/y.safetensors", filename="y.safetensors")
-    with ModelIndex(index_path, models_dir) as index:
-        index.remove_location("loras/x.safetensors")
-    outcome = one(job2, models_dir, index_path, opts={"connections": 1})
-    assert outcome.success and (models_dir / "loras/y.safetensors").read_bytes() == data
+    outcome = one(job, models_dir, index_path, opts={"connections": 1})
+    assert outcome.success and (models_dir / "loras/x.ckpt").read_bytes() == data
     assert outcome.short_hash == short_hash_bytes(data)
+
+
+@pytest.mark.parametrize("cut", [True, False])
+def test_safetensors_without_length_is_checked_against_its_header(
+    server: ModelServer, models_dir: Path, index_path: Path, cut: bool
+) -> None:
+    data = safetensors_bytes(generate_model_bytes(32, 3 * MIB))
+    url = server.add_file("/s", data)
+    server.set_fault("/s", no_length=True, **({"close_after": 2 * MIB, "close_times": 1} if cut else {}))
+    job = DownloadJob("intent:wf1/9/0", "s.safetensors", "loras/s.safetensors", None, (url,), None)
+    outcome = one(job, models_dir, index_path)
+    if cut:
+        assert not outcome.success and "cut short" in outcome.error and f"header says {len(data)}" in outcome.error
+        assert not (models_dir / "loras/s.safetensors").exists() and staging_files(models_dir) == []
+    else:
+        assert outcome.success and (models_dir / "loras/s.safetensors").read_bytes() == data
+
+
+def test_unknown_size_over_the_ceiling_is_refused(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+    data = safetensors_bytes(generate_model_bytes(33, 3 * MIB))
+    url = server.add_file("/big", data)
+    job = DownloadJob("intent:wf1/10/0", "big.safetensors", "loras/big.safetensors", None, (url,), None)
+    for no_length in (False, True):  # announced, then streamed without a length
+        server.set_fault("/big", no_length=no_length)
+        outcome = one(job, models_dir, index_path, opts={"max_unknown_size": 2 * MIB})
+        assert not outcome.success and "more than cfd.maxUnknownSize (2.0 MiB)" in outcome.error, outcome.error
+        assert staging_files(models_dir) == [] and not (models_dir / "loras/big.safetensors").exists()
+
+
+def test_announced_length_larger_than_the_free_space_is_refused(server: ModelServer, models_dir: Path, index_path: Path) -> None:
+    data = generate_model_bytes(34, MIB)
+    url = server.add_file("/huge", data)
+    server.set_fault("/huge", wrong_content_length=1 << 60)  # claims an exabyte
+    job = DownloadJob("intent:wf1/11/0", "huge.ckpt", "loras/huge.ckpt", None, (url,), None)
+    outcome = one(job, models_dir, index_path, opts={"max_unknown_size": 1 << 62})
+    assert not outcome.success and outcome.error.startswith("not enough disk space for huge.ckpt"), outcome.error
+    assert staging_files(models_dir) == []
 
 
 def test_errors_never_leak_tokens_or_url_secrets(models_dir: Path, index_path: Path,
@@ -696,3 +739,21 @@ def test_unreachable_source_falls_through_to_the_next(server: ModelServer, model
     assert not outcome.success and "connection refused" in outcome.error and "2 attempts" in outcome.error
     outcome = one(make_job(data, dead, good), models_dir, index_path, opts={"retries": 2})
     assert outcome.success and outcome.source == good
+
+
+def test_low_speed_limit_ignores_our_own_rate_cap_but_not_a_slow_server(
+    server: ModelServer, models_dir: Path, index_path: Path
+) -> None:
+    data = generate_model_bytes(35, 2 * MIB)
+    url = server.add_file("/capped", data)
+    slow = {"low_speed_limit": 4 * MIB, "low_speed_time": 0.3, "retries": 1, "connections": 1}
+    # The agent's cap (1 MiB/s) is far under the limit: waiting for it is not the server's slowness.
+    outcome = one(make_job(data, url), models_dir, index_path, opts={**slow, "max_rate": MIB, "chunk_size": 64 * 1024})
+    assert outcome.success, outcome.error
+    # A server dripping bytes is still cut, cap or not.
+    drip = generate_model_bytes(36, MIB)
+    server.add_file("/drip", drip)
+    server.set_fault("/drip", drip=0.05)
+    outcome = one(make_job(drip, server.url("/drip"), relpath="loras/d.safetensors"), models_dir, index_path,
+                  opts={**slow, "max_rate": 100 * MIB})
+    assert not outcome.success and "slower than 4.0 MiB/s for 0.3 s" in outcome.error, outcome.error

@@ -396,6 +396,33 @@ def test_extra_headers(srv):
     assert "X-Linked-Size" not in get(srv).headers
 
 
+def test_mirror_backends_have_their_own_etags(srv):
+    srv.set_fault(PATH, mirror_etags=2)
+    first, second = get(srv), get(srv)
+    assert first.content == second.content == DATA
+    assert first.headers["ETag"] != second.headers["ETag"]
+    # Each backend honours If-Range only with its own ETag: the other one answers the whole file.
+    third = get(srv, headers={"Range": "bytes=10-19", "If-Range": second.headers["ETag"]})
+    fourth = get(srv, headers={"Range": "bytes=10-19", "If-Range": second.headers["ETag"]})
+    assert sorted([third.status_code, fourth.status_code]) == [200, 206]
+
+
+def test_black_hole_accepts_and_never_answers(srv):
+    srv.set_fault(PATH, black_hole=True)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        get(srv, timeout=(2, 0.3))
+    assert len(srv.requests_for(PATH)) == 1  # it was received
+
+
+def test_drip_sends_one_byte_at_a_time(srv):
+    srv.set_fault(PATH, drip=0.05)
+    with requests.get(srv.url(PATH), stream=True, timeout=5) as resp:
+        assert resp.headers["Content-Length"] == str(len(DATA))
+        got = [resp.raw.read1(1024) for _ in range(3)]
+    joined = b"".join(got)
+    assert len(joined) < 16 and joined == DATA[: len(joined)]  # a byte per 0.05 s, not the body
+
+
 def test_unknown_fault_option_is_rejected(srv):
     with pytest.raises(TypeError):
         srv.set_fault(PATH, explode=True)

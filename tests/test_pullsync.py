@@ -154,7 +154,7 @@ def test_download_mode_passes_the_selection_to_sync_models(bob, monkeypatch):
 
     calls = []
 
-    def fake(env, models, intents, *, callbacks=None, cancel=None, trigger=""):
+    def fake(env, models, intents, *, callbacks=None, cancel=None, trigger="", deadline=None):
         calls.append(([m.hash for m in models], trigger))
         return repair.SyncResult([m.model.filename for m in models], [], [])
 

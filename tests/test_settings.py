@@ -120,6 +120,12 @@ def test_paths_expand_the_home_directory(repo: Path) -> None:
         ("CFD_STALL_TIMEOUT", "soon"),
         ("CFD_AGENT_MAX_RATE", "fast"),
         ("CFD_AGENT_MAX_RATE", "infM"),
+        ("CFD_MAX_UNKNOWN_SIZE", "0"),
+        ("CFD_MAX_UNKNOWN_SIZE", "huge"),
+        ("CFD_MAX_UNKNOWN_SIZE", "-1G"),
+        ("CFD_HOOK_TIME_BUDGET", "0"),
+        ("CFD_LOW_SPEED_LIMIT", "slow"),
+        ("CFD_LOW_SPEED_TIME", "-1"),
     ],
 )
 def test_bad_environment_values(repo: Path, env: str, value: str) -> None:
@@ -167,6 +173,16 @@ def test_good_unusual_values(repo: Path) -> None:
     assert settings["cfd.agent.maxRate"] == int(1.5 * 1024 * 1024)
     assert settings["cfd.stallTimeout"] == 0.5
     assert settings["cfd.jobs"] == 8
+
+
+def test_size_and_speed_settings() -> None:
+    settings = resolve_settings(None, environ={"CFD_MAX_UNKNOWN_SIZE": "1.5T", "CFD_LOW_SPEED_LIMIT": "0"})
+    assert settings["cfd.maxUnknownSize"] == int(1.5 * 1024**4)
+    assert settings["cfd.lowSpeedLimit"] == 0  # off, as curl without --speed-limit
+    defaults = resolve_settings(None, environ={})
+    assert defaults["cfd.maxUnknownSize"] == 64 * 1024**3 and defaults["cfd.hookTimeBudget"] == 300.0
+    assert (defaults["cfd.lowSpeedLimit"], defaults["cfd.lowSpeedTime"]) == (1024, 30.0)
+    assert resolve_settings(None, environ={"CFD_MAX_UNKNOWN_SIZE": "64GiB"})["cfd.maxUnknownSize"] == 64 * 1024**3
 
 
 # --- finding the environment and its workspace ----------------------------------------
