@@ -69,7 +69,7 @@ class DownloadCallbacks:
         """The source failed (`reason`); the next attempt comes in `delay` seconds."""
 
 
-_EXTENSIONS = ("on_file_resume", "on_file_retry")
+_EXTENSIONS = ("on_file_note", "on_file_resume", "on_file_retry")
 
 
 @dataclass
