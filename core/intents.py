@@ -87,6 +87,7 @@ def apply_resolutions(text: str, resolutions: Sequence[ResolvedIntent]) -> tuple
     if models is None:
         models = tomlkit.table()
         comfydock["models"] = models
+    as_tables = _siblings_are_tables(models)  # once: asking per added model is quadratic
     for model_hash, resolution in added.items():
         if model_hash in models:
             continue
@@ -95,19 +96,24 @@ def apply_resolutions(text: str, resolutions: Sequence[ResolvedIntent]) -> tuple
         if ref.category:
             fields["category"] = ref.category
         fields["sources"] = list(ref.sources)
-        models[model_hash] = _entry_like_siblings(tomlkit, models, fields)
+        models[model_hash] = _entry_like_siblings(tomlkit, as_tables, fields)
     new_text = tomlkit.dumps(doc)
     if "\r\n" in text:  # tomlkit writes "\n" for what it adds; keep a CRLF file CRLF
         new_text = new_text.replace("\r\n", "\n").replace("\n", "\r\n")
     return new_text, done
 
 
-def _entry_like_siblings(tomlkit: Any, models: Any, fields: dict[str, Any]) -> Any:
-    """An inline table, unless every existing entry is a full `[...models.<hash>]` table."""
+def _siblings_are_tables(models: Any) -> bool:
+    """Whether every existing entry is a full `[...models.<hash>]` table (and there is one)."""
     from tomlkit.items import Table
 
     values = list(models.values())
-    if values and all(isinstance(value, Table) for value in values):
+    return bool(values) and all(isinstance(value, Table) for value in values)
+
+
+def _entry_like_siblings(tomlkit: Any, as_tables: bool, fields: dict[str, Any]) -> Any:
+    """An inline table, unless the existing entries are full tables."""
+    if as_tables:
         table = tomlkit.table()
         table.update(fields)
         return table
