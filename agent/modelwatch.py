@@ -39,7 +39,7 @@ from watchdog.events import (
 )
 
 from cfd.core.index import Location, ModelIndex
-from cfd.core.scan import MIN_MODEL_SIZE, index_file, is_candidate, walk_models
+from cfd.core.scan import MIN_MODEL_SIZE, PruneRefused, guard_pruning, index_file, is_candidate, walk_models
 
 from .statusfile import StatusBoard
 
@@ -239,6 +239,12 @@ class ModelsWatcher:
             else:
                 self._mark(relative_path, now, closed=None)  # may still be written to
         gone = [path for path in known if path not in seen and visible(path) and not (self.models_dir / path).exists()]
+        try:
+            guard_pruning(self.models_dir, len(gone), len(known), len(seen), False, "run `cfd index scan --prune`, then restart the agent")
+        except PruneRefused as exc:
+            log.warning("initial scan: %s", exc)
+            self.board.error(f"initial scan kept the index as it was: {exc}")
+            return
         if gone:
             with self._index.transaction():
                 for path in gone:

@@ -88,7 +88,9 @@ class ModelIndex:
 
     def __init__(self, db_path: str | os.PathLike[str], models_dir: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
-        self.models_dir = Path(models_dir)
+        from .environment import require_models_dir
+
+        self.models_dir = require_models_dir(models_dir)  # else the mkdir below would create it
         self.base_directory = str(self.models_dir.resolve())
         self._root = str(self.models_dir)
         try:

@@ -156,3 +156,25 @@ def test_a_burst_of_files_is_indexed(scenario, models_dir, agent_env, agents, tm
     shutil.copytree(source, models_dir / "loras" / "pack")
     wait_for(lambda: locations(models_dir) == hashes, timeout=20, what="200 files indexed")
     wait_for(lambda: agent.stats().get("hashed") == 200, what="status updated")
+
+
+def test_first_scan_of_an_empty_mount_point_keeps_the_index(scenario, models_dir, agent_env, agents, tmp_path):
+    """Issue 10: an agent starting while the models drive is not mounted saw an empty folder
+    and removed every location from the shared index. It refuses, and says so."""
+    from cfd.core.scan import scan_models
+    from test_agent_support import index_of
+
+    for n in range(5):
+        make_model(models_dir, f"checkpoints/m{n}.safetensors", seed=n, size=4096)
+    with index_of(models_dir) as index:
+        scan_models(index)
+    before = locations(models_dir)
+    assert len(before) == 5
+    models_dir.rename(tmp_path / "unmounted")
+    models_dir.mkdir()  # the bare mount point
+    repo = make_env_repo(scenario)
+    agent = agents(repo, models_dir)
+    errors = [e["message"] for e in agent.status().get("errors", [])]
+    assert any("5 of the 5 indexed files" in e and "kept the index" in e for e in errors), errors
+    assert locations(models_dir) == before
+    assert agent.stats().get("removed", 0) == 0

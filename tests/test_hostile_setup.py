@@ -1,0 +1,105 @@
+"""Hostile setups (issue 10): a models dir that is not there, a repo path with a newline,
+a huge manifest, two agents on one models dir. Driven through the real commands: `git pull`
+firing the installed hooks, `cfd repair`, `cfd index scan`, the agent."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from helpers import ManifestBuilder, Scenario, make_model
+from helpers.chaos import run_cfd, serve
+
+from cfd.cli.model_server import ModelServer
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def server():
+    with ModelServer() as srv:
+        yield srv
+
+
+def locations(index: Path) -> int:
+    with sqlite3.connect(index) as conn:
+        return conn.execute("SELECT COUNT(*) FROM model_locations").fetchone()[0]
+
+
+# --------------------------------------------------------------------------- a models dir that is not there
+
+
+def test_a_missing_models_dir_is_never_created(scenario: Scenario, server: ModelServer, tmp_path: Path,
+                                               cfd_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unmounted drive or a typo: hooks, repair and status say so in one line and create nothing
+    (a created dir on the system disk would be filled by the downloads)."""
+    unmounted = tmp_path / "mnt" / "models-drive" / "models"
+    env = {**cfd_env, "CFD_MODELS_DIR": str(unmounted), "CFD_INDEX": str(tmp_path / "elsewhere" / "models.db")}
+    for key, value in env.items():
+        if key.startswith("CFD_"):
+            monkeypatch.setenv(key, value)
+    scenario.seed({"pyproject.toml": ManifestBuilder().render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
+    m = serve(server, "big.safetensors", 1, 4096)
+    builder = ManifestBuilder().model(m.hash, m.name, m.size, f"checkpoints/{m.name}", "checkpoints", [m.url])
+    builder.ref("wf", m.name, "checkpoints", hash=m.hash, criticality="required", node_id="1")
+    alice.commit("a model", {"pyproject.toml": builder.render()})
+    alice.push()
+
+    pulled = bob.pull()
+    assert pulled.returncode == 0 and bob.is_clean()
+    lines = [line for line in pulled.stderr.splitlines() if line.startswith("cfd:")]
+    assert len(lines) == 1 and f"the models directory {unmounted} does not exist" in lines[0], pulled.stderr
+    assert "create it or mount it" in lines[0] and "Traceback" not in pulled.stderr
+    for args in (("repair", "--yes"), ("status",), ("index", "scan")):
+        result = run_cfd(*args, cwd=bob.path, env=dict(os.environ))
+        assert result.returncode != 0 and "Traceback" not in result.stderr, (args, result.stderr)
+        assert f"the models directory {unmounted} does not exist" in result.stderr, (args, result.stderr)
+        assert [line for line in result.stderr.splitlines() if not line.startswith("hint:")] == [
+            line for line in result.stderr.splitlines() if line.startswith("cfd: error: the models directory")
+        ], (args, result.stderr)  # one error line (and the CLI's usual hint line)
+    assert not (tmp_path / "mnt").exists()  # nothing created, not even the parent
+    assert server.requests == []
+
+
+def test_index_scan_of_an_empty_mount_point_keeps_the_index(tmp_path: Path, cfd_env: dict[str, str],
+                                                             scenario: Scenario) -> None:
+    """The drive is not mounted: its mount point is an empty folder. Forgetting every location
+    would empty the shared index for every environment (and ComfyDock)."""
+    models = Path(cfd_env["CFD_MODELS_DIR"])
+    index = Path(cfd_env["CFD_INDEX"])
+    for n in range(6):
+        make_model(models, f"checkpoints/m{n}.safetensors", n, 256)
+    env_repo = scenario.clone("env")
+    env_repo.commit("env", {"pyproject.toml": ManifestBuilder().render()})
+    assert run_cfd("index", "scan", cwd=env_repo.path, env=cfd_env).returncode == 0
+    assert locations(index) == 6
+    stash = tmp_path / "unmounted-content"
+    models.rename(stash)
+    models.mkdir()  # the bare mount point
+
+    refused = run_cfd("index", "scan", cwd=env_repo.path, env=cfd_env)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert len([line for line in refused.stderr.splitlines() if not line.startswith("hint:")]) == 1, refused.stderr
+    assert "6 of the 6 indexed files" in refused.stderr and "--prune" in refused.stderr, refused.stderr
+    assert locations(index) == 6
+
+    # More than half gone (4 of 6) is refused too; a move inside the dir is not a loss.
+    models.rmdir()
+    stash.rename(models)
+    for n in range(4):
+        (models / "checkpoints" / f"m{n}.safetensors").unlink()
+    assert "4 of the 6" in run_cfd("index", "scan", cwd=env_repo.path, env=cfd_env).stderr
+    assert locations(index) == 6
+    pruned = run_cfd("index", "scan", "--prune", cwd=env_repo.path, env=cfd_env)
+    assert pruned.returncode == 0 and "4 removed" in pruned.stdout, pruned.stdout + pruned.stderr
+    assert locations(index) == 2
+    (models / "elsewhere").mkdir()
+    for n in (4, 5):
+        (models / "checkpoints" / f"m{n}.safetensors").rename(models / "elsewhere" / f"m{n}.safetensors")
+    moved = run_cfd("index", "scan", cwd=env_repo.path, env=cfd_env)
+    assert moved.returncode == 0 and "2 removed" in moved.stdout, moved.stdout + moved.stderr
+    assert locations(index) == 2
