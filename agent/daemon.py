@@ -25,7 +25,7 @@ from cfd.core.index import ModelIndex
 from cfd.core.marker import Marker
 
 from .lock import AgentLock
-from .paths import AgentPaths, agent_paths
+from .paths import AgentPaths, agent_paths, models_dir_lock
 from .pendingview import PendingView
 from .statusfile import StatusBoard
 
@@ -180,6 +180,17 @@ class Agent:
         lock = AgentLock(self.paths.lock)
         if not lock.acquire():
             return ALREADY_RUNNING
+        shared = AgentLock(models_dir_lock(self.config.models_dir))
+        try:
+            taken = shared.acquire()
+        except OSError:
+            taken = False  # a read-only models dir: the per-user lock still holds
+            shared = None
+        if shared is not None and not taken:
+            lock.release()
+            return ALREADY_RUNNING
+        if shared is not None:
+            shared.record_owner(f"pid {os.getpid()}, state in {self.paths.root}\n")
         try:
             setup_logging(self.paths, self.config.console)
             self.paths.pid.write_text(f"{os.getpid()}\n", encoding="ascii")
@@ -215,6 +226,8 @@ class Agent:
             log.info("agent ready (pid %d): watching %s for %s", os.getpid(), c.models_dir, ", ".join(str(e.repo) for e in c.envs))
             while self._signal is None and self._stop_reason is None:
                 time.sleep(0.5)
+                if not c.models_dir.is_dir():  # inotify stays silent when a file inside is held open (our lock)
+                    self._stop_reason = f"the models directory {c.models_dir} is gone"
             log.info("stopping (%s)", self._stop_reason or f"signal {self._signal}")
             board.set(state="stopping")
             self._cancel.set()
@@ -227,4 +240,6 @@ class Agent:
             log.info("agent stopped")
             return 0
         finally:
+            if shared is not None:
+                shared.release()
             lock.release()
