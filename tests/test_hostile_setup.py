@@ -9,8 +9,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import ManifestBuilder, Scenario, make_model
-from helpers.chaos import run_cfd, serve
+from helpers import ManifestBuilder, Scenario, make_model, run_git
+from helpers.chaos import Served, run_cfd, serve
 
 from cfd.cli.model_server import ModelServer
 
@@ -28,6 +28,21 @@ def locations(index: Path) -> int:
         return conn.execute("SELECT COUNT(*) FROM model_locations").fetchone()[0]
 
 
+def use_settings(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """The CFD_* settings of `env` in this process too (the hooks inherit them)."""
+    for key, value in env.items():
+        if key.startswith("CFD_"):
+            monkeypatch.setenv(key, value)
+
+
+def one_model(server: ModelServer, name: str, seed: int) -> tuple[Served, str]:
+    """A served model and a manifest whose workflow requires it."""
+    m = serve(server, name, seed, 4096)
+    builder = ManifestBuilder().model(m.hash, m.name, m.size, f"checkpoints/{m.name}", "checkpoints", [m.url])
+    builder.ref("wf", m.name, "checkpoints", hash=m.hash, criticality="required", node_id="1")
+    return m, builder.render()
+
+
 # --------------------------------------------------------------------------- a models dir that is not there
 
 
@@ -37,16 +52,12 @@ def test_a_missing_models_dir_is_never_created(scenario: Scenario, server: Model
     (a created dir on the system disk would be filled by the downloads)."""
     unmounted = tmp_path / "mnt" / "models-drive" / "models"
     env = {**cfd_env, "CFD_MODELS_DIR": str(unmounted), "CFD_INDEX": str(tmp_path / "elsewhere" / "models.db")}
-    for key, value in env.items():
-        if key.startswith("CFD_"):
-            monkeypatch.setenv(key, value)
+    use_settings(monkeypatch, env)
     scenario.seed({"pyproject.toml": ManifestBuilder().render()})
     alice, bob = scenario.clone("alice"), scenario.clone("bob")
     assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
-    m = serve(server, "big.safetensors", 1, 4096)
-    builder = ManifestBuilder().model(m.hash, m.name, m.size, f"checkpoints/{m.name}", "checkpoints", [m.url])
-    builder.ref("wf", m.name, "checkpoints", hash=m.hash, criticality="required", node_id="1")
-    alice.commit("a model", {"pyproject.toml": builder.render()})
+    m, text = one_model(server, "big.safetensors", 1)
+    alice.commit("a model", {"pyproject.toml": text})
     alice.push()
 
     pulled = bob.pull()
@@ -103,3 +114,53 @@ def test_index_scan_of_an_empty_mount_point_keeps_the_index(tmp_path: Path, cfd_
     moved = run_cfd("index", "scan", cwd=env_repo.path, env=cfd_env)
     assert moved.returncode == 0 and "2 removed" in moved.stdout, moved.stdout + moved.stderr
     assert locations(index) == 2
+
+
+# --------------------------------------------------------------------------- a newline in the repository path
+
+
+def test_a_repository_path_with_a_newline(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10: git's answers were split on newlines, so `cfd hooks install` put executable
+    hooks into an untracked folder of the work tree. The hooks go where git runs them, the
+    work tree stays clean, and a real `git pull` fires them and syncs."""
+    use_settings(monkeypatch, cfd_env)
+    scenario.seed({"pyproject.toml": ManifestBuilder().render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob\nhooks")
+    installed = run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ))
+    assert installed.returncode == 0 and "Traceback" not in installed.stderr, installed.stdout + installed.stderr
+    assert bob.is_clean(), bob.status()
+    assert sorted(os.listdir(bob.path)) == [".git", "pyproject.toml"]
+    hooks_dir = bob.path / ".git" / "hooks"
+    assert all(os.access(hooks_dir / hook, os.X_OK) for hook in ("post-merge", "post-checkout", "post-rewrite", "post-commit"))
+    shown = run_cfd("hooks", "status", cwd=bob.path, env=dict(os.environ))
+    assert shown.returncode == 0 and "missing" not in shown.stdout, shown.stdout
+
+    m, text = one_model(server, "model.safetensors", 3)
+    alice.commit("a model", {"pyproject.toml": text})
+    alice.push()
+    pulled = bob.pull()
+    assert pulled.returncode == 0 and bob.is_clean(), pulled.stderr
+    assert "1 downloaded" in pulled.stderr, pulled.stderr
+    models = Path(cfd_env["CFD_MODELS_DIR"])
+    assert (models / "checkpoints" / m.name).stat().st_size == m.size
+
+
+def test_a_linked_worktree_of_a_repository_with_a_newline_in_its_path(scenario: Scenario, server: ModelServer, tmp_path: Path,
+                                                                     cfd_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A linked worktree's git dir is absolute: the shim's fast path split it on the newline
+    and took a piece of the path for the new manifest's blob (one holding ':' made it stop
+    as if the commit had no pyproject.toml). Now it hands over to Python, which syncs."""
+    use_settings(monkeypatch, cfd_env)
+    scenario.seed({"pyproject.toml": ManifestBuilder().render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob\nx:y")
+    assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
+    worktree = tmp_path / "wt"
+    bob.git("worktree", "add", "-q", "--detach", str(worktree), "HEAD")
+    m, text = one_model(server, "model.safetensors", 4)
+    alice.commit("a model", {"pyproject.toml": text})
+    alice.push()
+    bob.git("fetch", "-q")
+    checked_out = run_git("checkout", "-q", "--detach", "origin/main", cwd=worktree)
+    assert "1 downloaded" in checked_out.stderr, checked_out.stderr
+    assert (Path(cfd_env["CFD_MODELS_DIR"]) / "checkpoints" / m.name).stat().st_size == m.size
