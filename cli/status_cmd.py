@@ -94,6 +94,8 @@ def print_status(status: StatusReport, fancy: bool) -> None:
             print(f"    {model.model.relative_path} [{model.model.hash}] needed by {', '.join(model.workflow_names)}")
     if report.intents:
         print(f"\nDownload intents (unresolved, with sources): {len(report.intents)}")
+    if status.skipped is not None:
+        print(f"\n{warn_mark} {status.skipped.message()}")
     if status.pending:
         print(f"\nPending from earlier pulls: {len(status.pending)}")
         for entry in status.pending[:5]:

@@ -24,6 +24,7 @@ from .index import ModelIndex
 from .manifest import WorkflowModelRef, stronger
 from .marker import Marker, PendingEntry, intent_key
 from .missing import STRATEGIES, MissingModelInfo, MissingReport, detect_missing_models, select_for_download
+from .skipped import clear_skipped
 from .status import load_working_manifest
 from .urls import redact_url
 
@@ -392,6 +393,7 @@ def run_repair(
     after = _detect(env)
     pending = _marker_entries(plan, after, sorted_.failed, sorted_.interrupted)
     marker.write(pending)
+    clear_skipped(env.git_dir)  # repair read the whole manifest: what a hook skipped is done
     by_key = {job.key: job for job in jobs}
 
     def failure(key: str, error: str) -> FailedModel:

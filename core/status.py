@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from .index import ModelIndex
 from .manifest import Manifest, ManifestModel, WorkflowModelRef, parse_manifest
 from .marker import Marker, PendingEntry, intent_key
 from .missing import MissingModelInfo, MissingReport, detect_missing_models
+from .skipped import SkippedManifest, read_skipped
 from .urls import redact_url
 
 _CACHE_NAME = "manifest-cache.pickle"
@@ -108,6 +109,7 @@ class StatusReport:
     report: MissingReport
     pending: tuple[PendingEntry, ...]
     workflows: tuple[WorkflowStatus, ...]
+    skipped: SkippedManifest | None = None  # a manifest the hooks did not read (too large)
 
     @property
     def in_sync(self) -> bool:
@@ -139,6 +141,7 @@ class StatusReport:
                 for w in self.workflows
             ],
             "bytes_to_download": self.bytes_to_download,
+            "hook_skipped": None if self.skipped is None else {**asdict(self.skipped), "message": self.skipped.message()},
         }
 
 
@@ -198,4 +201,4 @@ def compute_status(env: Environment, warn: Any = None) -> StatusReport:
         )
         for name in manifest.workflows
     ]
-    return StatusReport(env, manifest, report, pending, tuple(workflows))
+    return StatusReport(env, manifest, report, pending, tuple(workflows), read_skipped(env.git_dir))

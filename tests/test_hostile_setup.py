@@ -164,3 +164,35 @@ def test_a_linked_worktree_of_a_repository_with_a_newline_in_its_path(scenario: 
     checked_out = run_git("checkout", "-q", "--detach", "origin/main", cwd=worktree)
     assert "1 downloaded" in checked_out.stderr, checked_out.stderr
     assert (Path(cfd_env["CFD_MODELS_DIR"]) / "checkpoints" / m.name).stat().st_size == m.size
+
+
+# --------------------------------------------------------------------------- a huge manifest
+
+
+def test_a_manifest_over_the_ceiling_is_left_to_repair(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10: every hook read a 194 MB manifest (48 s, 3.7 GB). Above cfd.maxManifestSize the
+    hook reads nothing, says so in one line, `cfd status` shows it, `cfd repair` does the work."""
+    use_settings(monkeypatch, cfd_env)
+    scenario.seed({"pyproject.toml": ManifestBuilder().render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    assert run_cfd("hooks", "install", cwd=bob.path, env=dict(os.environ)).returncode == 0
+    m, text = one_model(server, "model.safetensors", 5)
+    padded = text + "\n# " + "x" * 200_000 + "\n"  # a comment makes it large; the content is tiny
+    alice.commit("a large manifest", {"pyproject.toml": padded})
+    alice.push()
+    monkeypatch.setenv("CFD_MAX_MANIFEST_SIZE", "100K")
+
+    pulled = bob.pull()
+    assert pulled.returncode == 0 and bob.is_clean()
+    lines = [line for line in pulled.stderr.splitlines() if line.startswith("cfd:")]
+    assert len(lines) == 1 and "over cfd.maxManifestSize (0.1 MiB)" in lines[0] and "cfd repair" in lines[0], pulled.stderr
+    assert server.requests == []
+    status = run_cfd("status", cwd=bob.path, env=dict(os.environ))
+    assert "over cfd.maxManifestSize" in status.stdout and "model(s) need downloading" in status.stdout, status.stdout
+
+    repaired = run_cfd("repair", "--yes", cwd=bob.path, env=dict(os.environ))
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert (Path(cfd_env["CFD_MODELS_DIR"]) / "checkpoints" / m.name).stat().st_size == m.size
+    status = run_cfd("status", cwd=bob.path, env=dict(os.environ))
+    assert status.returncode == 0 and "maxManifestSize" not in status.stdout, status.stdout
