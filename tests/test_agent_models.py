@@ -215,6 +215,8 @@ def test_the_marker_is_read_once_not_per_indexed_file(scenario, models_dir, agen
         assert reads["n"] == 2  # once per environment, not 200 times each
         h, path = waiting[0]
         agent._on_indexed(index, h, f"checkpoints/{path.name}")
+        agent._on_indexed(index, h, f"checkpoints/{path.name}")  # a second event for it: still one write
+        agent._flush(index)  # what the models worker does after each pass
         assert reads["n"] == 2 + 2  # the merge's own read-modify-write, once per environment
         for h, path in others:
             agent._on_indexed(index, h, f"loras/{path.name}")
