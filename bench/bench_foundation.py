@@ -88,6 +88,7 @@ def bench_diff(sizes: list[int], runs: int, work: Path) -> bool:
         old_b, new_b = old.encode(), new.encode()
         new_hashes = sorted(parse_manifest(new_b).models.keys() - parse_manifest(old_b).models.keys())
         root = work / f"diff-{n}"
+        (root / "models").mkdir(parents=True)  # cfd never creates the models dir
         with ModelIndex(root / "models.db", root / "models") as index:
             place_models(index, new_hashes[::2])  # half of the new models are already here
 
@@ -133,6 +134,7 @@ def bench_status(runs: int, work: Path) -> bool:
     old, new = big_manifest(10_000, 1_000, 10, new_fraction=0.05, seed=1)
     (repo / "pyproject.toml").write_text(new)
     models, db = root / "models", root / "models.db"
+    models.mkdir()
     with ModelIndex(db, models) as index:
         place_models(index, sorted(parse_manifest(old.encode()).models))
     env = {**os.environ, "CFD_MODELS_DIR": str(models), "CFD_INDEX": str(db)}
@@ -200,6 +202,7 @@ def bench_intents(sizes: list[int], runs: int, work: Path) -> bool:
         subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
         (repo / "pyproject.toml").write_bytes(new)
         models, db = root / "models", root / "models.db"
+        models.mkdir()
         with ModelIndex(db, models) as index:
             place_models(index, ["fedcba9876543210"])
             with index.transaction():
