@@ -29,6 +29,12 @@ class AgentLock:
         self._fd = fd
         return True
 
+    def record_owner(self, text: str) -> None:
+        """Say who holds the lock (read by a refused second agent); the flock is what counts."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, text.encode("utf-8", "surrogateescape"), 0)
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the only descriptor drops the flock
@@ -44,3 +50,12 @@ def is_locked(path: Path) -> bool:
         probe.release()
         return False
     return True
+
+
+def lock_owner(path: Path) -> str | None:
+    """What the holder of a lock recorded about itself, if anything."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    return text or None

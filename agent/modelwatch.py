@@ -39,7 +39,7 @@ from watchdog.events import (
 )
 
 from cfd.core.index import Location, ModelIndex
-from cfd.core.scan import MIN_MODEL_SIZE, index_file, is_candidate, walk_models
+from cfd.core.scan import MIN_MODEL_SIZE, PruneRefused, guard_pruning, index_file, is_candidate, walk_models
 
 from .statusfile import StatusBoard
 
@@ -150,6 +150,7 @@ class ModelsWatcher:
         on_indexed: Callable[[ModelIndex, str, str], None] | None = None,
         on_scan_done: Callable[[ModelIndex], None] | None = None,
         on_root_gone: Callable[[], None] | None = None,
+        on_batch_done: Callable[[ModelIndex], None] | None = None,
     ) -> None:
         self.models_dir = models_dir
         self._open_index = open_index
@@ -160,6 +161,7 @@ class ModelsWatcher:
         self.on_indexed = on_indexed or (lambda index, model_hash, relative_path: None)
         self.on_scan_done = on_scan_done or (lambda index: None)
         self.on_root_gone = on_root_gone or (lambda: None)
+        self.on_batch_done = on_batch_done or (lambda index: None)  # after each pass: act on what on_indexed saw, at once
         self._stop = threading.Event()
         self._pacer = _Pacer(hash_rate, self._stop)
         self._cond = threading.Condition()
@@ -195,7 +197,10 @@ class ModelsWatcher:
         try:
             self._index = self._open_index()
             self.board.set(scan="running")
-            self._initial_scan()
+            try:
+                self._initial_scan()
+            finally:
+                self.on_batch_done(self._index)
             self.board.set(scan="done")
             self.on_scan_done(self._index)
         except Exception as exc:  # noqa: BLE001 - the agent lives on; the error is shown
@@ -217,6 +222,11 @@ class ModelsWatcher:
             except Exception as exc:  # noqa: BLE001
                 log.exception("models watcher error")
                 self.board.error(f"models watcher: {exc}")
+            try:
+                self.on_batch_done(self._index)
+            except Exception as exc:  # noqa: BLE001
+                log.exception("pending-list upkeep failed")
+                self.board.error(f"pending-list upkeep: {exc}")
         if self._index is not None:
             self._index.close()
 
@@ -239,6 +249,12 @@ class ModelsWatcher:
             else:
                 self._mark(relative_path, now, closed=None)  # may still be written to
         gone = [path for path in known if path not in seen and visible(path) and not (self.models_dir / path).exists()]
+        try:
+            guard_pruning(self.models_dir, len(gone), len(known), len(seen), False, "run `cfd index scan --prune`, then restart the agent")
+        except PruneRefused as exc:
+            log.warning("initial scan: %s", exc)
+            self.board.error(f"initial scan kept the index as it was: {exc}")
+            return
         if gone:
             with self._index.transaction():
                 for path in gone:

@@ -53,6 +53,12 @@ class AgentPaths:
         return self.root.name.removeprefix("agent-")
 
 
+def models_dir_lock(models_dir: str | os.PathLike[str]) -> Path:
+    """The life lock that lives with the models dir: two agents whose state dirs differ
+    (another XDG_STATE_HOME, another user) still cannot serve one models dir."""
+    return Path(models_dir) / ".cfd" / "agent.lock"
+
+
 def agent_paths(models_dir: str | os.PathLike[str]) -> AgentPaths:
     return AgentPaths(state_root() / f"agent-{agent_key(models_dir)}")
 

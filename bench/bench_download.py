@@ -51,9 +51,10 @@ srv.stop()
 """
 
 _CFD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 from cfd.core.download import DownloadJob, DownloadOptions, download_models
 a = json.loads(sys.argv[1])
+os.makedirs(a["models"], exist_ok=True)  # cfd never creates the models dir
 job = DownloadJob(a["key"], "m.safetensors", "checkpoints/m.safetensors", a["size"], (a["url"],), a["key"],
                   blake3=a.get("blake3"))
 options = DownloadOptions(allow_private_networks=True, connections=a["connections"])

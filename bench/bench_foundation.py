@@ -13,6 +13,10 @@ Not part of pytest. Run:  python bench/bench_foundation.py [--runs 7] [--sizes 1
      Target: under 1 s.
   3. `cfd index scan` as a subprocess over 10,000 unchanged files (after a first scan).
      Target: under 1 s.
+  4. Download intents (issue 10: detection was quadratic, 20,000 took minutes): a pull that
+     adds 5,000 / 20,000 intents, half of them downloaded already. The hook's path
+     (differential diff + missing check) and `cfd status` (subprocess, cold: no manifest
+     cache), with intents per second. Target: 20,000 under 5 s for each.
 
 Figures are medians (min and max in brackets); wall time, so other load on the machine
 shows. Everything lives in a temporary directory, deleted afterwards.
@@ -33,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from helpers.manifest import big_manifest  # noqa: E402
+from helpers.manifest import ManifestBuilder, big_manifest  # noqa: E402
 
 from cfd.core import fasttoml  # noqa: E402
 from cfd.core.diff import diff_manifest_bytes, diff_manifests  # noqa: E402
@@ -42,7 +46,7 @@ from cfd.core.manifest import parse_manifest  # noqa: E402
 from cfd.core.missing import detect_missing_models  # noqa: E402
 from cfd.core.shorthash import short_hash_bytes  # noqa: E402
 
-TARGETS_MS = {"diff": 150.0, "status": 1000.0, "scan": 1000.0}
+TARGETS_MS = {"diff": 150.0, "status": 1000.0, "scan": 1000.0, "intents": 5000.0}
 
 
 def timed(fn: Callable[[], object], runs: int) -> list[float]:
@@ -84,6 +88,7 @@ def bench_diff(sizes: list[int], runs: int, work: Path) -> bool:
         old_b, new_b = old.encode(), new.encode()
         new_hashes = sorted(parse_manifest(new_b).models.keys() - parse_manifest(old_b).models.keys())
         root = work / f"diff-{n}"
+        (root / "models").mkdir(parents=True)  # cfd never creates the models dir
         with ModelIndex(root / "models.db", root / "models") as index:
             place_models(index, new_hashes[::2])  # half of the new models are already here
 
@@ -129,6 +134,7 @@ def bench_status(runs: int, work: Path) -> bool:
     old, new = big_manifest(10_000, 1_000, 10, new_fraction=0.05, seed=1)
     (repo / "pyproject.toml").write_text(new)
     models, db = root / "models", root / "models.db"
+    models.mkdir()
     with ModelIndex(db, models) as index:
         place_models(index, sorted(parse_manifest(old.encode()).models))
     env = {**os.environ, "CFD_MODELS_DIR": str(models), "CFD_INDEX": str(db)}
@@ -173,11 +179,65 @@ def bench_scan(runs: int, work: Path, files: int = 10_000) -> bool:
     return statistics.median(times) < TARGETS_MS["scan"]
 
 
+def intents_manifest(n: int) -> tuple[bytes, bytes]:
+    """(old, new): new adds n intents (one workflow per 100) to a one-model manifest."""
+    builder = ManifestBuilder().model("0123456789abcdef", "base.safetensors", 64, sources=["https://huggingface.co/o/r/resolve/main/base"])
+    builder.ref("wf0000", "base.safetensors", "checkpoints", hash="0123456789abcdef")
+    old = builder.render().encode()
+    for i in range(n):
+        builder.ref(f"wf{i // 100:04d}", f"lora_{i:05d}.safetensors", "loras", status="unresolved",
+                    node_id=str(i + 2), sources=[f"https://civitai.com/api/download/models/{i}"])
+    return old, builder.render().encode()
+
+
+def bench_intents(sizes: list[int], runs: int, work: Path) -> bool:
+    print("4. download intents added by a pull, half already downloaded")
+    print(f"   {'intents':>7} {'bytes':>10}   {'hook path (in-process)':<36} {'intents/s':>10}   {'`cfd status`, cold':<36} {'intents/s':>10}")
+    ok = True
+    for n in sizes:
+        old, new = intents_manifest(n)
+        root = work / f"intents-{n}"
+        repo = root / "env" / ".cec"
+        repo.mkdir(parents=True)
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+        (repo / "pyproject.toml").write_bytes(new)
+        models, db = root / "models", root / "models.db"
+        models.mkdir()
+        with ModelIndex(db, models) as index:
+            place_models(index, ["fedcba9876543210"])
+            with index.transaction():
+                for i in range(0, n, 2):
+                    index.add_source("fedcba9876543210", f"https://civitai.com/api/download/models/{i}")
+
+            def hook_path() -> None:
+                diff = diff_manifest_bytes(old, new)
+                report = detect_missing_models(diff.new, index, diff.hashes_to_check)
+                assert len(diff.new_intents) == n and len(report.intents) == n - (n + 1) // 2
+
+            hook = timed(hook_path, max(3, runs // 2))
+        env = {**os.environ, "CFD_MODELS_DIR": str(models), "CFD_INDEX": str(db)}
+        cache = repo / ".git" / "cfd" / "manifest-cache.pickle"
+
+        def cold() -> None:
+            cache.unlink(missing_ok=True)
+            cfd(["status"], repo, env)
+
+        status = timed(cold, 3)
+        rate = lambda times: f"{n / (statistics.median(times) / 1000):10,.0f}"  # noqa: E731
+        mark = ""
+        if n >= 20_000:
+            mark = "ok" if max(statistics.median(hook), statistics.median(status)) < TARGETS_MS["intents"] else f"MISSES {TARGETS_MS['intents']:.0f} ms"
+            ok &= mark == "ok"
+        print(f"   {n:>7} {len(new):>10}   {fmt(hook):<36} {rate(hook)}   {fmt(status):<36} {rate(status)}   {mark}")
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7, help="timed runs per figure (median reported)")
     parser.add_argument("--sizes", default="100,1000,10000", help="manifest sizes for part 1")
-    parser.add_argument("--only", choices=("diff", "status", "scan"), help="run one part")
+    parser.add_argument("--intents", default="5000,20000", help="intent counts for part 4")
+    parser.add_argument("--only", choices=("diff", "status", "scan", "intents"), help="run one part")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cfd-bench-"))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}\n")
@@ -189,6 +249,8 @@ def main() -> int:
             ok &= bench_status(args.runs, work)
         if args.only in (None, "scan"):
             ok &= bench_scan(args.runs, work)
+        if args.only in (None, "intents"):
+            ok &= bench_intents([int(n) for n in args.intents.split(",")], args.runs, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")

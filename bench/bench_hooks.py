@@ -133,6 +133,7 @@ def index_all(manifest_text: str) -> int:
 
     models = tomllib.loads(manifest_text)["tool"]["comfydock"]["models"]
     models_dir = Path(os.environ["CFD_MODELS_DIR"])
+    models_dir.mkdir(parents=True, exist_ok=True)  # cfd never creates the models dir
     Path(os.environ["CFD_INDEX"]).parent.mkdir(parents=True, exist_ok=True)
     with ModelIndex(os.environ["CFD_INDEX"], models_dir) as index, index.transaction():
         for model_hash, entry in models.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -15,7 +16,9 @@ from cfd.agent.control import (
     start_agent,
     stop_agent,
 )
-from cfd.agent.paths import all_agent_paths
+from cfd.agent.daemon import ALREADY_RUNNING
+from cfd.agent.lock import lock_owner
+from cfd.agent.paths import all_agent_paths, models_dir_lock
 from cfd.core.errors import EnvironmentNotFound
 
 from .common import agent_download_figures, print_json
@@ -86,22 +89,35 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cfd.agent.daemon import ALREADY_RUNNING, Agent
+    from cfd.agent.daemon import Agent
 
     config = _config(args)
     code = Agent(config).run()
     if code == ALREADY_RUNNING:
         info = agent_info(config.state_paths())
-        print(f"cfd agent: already running (pid {info.pid}) for {config.models_dir}")
+        if info.running:
+            print(f"cfd agent: already running (pid {info.pid}) for {config.models_dir}")
+        else:
+            _say_other_agent(config.models_dir)
     return code
 
 
+def _say_other_agent(models_dir: Any) -> None:
+    """An agent with another state dir (another XDG_STATE_HOME or user) holds the models dir's lock."""
+    owner = lock_owner(models_dir_lock(models_dir)) or "another process"
+    print(f"cfd agent: another agent ({owner}) already serves {models_dir}; stop it first", file=sys.stderr)
+
+
 def start(args: argparse.Namespace) -> int:
-    result = start_agent(_config(args))
+    config = _config(args)
+    result = start_agent(config)
     info = result.info
     status = info.status or {}
     if result.started:
         print(f"cfd agent started (pid {info.pid}), watching {status.get('models_dir')}")
+    elif not info.running:
+        _say_other_agent(config.models_dir)
+        return ALREADY_RUNNING
     else:
         print(f"cfd agent: already running (pid {info.pid}) for {status.get('models_dir')}")
         wanted = {str(env.repo) for env in _envs(args)}

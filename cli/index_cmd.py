@@ -23,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Walk the models directory: hash new or changed files (short hash), skip unchanged ones "
         "(same size and mtime), forget files that vanished.",
     )
+    scan.add_argument(
+        "--prune",
+        action="store_true",
+        help="forget vanished files even when they are more than half of the index (refused without it: an unmounted drive looks like that)",
+    )
     scan.add_argument("--json", action="store_true", help="print the counts as JSON")
     add_env_argument(scan)
     scan.set_defaults(handler=run_scan)
@@ -51,7 +56,7 @@ def run_scan(args: argparse.Namespace) -> int:
     env = environment(args)
     verbose = is_terminal(sys.stderr) and not args.json
     with ModelIndex(env.index_path, env.models_dir) as index:
-        result = scan_models(index, progress=(lambda path: print(f"hashing {path}", file=sys.stderr)) if verbose else None)
+        result = scan_models(index, progress=(lambda path: print(f"hashing {path}", file=sys.stderr)) if verbose else None, prune=args.prune)
     if args.json:
         print_json({"files": result.files, "hashed": result.hashed, "unchanged": result.unchanged, "removed": result.removed, "errors": list(result.errors)})
     else:

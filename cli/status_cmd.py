@@ -134,6 +134,8 @@ def print_status(status: StatusReport, fancy: bool) -> None:
     if elsewhere:
         print(f"\nAlso pending: {len(elsewhere)}")
         _cut([f"    {entry.relative_path} — {reason_text(entry)}" for entry in elsewhere], SHOW_LIST)
+    if status.skipped is not None:
+        print(f"\n{warn_mark} {status.skipped.message()}")
     if report.problems:
         print(f"\n{warn_mark} Manifest problems: {len(report.problems)}")
         _cut([f"    {problem}" for problem in report.problems], SHOW_LIST)

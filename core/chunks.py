@@ -26,6 +26,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from . import fasttoml
+from .fasttoml import BATCH as _BATCH
 from .diff import ManifestDiff, partial_manifest
 from .manifest import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, stronger
 
@@ -229,31 +230,41 @@ class _Side:
         self.refs: list[WorkflowModelRef] = []
 
     def add(self, text: str) -> None:
-        doc = _parse(text)
-        tool = doc.get("tool")
-        if tool is None:
-            return
-        if not isinstance(tool, dict) or not isinstance(tool.get("comfydock", {}), dict):
-            raise ChunkFallback
-        cd = tool.get("comfydock")
-        if cd is None:
-            return
-        models = cd.get("models")
-        if models is not None:
-            if not isinstance(models, dict):
+        self.add_documents([_parse(text)])
+
+    def add_documents(self, docs: list[dict[str, Any]]) -> None:
+        """Records of consecutive parts of one document, read as tomllib would read them
+        joined: every model first, then each workflow's entries in order of first appearance."""
+        tables: list[dict[str, Any]] = []
+        for doc in docs:
+            tool = doc.get("tool")
+            if tool is None:
+                continue
+            if not isinstance(tool, dict) or not isinstance(tool.get("comfydock", {}), dict):
                 raise ChunkFallback
-            self.models.update(self.reader.models(models))
-        workflows = cd.get("workflows")
-        if workflows is not None:
-            if not isinstance(workflows, dict):
-                raise ChunkFallback
-            for name, workflow in workflows.items():
-                if not isinstance(workflow, dict) or not isinstance(workflow.get("models", []), list):
+            cd = tool.get("comfydock")
+            if cd is not None:
+                tables.append(cd)
+        workflow_entries: dict[str, list[Any]] = {}
+        for cd in tables:
+            models = cd.get("models")
+            if models is not None:
+                if not isinstance(models, dict):
                     raise ChunkFallback
-                for entry in workflow.get("models", []):
-                    ref = self.reader.ref(name, 0, entry)
-                    if ref is not None:
-                        self.refs.append(ref)
+                self.models.update(self.reader.models(models))
+            workflows = cd.get("workflows")
+            if workflows is not None:
+                if not isinstance(workflows, dict):
+                    raise ChunkFallback
+                for name, workflow in workflows.items():
+                    if not isinstance(workflow, dict) or not isinstance(workflow.get("models", []), list):
+                        raise ChunkFallback
+                    workflow_entries.setdefault(name, []).extend(workflow.get("models", []))
+        for name, entries in workflow_entries.items():
+            for entry in entries:
+                ref = self.reader.ref(name, 0, entry)
+                if ref is not None:
+                    self.refs.append(ref)
 
     def add_line(self, line: str) -> None:
         self.add(_MODELS_LINE + line)
@@ -273,8 +284,22 @@ class _Side:
         models = [line for line in lines if not line.lstrip().startswith("[")]
         if models and not heads:
             heads = [_MODELS_LINE[:-1]]
-        if roots or tables or heads:
-            self.add("\n".join(roots + tables + heads + models))
+        if not (roots or tables or heads):
+            return
+        parts = roots + tables + heads + models
+        if len(parts) <= 2 * _BATCH:
+            self.add("\n".join(parts))
+            return
+        # Many changed entries (a first sync, a rewritten file): parsed in consecutive slices,
+        # so the reader's copies of the text stay bounded (memory ~10x the text before, issue 10).
+        first_model_line = len(parts) - len(models)
+        docs = []
+        for start in range(0, len(parts), _BATCH):
+            batch = parts[start : start + _BATCH]
+            if models and start >= first_model_line:
+                batch = [_MODELS_LINE[:-1], *batch]  # model lines under their table's header
+            docs.append(_parse("\n".join(batch)))
+        self.add_documents(docs)
 
     def by_hash(self) -> dict[str, list[WorkflowModelRef]]:
         grouped: dict[str, list[WorkflowModelRef]] = defaultdict(list)

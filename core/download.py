@@ -97,8 +97,14 @@ class _Engine:
 
     def prepare(self) -> str | None:
         """Create cfd's folders in the models dir; the one-line reason when that is impossible."""
+        from .environment import require_models_dir
+
         try:
-            for folder in (self.models_dir, self.staging_dir, self.locks_dir):
+            require_models_dir(self.models_dir)  # never created: an unmounted drive would fill the system disk
+        except CfdError as exc:
+            return str(exc)
+        try:
+            for folder in (self.staging_dir, self.locks_dir):
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.models_dir) else ""

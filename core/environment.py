@@ -83,6 +83,22 @@ class Environment:
         return self.workspace.civitai_token if self.workspace else None
 
 
+def require_models_dir(models_dir: str | os.PathLike[str]) -> Path:
+    """The models dir, which must exist: cfd never creates it.
+
+    A mistyped path, or a drive that is not mounted, would otherwise be created on the
+    system disk (and filled by the downloads), or look like a folder that lost every model.
+    """
+    path = Path(models_dir)
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise ConfigError(
+            f"the models directory {path} {what}",
+            "create it or mount it, or fix cfd.modelsDir / CFD_MODELS_DIR (cfd never creates it)",
+        )
+    return path
+
+
 def load_workspace(root: Path) -> Workspace | None:
     config_file = root / ".metadata" / "workspace.json"
     try:

@@ -49,6 +49,9 @@ _NEWLINES_RE = re.compile(r"\n[ \n]*")
 _BLANK_LINES_RE = re.compile(r"\n[ \n]*\n")
 
 
+BATCH = 2000  # entries or lines rewritten to JSON at once (chunks.py reads pieces in slices of as many)
+
+
 class _Decline(Exception):
     pass
 
@@ -138,6 +141,7 @@ def _loads(text: str) -> dict[str, Any]:
                     raise _Decline  # [tool.comfydock.workflows] itself, or spelled in a way we do not read here
                 order[_name(match.group(1))] = None
             rest.append(piece)
+    del split  # every piece is copied into rest, the bodies or the models table by now
     rest_text = "\n".join(rest)
     if models_body is None and not ref_bodies:
         return tomllib.loads(text)  # nothing for the fast path: the plain reading
@@ -148,9 +152,12 @@ def _loads(text: str) -> dict[str, Any]:
     if models_body is not None:
         if "models" in comfydock:
             raise _Decline  # also defined by headers elsewhere
-        comfydock["models"] = _to_json(models_body, ("{", "}"))
+        comfydock["models"] = _models_in_batches(models_body)
     if ref_bodies:
-        entries = _to_json("\x01".join(ref_bodies), ("[{", "}]"))
+        entries = []
+        for start in range(0, len(ref_bodies), BATCH):  # the rewriting copies the text several times: bound it
+            entries += _to_json("\x01".join(ref_bodies[start : start + BATCH]), ("[{", "}]"))
+            ref_bodies[start : start + BATCH] = [""] * len(ref_bodies[start : start + BATCH])
         workflows = _table(comfydock, "workflows")
         for name in order:
             workflow = _table(workflows, name)
@@ -163,6 +170,20 @@ def _loads(text: str) -> dict[str, Any]:
         reordered.update(workflows)
         comfydock["workflows"] = reordered
     return document
+
+
+def _models_in_batches(body: str) -> dict[str, Any]:
+    """The models table, `BATCH` lines at a time: each line is one whole `key = value`
+    (a basic string cannot hold a raw newline), so memory stays near the text's size
+    instead of several times it (issue 10)."""
+    models: dict[str, Any] = {}
+    lines = body.split("\n")
+    for start in range(0, len(lines), BATCH):
+        batch = _to_json("\n".join(lines[start : start + BATCH]), ("{", "}"))
+        if not models.keys().isdisjoint(batch):
+            raise _Decline  # a model defined twice: tomllib says how
+        models.update(batch)
+    return models
 
 
 def _table(parent: dict[str, Any], key: str) -> dict[str, Any]:

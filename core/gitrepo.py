@@ -87,6 +87,14 @@ class GitRepo:
         except (ValueError, TypeError):
             return False
 
+    def blob_size(self, blob_id: str) -> int | None:
+        """A blob's size without reading it (None when git does not have it)."""
+        try:
+            _kind, size = self._repo.odb.read_header(blob_id)
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
+        return int(size)
+
     def read_blob(self, blob_id: str) -> bytes:
         # Straight from the object database: Repository[...] reads the object twice.
         try:

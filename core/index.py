@@ -102,7 +102,9 @@ class ModelIndex:
 
     def __init__(self, db_path: str | os.PathLike[str], models_dir: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
-        self.models_dir = Path(models_dir)
+        from .environment import require_models_dir
+
+        self.models_dir = require_models_dir(models_dir)  # else the mkdir below would create it
         self.base_directory = str(self.models_dir.resolve())
         self._root = str(self.models_dir)
         try:
@@ -219,19 +221,36 @@ class ModelIndex:
             return False
 
     def present_by_source(self, urls: Iterable[str]) -> dict[str, str]:
-        """source url -> relative path, for downloads remembered by their URL (intents)."""
+        """source url -> relative path, for downloads remembered by their URL (intents).
+
+        model_sources has no index on source_url: a query per URL scans the table each time
+        (quadratic with 20,000 intents), so URLs are looked up in batches, and a long list
+        in one pass over the sources of this directory.
+        """
+        wanted = list(dict.fromkeys(urls))
         result: dict[str, str] = {}
-        for url in urls:
-            rows = self._conn.execute(
-                "SELECT l.model_hash, l.relative_path, l.mtime, m.file_size FROM model_sources s "
-                "JOIN models m ON m.hash = s.model_hash JOIN model_locations l ON l.model_hash = s.model_hash "
-                "WHERE s.source_url = ? AND l.base_directory = ?",
-                (url, self.base_directory),
-            )
-            for row in rows:
-                if self._exists(Location(*row)):
-                    result[url] = row[1]
-                    break
+        if not wanted:
+            return result
+        select = (
+            "SELECT s.source_url, l.model_hash, l.relative_path, l.mtime, m.file_size FROM model_sources s "
+            "JOIN models m ON m.hash = s.model_hash JOIN model_locations l ON l.model_hash = s.model_hash "
+            "WHERE l.base_directory = ?"
+        )
+        if len(wanted) > 2000:
+            wanted_set = set(wanted)
+            batches = [(select, (self.base_directory,))]
+        else:
+            wanted_set = None
+            batches = [
+                (f"{select} AND s.source_url IN ({','.join('?' * len(batch))})", (self.base_directory, *batch))
+                for batch in (wanted[start : start + 500] for start in range(0, len(wanted), 500))
+            ]
+        for query, parameters in batches:
+            for url, *location in self._conn.execute(query, parameters):
+                if url in result or (wanted_set is not None and url not in wanted_set):
+                    continue
+                if self._exists(Location(*location)):
+                    result[url] = location[1]
         return result
 
     def models_here(self) -> list[IndexedModel]:

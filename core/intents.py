@@ -11,7 +11,8 @@ call this: a pull must leave the work tree clean.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,27 +88,58 @@ def apply_resolutions(text: str, resolutions: Sequence[ResolvedIntent]) -> tuple
     if models is None:
         models = tomlkit.table()
         comfydock["models"] = models
-    for model_hash, resolution in added.items():
-        if model_hash in models:
-            continue
-        ref = resolution.ref
-        fields: dict[str, Any] = {"filename": ref.filename, "size": resolution.size, "relative_path": resolution.relative_path}
-        if ref.category:
-            fields["category"] = ref.category
-        fields["sources"] = list(ref.sources)
-        models[model_hash] = _entry_like_siblings(tomlkit, models, fields)
+    as_tables = _siblings_are_tables(models)  # once: asking per added model is quadratic
+    with _appending_at_the_end(models):
+        for model_hash, resolution in added.items():
+            if model_hash in models:
+                continue
+            ref = resolution.ref
+            fields: dict[str, Any] = {"filename": ref.filename, "size": resolution.size, "relative_path": resolution.relative_path}
+            if ref.category:
+                fields["category"] = ref.category
+            fields["sources"] = list(ref.sources)
+            models[model_hash] = _entry_like_siblings(tomlkit, as_tables, fields)
     new_text = tomlkit.dumps(doc)
     if "\r\n" in text:  # tomlkit writes "\n" for what it adds; keep a CRLF file CRLF
         new_text = new_text.replace("\r\n", "\n").replace("\n", "\r\n")
     return new_text, done
 
 
-def _entry_like_siblings(tomlkit: Any, models: Any, fields: dict[str, Any]) -> Any:
-    """An inline table, unless every existing entry is a full `[...models.<hash>]` table."""
+@contextmanager
+def _appending_at_the_end(models: Any) -> Iterator[None]:
+    """tomlkit looks for the last key before any sub-table on every key it adds, scanning
+    the whole table: quadratic (4,000 intents took 9 s to write back). A table of inline
+    entries only has no sub-table, so it is put in the mode tomlkit uses while parsing,
+    where a key is appended at the end at once."""
+    from tomlkit.items import AoT, Table, Whitespace
+
+    container = models.value
+    body = container._body  # tomlkit has no public way; the output is the same as its own
+    if any(isinstance(item, (Table, AoT)) for _, item in body):
+        yield  # sub-tables: let tomlkit place keys before them
+        return
+    trailing = []  # the blank lines that end the table stay after the new keys, as tomlkit puts them
+    while body and body[-1][0] is None and isinstance(body[-1][1], Whitespace):
+        trailing.append(body.pop())
+    container.parsing(True)
+    try:
+        yield
+    finally:
+        container.parsing(False)
+        body.extend(reversed(trailing))
+
+
+def _siblings_are_tables(models: Any) -> bool:
+    """Whether every existing entry is a full `[...models.<hash>]` table (and there is one)."""
     from tomlkit.items import Table
 
     values = list(models.values())
-    if values and all(isinstance(value, Table) for value in values):
+    return bool(values) and all(isinstance(value, Table) for value in values)
+
+
+def _entry_like_siblings(tomlkit: Any, as_tables: bool, fields: dict[str, Any]) -> Any:
+    """An inline table, unless the existing entries are full tables."""
+    if as_tables:
         table = tomlkit.table()
         table.update(fields)
         return table

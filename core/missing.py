@@ -101,14 +101,18 @@ def detect_missing_models(
 
     intents = [ref for ref in manifest.refs if ref.is_intent]
     done = index.present_by_source(url for ref in intents for url in ref.sources)
-    open_intents = tuple(ref for ref in intents if not any(url in done for url in ref.sources))
-    satisfied = tuple(ref for ref in intents if ref not in open_intents)
+    # One pass, no membership test on records: `ref in tuple` compares dataclasses field by
+    # field, which made 20,000 intents take minutes (issue 10).
+    open_intents: list[WorkflowModelRef] = []
+    satisfied: list[WorkflowModelRef] = []
+    for ref in intents:
+        (satisfied if any(url in done for url in ref.sources) else open_intents).append(ref)
     not_found = tuple(
         ref
         for ref in manifest.refs
         if ref.status == "unresolved" and not ref.sources and ref.criticality != "optional"
     )
-    return MissingReport(tuple(missing), open_intents, not_found, manifest.problems, satisfied)
+    return MissingReport(tuple(missing), tuple(open_intents), not_found, manifest.problems, tuple(satisfied))
 
 
 def select_for_download(report: MissingReport, strategy: str) -> tuple[list[MissingModelInfo], list[WorkflowModelRef]]:

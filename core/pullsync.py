@@ -31,6 +31,7 @@ from .index import ModelIndex
 from .manifest import WorkflowModelRef
 from .marker import Marker, PendingEntry, intent_key
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, select_for_download
+from .skipped import clear_skipped, record_skipped
 
 LAST_SYNCED = "last-synced"
 MODES = ("download", "background", "defer")
@@ -40,6 +41,7 @@ ALREADY_SYNCED = "already-synced"  # last-synced == the new blob: another hook d
 UNCHANGED = "unchanged"  # same pyproject.toml blob in both commits
 NO_MANIFEST = "no-manifest"  # the new commit has no pyproject.toml
 BROKEN_MANIFEST = "broken-manifest"  # the new pyproject.toml does not parse
+TOO_LARGE = "too-large"  # the new pyproject.toml is over cfd.maxManifestSize: left to `cfd repair`
 SYNCED = "synced"
 
 
@@ -169,6 +171,16 @@ def sync_between(
     old_label = f"pyproject.toml at {_short(old)}"
     if last and last != old_blob and repo.has_blob(last):
         old_blob, old_label = last, "pyproject.toml as last synced"
+    # Memory grows with the manifest: above the ceiling, read nothing (issue 10).
+    limit = env.settings["cfd.maxManifestSize"]
+    new_size = repo.blob_size(new_blob) or 0
+    if limit and new_size > limit:
+        skipped = record_skipped(env.git_dir, new_blob, new_size, limit, trigger)
+        write_last_synced(env.git_dir, new_blob)  # the other hooks of this operation need not look again
+        return replace(out, action=TOO_LARGE, warnings=(skipped.message(),))
+    if old_blob and limit and (repo.blob_size(old_blob) or 0) > limit:
+        old_blob = None  # diff from nothing: every model of the new version is checked
+    clear_skipped(env.git_dir)
 
     new_label = f"pyproject.toml at {_short(new)}"
     try:

@@ -30,6 +30,7 @@ from .missing import (
     on_disk_unindexed,
     select_for_download,
 )
+from .skipped import clear_skipped
 from .status import load_working_manifest
 from .urls import redact_urls_in
 
@@ -465,6 +466,7 @@ def run_repair(
     except OSError as exc:
         if warn is not None:
             warn(f"{disk_message(exc, 'the pending marker')}; `cfd status` still shows what is missing")
+    clear_skipped(env.git_dir)  # repair read the whole manifest: what a hook skipped is done
     by_key = {job.key: job for job in (*adopt_jobs, *jobs)}
 
     def failure(key: str, error: str) -> FailedModel:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .environment import require_models_dir
+from .errors import CfdError
 from .index import ModelIndex
 from .shorthash import short_hash_file
 
@@ -23,6 +24,28 @@ NOT_MODEL_SUFFIXES = frozenset(
     ".txt .md .log .html .xml .json .yaml .yml .py .js .ts .sh .bat .ps1 .jpg .jpeg .png .gif .bmp .svg "
     ".webp .mp4 .avi .mov .webm .mp3 .wav .zip .tar .gz .rar .7z .pdf .doc .docx .xls .xlsx .env".split()
 )
+
+
+class PruneRefused(CfdError):
+    """A scan would forget most (or all) of the indexed files: more likely an unmounted
+    drive or a wrong path than a user who deleted them."""
+
+
+def guard_pruning(
+    models_dir: Path, vanished: int, indexed: int, found: int, prune: bool, how: str = "run `cfd index scan --prune`"
+) -> None:
+    """Refuse to forget more than half of the indexed locations (or all of them) unless told to.
+
+    Files moved within the models dir are not a loss: the guard holds only when fewer
+    files are found on disk than vanished from the index.
+    """
+    if prune or not vanished or vanished * 2 <= indexed or found >= vanished:
+        return
+    raise PruneRefused(
+        f"{vanished} of the {indexed} indexed files under {models_dir} are gone (an unmounted drive or a wrong path?); "
+        "the index still lists them",
+        f"check the models directory; if they really were deleted, {how} to forget them",
+    )
 
 
 @dataclass(frozen=True)
@@ -84,13 +107,9 @@ def index_file(index: ModelIndex, relative_path: str, stat: os.stat_result | Non
     return model_hash
 
 
-def scan_models(index: ModelIndex, progress: Callable[[str], None] | None = None) -> ScanResult:
-    if not index.models_dir.is_dir():
-        # An unmounted drive looks like an empty folder that lost every file: forget nothing.
-        raise ConfigError(
-            f"the models directory {index.models_dir} does not exist or is not a directory",
-            "mount it, or fix cfd.modelsDir / CFD_MODELS_DIR (the index was left as it was)",
-        )
+def scan_models(index: ModelIndex, progress: Callable[[str], None] | None = None, prune: bool = False) -> ScanResult:
+    """Raises PruneRefused (after indexing what is new) rather than forget most of the index."""
+    require_models_dir(index.models_dir)  # gone since the index was opened: forget nothing
     known = index.locations()
     files = hashed = unchanged = 0
     errors: list[str] = []
@@ -111,6 +130,7 @@ def scan_models(index: ModelIndex, progress: Callable[[str], None] | None = None
             errors.append(f"{relative_path}: {exc.strerror or exc}")
     # Only files that are really gone: ComfyDock may index files we skip.
     vanished = [path for path in known if path not in seen and not (index.models_dir / path).exists()]
+    guard_pruning(index.models_dir, len(vanished), len(known), files, prune)
     if vanished:
         with index.transaction():
             for path in vanished:

@@ -87,6 +87,14 @@ def _size(value: str) -> int:
     return int(number * scale)
 
 
+def _limit(value: str) -> int:
+    """Bytes; accepts suffixes K, M, G (binary), 0 = no limit."""
+    try:
+        return _rate(value)
+    except ValueError:
+        raise ValueError("expected a size like 32M (bytes) or 0") from None
+
+
 def _path(value: str) -> Path:
     return Path(os.path.expanduser(value.strip()))
 
@@ -115,6 +123,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("cfd.maxUnknownSize", "CFD_MAX_UNKNOWN_SIZE", 64 * 1024**3, _size, "largest download whose size the manifest does not give (an unresolved model), e.g. 64G"),
     SettingSpec("cfd.retries", "CFD_RETRIES", 5, _positive_int, "attempts per source on connection errors, 5xx and 429"),
     SettingSpec("cfd.hooks.enabled", "CFD_HOOKS_ENABLED", True, _bool, "run the git hooks (CFD_SKIP=1 also turns them off)"),
+    SettingSpec("cfd.maxManifestSize", "CFD_MAX_MANIFEST_SIZE", 32 * 1024 * 1024, _limit, "largest pyproject.toml a hook reads (e.g. 32M); above it the hook leaves the work to `cfd repair`; 0 = no limit"),
     SettingSpec("cfd.agent.maxRate", "CFD_AGENT_MAX_RATE", 0, _rate, "agent download rate cap in bytes/s (e.g. 50M); 0 = unlimited"),
 )
 SPEC_BY_KEY = {spec.key.lower(): spec for spec in SPECS}

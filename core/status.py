@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from .index import ModelIndex
 from .manifest import Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
 from .marker import Marker, PendingEntry, intent_key, sources_gone
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
+from .skipped import SkippedManifest, read_skipped
 from .urls import redact_url
 
 _CACHE_NAME = "manifest-cache.pickle"
@@ -119,6 +120,7 @@ class StatusReport:
     pending: tuple[PendingEntry, ...]
     workflows: tuple[WorkflowStatus, ...]
     on_disk: frozenset[str] = frozenset()  # hashes of missing models already at their path, unindexed
+    skipped: SkippedManifest | None = None  # a manifest the hooks did not read (too large)
 
     @property
     def in_sync(self) -> bool:
@@ -168,6 +170,7 @@ class StatusReport:
                 for w in self.workflows
             ],
             "bytes_to_download": self.bytes_to_download,
+            "hook_skipped": None if self.skipped is None else {**asdict(self.skipped), "message": self.skipped.message()},
         }
 
 
@@ -234,4 +237,4 @@ def compute_status(env: Environment, warn: Any = None) -> StatusReport:
         for name in manifest.workflows
     ]
     on_disk = frozenset(info.hash for info in on_disk_unindexed(env.models_dir, report.missing))
-    return StatusReport(env, manifest, report, pending, tuple(workflows), on_disk)
+    return StatusReport(env, manifest, report, pending, tuple(workflows), on_disk, read_skipped(env.git_dir))

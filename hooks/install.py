@@ -130,7 +130,7 @@ def _update_exclude(location: HooksLocation, add: bool) -> None:
         head, _, rest = text.partition(EXCLUDE_BEGIN)
         text = head + rest.partition(EXCLUDE_END + "\n")[2]
     relative = location.inside_worktree
-    if add and relative is not None:
+    if add and relative is not None and "\n" not in relative and "\r" not in relative:  # one pattern per line
         lines = [f"/{relative}/{hook}{suffix}" for hook in HOOK_NAMES for suffix in ("", ".legacy")]
         text = text + ("" if not text or text.endswith("\n") else "\n") + "\n".join([EXCLUDE_BEGIN, *lines, EXCLUDE_END]) + "\n"
     location.exclude_file.parent.mkdir(parents=True, exist_ok=True)

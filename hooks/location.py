@@ -71,12 +71,22 @@ class HooksLocation:
             return None
 
 
+def git_value(repo: Path, *args: str) -> str:
+    """One value from git, exactly: a path may hold a newline, so git is asked for one value
+    per call and only the newline git adds is removed (splitting several values on newlines
+    once put the hooks into a folder of the work tree, issue 10)."""
+    out = git(repo, *args)
+    return out[:-1] if out.endswith("\n") else out
+
+
 def locate(repo: Path) -> HooksLocation:
     repo = Path(repo)
-    lines = git(repo, "rev-parse", "--show-toplevel", "--git-path", "hooks", "--git-common-dir", "--git-path", "info/exclude")
-    top, hooks, common, exclude = lines.splitlines()[:4]
+    top = git_value(repo, "rev-parse", "--show-toplevel")
+    hooks = git_value(repo, "rev-parse", "--git-path", "hooks")
+    common = git_value(repo, "rev-parse", "--git-common-dir")
+    exclude = git_value(repo, "rev-parse", "--git-path", "info/exclude")
     try:
-        hooks_path: str | None = git(repo, "config", "--get", "core.hooksPath").strip() or None
+        hooks_path: str | None = git_value(repo, "config", "--get", "core.hooksPath") or None
     except HooksError:
         hooks_path = None
 

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")
-SHIM_VERSION = 1
+SHIM_VERSION = 2  # 2: the fast path checks git's output (a newline in the repository path)
 CURRENT_ID = "4b1d7c2e-cfd-model-sync"
 PRIOR_IDS: tuple[str, ...] = ()
 LEGACY_SUFFIX = ".legacy"

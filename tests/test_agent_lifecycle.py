@@ -71,6 +71,22 @@ def test_run_refuses_a_second_agent_for_the_same_models_dir(scenario, models_dir
     assert f"already running (pid {first.proc.pid})" in second.stdout
 
 
+def test_a_second_agent_with_another_state_dir_is_refused_too(scenario, models_dir, agent_env, agents, tmp_path):
+    """Issue 10: the life lock lived in the per-user state dir, so an agent started with
+    another XDG_STATE_HOME (or by another user) ran beside the first on the same models dir."""
+    repo = make_env_repo(scenario)
+    first = agents(repo, models_dir)
+    other_state = tmp_path / "other-state"
+    env = {**os.environ, "XDG_STATE_HOME": str(other_state)}
+    for command in ("run", "start"):
+        second = subprocess.run([sys.executable, "-m", "cfd.cli.main", "agent", command], cwd=repo, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 3, (command, second.stdout, second.stderr)
+        assert second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
+        assert f"another agent (pid {first.proc.pid}," in second.stderr and str(models_dir) in second.stderr
+    assert first.proc.poll() is None and first.status().get("state") == "ready"
+
+
 def test_sigterm_stops_within_seconds_and_sigint_too(scenario, models_dir, agent_env, agents):
     repo = make_env_repo(scenario)
     agent = agents(repo, models_dir)

@@ -161,3 +161,75 @@ def test_a_burst_of_files_is_indexed(scenario, models_dir, agent_env, agents, tm
     shutil.copytree(source, models_dir / "loras" / "pack")
     wait_for(lambda: locations(models_dir) == hashes, timeout=20, what="200 files indexed")
     wait_for(lambda: agent.stats().get("hashed") == 200, what="status updated")
+
+
+def test_first_scan_of_an_empty_mount_point_keeps_the_index(scenario, models_dir, agent_env, agents, tmp_path):
+    """Issue 10: an agent starting while the models drive is not mounted saw an empty folder
+    and removed every location from the shared index. It refuses, and says so."""
+    from cfd.core.scan import scan_models
+    from test_agent_support import index_of
+
+    for n in range(5):
+        make_model(models_dir, f"checkpoints/m{n}.safetensors", seed=n, size=4096)
+    with index_of(models_dir) as index:
+        scan_models(index)
+    before = locations(models_dir)
+    assert len(before) == 5
+    models_dir.rename(tmp_path / "unmounted")
+    models_dir.mkdir()  # the bare mount point
+    repo = make_env_repo(scenario)
+    agent = agents(repo, models_dir)
+    errors = [e["message"] for e in agent.status().get("errors", [])]
+    assert any("5 of the 5 indexed files" in e and "kept the index" in e for e in errors), errors
+    assert locations(models_dir) == before
+    assert agent.stats().get("removed", 0) == 0
+
+
+def test_the_marker_is_read_once_not_per_indexed_file(scenario, models_dir, agent_env, monkeypatch):
+    """Issue 10: the agent re-read (and parsed) every environment's marker for each file it
+    indexed: 0.4 s a file with a 20,000-entry marker. Counted, not timed: reads happen once,
+    and again only after the marker changed."""
+    from cfd.agent.daemon import Agent, AgentConfig
+    from test_agent_support import index_of
+
+    repos = [make_env_repo(scenario, name=name) for name in ("alice", "bob")]
+    envs = tuple(open_environment(repo) for repo in repos)
+    waiting = [make_model(models_dir, f"checkpoints/w{n}.safetensors", seed=n, size=256) for n in range(2)]
+    filler = [
+        PendingEntry(f"{n:016x}", f"f{n}.safetensors", f"checkpoints/f{n}.safetensors", 10, (), "required", ("wf1",), "deferred")
+        for n in range(2000)
+    ]
+    wanted = [
+        PendingEntry(h, path.name, f"checkpoints/{path.name}", 256, (), "required", ("wf1",), "deferred") for h, path in waiting[:2]
+    ]
+    for repo in repos:
+        Marker(repo / ".git").write(filler + wanted)
+    reads = {"n": 0}
+    original = Marker.read
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        reads["n"] += 1
+        return original(self)
+
+    monkeypatch.setattr(Marker, "read", counting)
+    agent = Agent(AgentConfig(envs=envs, models_dir=models_dir, index_path=Path(os.environ["CFD_INDEX"])))
+    others = [make_model(models_dir, f"loras/o{n}.safetensors", seed=100 + n, size=256) for n in range(200)]
+    with index_of(models_dir) as index:
+        for h, path in others:
+            agent._on_indexed(index, h, f"loras/{path.name}")
+        assert reads["n"] == 2  # once per environment, not 200 times each
+        h, path = waiting[0]
+        agent._on_indexed(index, h, f"checkpoints/{path.name}")
+        agent._on_indexed(index, h, f"checkpoints/{path.name}")  # a second event for it: still one write
+        agent._flush(index)  # what the models worker does after each pass
+        assert reads["n"] == 2 + 2  # the merge's own read-modify-write, once per environment
+        for h, path in others:
+            agent._on_indexed(index, h, f"loras/{path.name}")
+        assert reads["n"] == 4 + 2  # each changed marker read once more
+        h, path = waiting[1]
+        index.record_file(h, f"checkpoints/{path.name}", size=256, mtime=path.stat().st_mtime)
+        before = reads["n"]
+        agent._on_scan_done(index)
+        assert reads["n"] - before == 2  # per environment one merge (the view is current)
+    for repo in repos:
+        assert pending_keys(repo) == {e.key for e in filler}

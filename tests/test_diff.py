@@ -503,3 +503,22 @@ def test_index_backed_missing_check_after_diff(tmp_path: Path) -> None:
         (models / "vae" / "c.safetensors").write_bytes(b"12345")
         index.record_file(H3, "vae/c.safetensors", size=5, mtime=1.0)
         assert detect_missing_models(diff.new, index, diff.hashes_to_check).missing == ()
+
+
+def test_a_large_change_read_in_slices_gives_the_full_answer_in_the_same_order() -> None:
+    """Issue 10: a first sync or a rewritten manifest changes nearly every piece; they are
+    parsed in slices (bounded memory). Same answer as the full read, intents in the same order."""
+    from cfd.core.fasttoml import BATCH
+
+    builder = ManifestBuilder()
+    for n in range(BATCH + 700):
+        model_hash = f"{n:016x}"
+        builder.model(model_hash, f"m{n}.safetensors", 100 + n, f"checkpoints/m{n}.safetensors", "checkpoints", [HF + f"m{n}"])
+        builder.ref(f"wf{n % 7}", f"m{n}.safetensors", "checkpoints", hash=model_hash, criticality="required", node_id=str(n))
+    for n in range(BATCH + 300):  # interleaved workflows: order of first appearance matters
+        builder.ref(f"wf{(n * 3) % 11}", f"i{n}.safetensors", "loras", status="unresolved", node_id=f"i{n}", sources=[HF + f"i{n}"])
+    old, new = ManifestBuilder().render(), builder.render()
+    quick = both(old, new)
+    full = diff_manifests(parse_manifest(old.encode()), parse_manifest(new.encode()))
+    assert [r.identity for r in quick.new_intents] == [r.identity for r in full.new_intents]
+    assert len(quick.newly_needed) == BATCH + 700 and quick.new.models.keys() == full.new.models.keys()

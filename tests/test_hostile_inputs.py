@@ -368,6 +368,7 @@ def test_redirect_from_a_public_host_into_the_lan_is_refused(server: ModelServer
             jobs.append(DownloadJob(short_hash_bytes(data), f"{label}.safetensors", f"checkpoints/{label}.safetensors",
                                     len(data), (server.url(f"/{label}"),), short_hash_bytes(data)))
         options = DownloadOptions(private_hosts=(f"127.0.0.1:{server.port}",), retries=1, connect_timeout=2)
+        (tmp_path / "models").mkdir()  # cfd never creates the models dir
         outcomes = []
         for job in jobs:  # one at a time: they share a key (and so a lock)
             outcomes += download_models([job], models_dir=tmp_path / "models", index_path=tmp_path / "i.db", options=options)
@@ -675,6 +676,7 @@ def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest
                                   hf_hosts=(f"127.0.0.1:{hub.port}",), allow_private_networks=True, retries=2, backoff_base=0.01)
         jobs = [DownloadJob(f"{n:016x}", f"{n}.safetensors", f"checkpoints/{n}.safetensors", 10, (hub.url(p),), f"{n:016x}")
                 for n, p in enumerate(["/r/denied", "/r/away", "/r/bad"])]
+        (tmp_path / "m").mkdir()  # cfd never creates the models dir
         outcomes = download_models(jobs, models_dir=tmp_path / "m", index_path=tmp_path / "i.db", options=options)
     assert all(not o.success for o in outcomes)
     texts = [repr(options), str(options), *(repr(o) for o in outcomes), caplog.text]

@@ -100,6 +100,7 @@ def test_deep_nesting_and_invalid_utf8_are_clear_errors(tmp_path):
         "huge and negative sizes": b'[tool.comfydock.models]\nabcdefabcdefabcd = {filename = "a", size = -5}\n'
         b'bbcdefabcdefabcd = {filename = "b", size = 99999999999999999999}\n',
     }
+    (tmp_path / "models").mkdir(exist_ok=True)  # cfd never creates the models dir
     for label, data in cases.items():
         (repo / "pyproject.toml").write_bytes(data)
         result = subprocess.run(

@@ -65,6 +65,7 @@ def test_a_second_location_keeps_the_model_present(index: ModelIndex) -> None:
 def test_locations_under_another_models_dir_do_not_count(tmp_path: Path, models_dir: Path) -> None:
     db = tmp_path / "models.db"
     other = tmp_path / "other-models"
+    other.mkdir()  # cfd never creates a models dir
     with ModelIndex(db, other) as elsewhere:
         model_hash = put(elsewhere, "checkpoints/a.safetensors")
     with ModelIndex(db, models_dir) as here:

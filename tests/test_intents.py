@@ -134,3 +134,35 @@ def test_one_download_resolves_every_entry_asking_for_it() -> None:
     assert sum(line.startswith(f"{NEW} = ") for line in added) == 1
     manifest = parse_manifest(new.encode())
     assert not manifest.intents and [r.hash for r in manifest.refs if r.filename == "lora.safetensors"] == [NEW, NEW]
+
+
+def test_writing_back_many_intents_never_rescans_the_models_table(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 10: tomlkit scanned the whole models table for each model added (quadratic:
+    4,000 intents took 9 s). Counted, not timed: no scan of a large table, same text as before."""
+    from tomlkit.container import Container
+
+    from cfd.core.intents import ResolvedIntent, apply_resolutions
+    from cfd.core.manifest import parse_manifest
+    from helpers.manifest import ManifestBuilder
+
+    scanned: list[int] = []
+    original = Container._get_last_index_before_table
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        scanned.append(len(self._body))
+        return original(self)
+
+    monkeypatch.setattr(Container, "_get_last_index_before_table", counting)
+    builder = ManifestBuilder().model("0123456789abcdef", "a.safetensors", 1, sources=["https://h.example/a"])
+    for i in range(300):
+        builder.ref(f"wf{i % 7}", f"l{i}.safetensors", "loras", status="unresolved", node_id=str(i + 1), sources=[f"https://c.example/{i}"])
+    text = builder.render()
+    refs = parse_manifest(text.encode()).intents
+    new_text, done = apply_resolutions(text, [ResolvedIntent(r, f"{i:016x}", 10, r.target_path) for i, r in enumerate(refs)])
+    assert len(done) == 300
+    assert max(scanned) < 20, max(scanned)  # only the small entry tables, never the models table
+    resolved = parse_manifest(new_text.encode())
+    assert len(resolved.models) == 301 and not resolved.intents
+    after_header = new_text.split("[tool.comfydock.models]\n", 1)[1]
+    models_table, _, _ = after_header.partition("\n\n")  # the table ends at its blank line, as before
+    assert models_table.count("\n") == 300 and after_header[len(models_table) + 2] == "["

@@ -310,6 +310,17 @@ def test_fast_reader_takes_comfydocks_layout() -> None:
     assert fasttoml.loads(SPEC_EXAMPLE.decode()) is None  # comments: tomllib reads it
 
 
+def test_fast_reader_across_its_batches() -> None:
+    """Issue 10: the fast reader rewrites the text in batches (its copies stayed ~10x the
+    text). Across batch boundaries: the same document, and a model defined twice still declines."""
+    _, new = big_manifest(2 * fasttoml.BATCH + 300, 500, 9, new_fraction=0.1)
+    fast = fasttoml.loads(new)
+    assert fast is not None and _same_document(fast, tomllib.loads(new))
+    lines = [f'h{n:05d} = {{filename = "m{n}"}}' for n in range(2 * fasttoml.BATCH)]
+    twice = "[tool.comfydock.models]\n" + "\n".join(lines + [lines[0]]) + "\n"
+    assert fasttoml.loads(twice) is None
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -203,3 +203,83 @@ def test_detection_is_read_only(index: ModelIndex, tmp_path: Path) -> None:
     before = dump()
     detect_missing_models(parse_manifest(text.encode()), index)
     assert dump() == before
+
+
+# -- linear in manifest size (issue 10, item 5) ---------------------------------------------
+
+
+def _intents_manifest(n: int) -> tuple[bytes, bytes]:
+    """(old, new) pyproject.toml: new adds n intents to one resolved model."""
+    h = hash_of(1)
+    base = ManifestBuilder().model(h, "a.safetensors", 64, sources=[HF + "a"]).ref("wf0", "a.safetensors", "checkpoints", hash=h)
+    old = base.render().encode()
+    for i in range(n):
+        base.ref(f"wf{i % 50}", f"l{i}.safetensors", "loras", status="unresolved", node_id=str(i + 1), sources=[CIVITAI + str(i)])
+    return old, base.render().encode()
+
+
+def _hook_path(tmp_path: Path, models_dir: Path, n: int) -> None:
+    """What a hook and `cfd status` do with n new intents, half of them already downloaded."""
+    from cfd.core.diff import diff_manifest_bytes
+    from cfd.core.marker import Marker, intent_key
+    from cfd.core.repair import pending_entries
+
+    old, new = _intents_manifest(n)
+    db = tmp_path / f"idx{n}.db"
+    with ModelIndex(db, models_dir) as index:
+        h, path = make_model(models_dir, f"loras/l{n}.bin", 7, 64)
+        with index.transaction():
+            index.add_model(h, 64)
+            index.add_location(h, f"loras/l{n}.bin", path.stat().st_mtime)
+            for i in range(0, n, 2):
+                index.add_source(h, CIVITAI + str(i))
+        diff = diff_manifest_bytes(old, new)
+        report = detect_missing_models(diff.new, index)
+        full = detect_missing_models(parse_manifest(new), index)
+    assert len(report.intents) == len(full.intents) == n // 2 and len(full.satisfied_intents) == n - n // 2
+    marker = Marker(tmp_path / f"git{n}")
+    entries = pending_entries((), full.intents, "deferred", "post-merge")
+    marker.merge(entries, drop=[intent_key(r) for r in full.satisfied_intents])
+    marker.merge(entries[: n // 4])
+    needed = {intent_key(r) for r in full.intents}
+    assert len([e for e in marker.read() if e.key in needed]) == n // 2
+
+
+def test_the_hook_path_never_compares_records_and_grows_linearly(tmp_path: Path, models_dir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 10: `ref in tuple_of_refs` compared dataclasses field by field, so 20,000
+    intents took minutes. No timing here: count record comparisons (there must be none)
+    and Python calls, which must not grow faster than the manifest."""
+    import sys
+
+    from cfd.core.manifest import ManifestModel, WorkflowModelRef
+    from cfd.core.marker import PendingEntry
+    from cfd.core.missing import MissingModelInfo
+
+    comparisons = {"n": 0}
+    for record in (WorkflowModelRef, ManifestModel, PendingEntry, MissingModelInfo):
+        original = record.__eq__
+
+        def counting(self, other, _original=original):  # type: ignore[no-untyped-def]
+            comparisons["n"] += 1
+            return _original(self, other)
+
+        monkeypatch.setattr(record, "__eq__", counting)
+
+    def calls(n: int) -> int:
+        count = {"n": 0}
+
+        def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+            if event == "call":
+                count["n"] += 1
+
+        sys.setprofile(profile)
+        try:
+            _hook_path(tmp_path, models_dir, n)
+        finally:
+            sys.setprofile(None)
+        return count["n"]
+
+    small, large = calls(400), calls(1600)
+    assert comparisons["n"] == 0
+    # 4x the intents: linear work is ~4x the calls, quadratic 16x.
+    assert large < 5 * small, (small, large)

@@ -1,0 +1,66 @@
+"""A manifest the hooks left alone because it was larger than cfd.maxManifestSize.
+
+Reading a manifest costs memory in proportion to its size; a pulled pyproject.toml of
+hundreds of MiB would hold every teammate's `git pull` for a minute and take gigabytes.
+Above the ceiling the hook only records which version it skipped (here, in the clone's
+git dir) and says so in one line; `cfd status` shows the record and `cfd repair`, run
+when the user chooses, does the work and clears it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RECORD_NAME = "skipped-manifest.json"
+
+
+@dataclass(frozen=True)
+class SkippedManifest:
+    blob: str
+    size: int
+    limit: int
+    trigger: str
+    when: float
+
+    def message(self) -> str:
+        return (
+            f"pyproject.toml is {_mib(self.size)}, over cfd.maxManifestSize ({_mib(self.limit)}): "
+            f"the {self.trigger or 'hook'} did not read it; run `cfd repair` to sync models"
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def _path(git_dir: Path) -> Path:
+    return git_dir / "cfd" / RECORD_NAME
+
+
+def record_skipped(git_dir: Path, blob: str, size: int, limit: int, trigger: str) -> SkippedManifest:
+    skipped = SkippedManifest(blob, size, limit, trigger, time.time())
+    path = _path(git_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{RECORD_NAME}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(asdict(skipped)), encoding="utf-8")
+    os.replace(temp, path)
+    return skipped
+
+
+def read_skipped(git_dir: Path) -> SkippedManifest | None:
+    try:
+        data = json.loads(_path(git_dir).read_text(encoding="utf-8"))
+        return SkippedManifest(str(data["blob"]), int(data["size"]), int(data["limit"]), str(data["trigger"]), float(data["when"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def clear_skipped(git_dir: Path) -> None:
+    try:
+        _path(git_dir).unlink()
+    except FileNotFoundError:
+        pass
