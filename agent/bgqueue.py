@@ -23,8 +23,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from cfd.core.environment import Environment
-from cfd.core.index import ModelIndex
-from cfd.core.marker import MARKER_NAME, Marker, PendingEntry
+from cfd.core.store.index import ModelIndex
+from cfd.core.sync.marker import MARKER_NAME, Marker, PendingEntry
 
 from .lock import is_locked
 from .statusfile import StatusBoard
@@ -38,7 +38,7 @@ BUSY_RECHECK = 30.0
 
 def lock_path(models_dir: Path, key: str) -> Path:
     """The engine's per-download lock (held while a hook or `cfd repair` fetches it)."""
-    from cfd.core.download import staging_name
+    from cfd.core.download.engine import staging_name
 
     return models_dir / ".cfd" / "locks" / f"{staging_name(key)}.lock"
 
@@ -226,9 +226,9 @@ class BackgroundQueue:
         return min(later) if later else None
 
     def _download(self, env: Environment, due: dict[str, PendingEntry]) -> None:
-        from cfd.core.missing import detect_missing_models
-        from cfd.core.repair import intent_key, sync_models
-        from cfd.core.status import load_working_manifest
+        from cfd.core.sync.missing import detect_missing_models
+        from cfd.core.sync.repair import intent_key, sync_models
+        from cfd.core.sync.status import load_working_manifest
 
         manifest = load_working_manifest(env)
         with ModelIndex(env.index_path, env.models_dir) as index:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from cfd.core.environment import Environment
-from cfd.core.index import ModelIndex
-from cfd.core.marker import Marker
+from cfd.core.store.index import ModelIndex
+from cfd.core.sync.marker import Marker
 from cfd.core.text import sanitize, sanitize_block
 
 from .lock import AgentLock
@@ -130,7 +130,7 @@ class Agent:
     def _remember_intent_sources(env: Environment, index: ModelIndex, arrived: list[tuple[str, str]]) -> None:
         """Intents' files that appeared by hand: the index remembers them by the intents' URLs,
         the way a download would, so `cfd status` no longer counts them missing."""
-        from cfd.core.status import load_working_manifest
+        from cfd.core.sync.status import load_working_manifest
 
         try:
             intents = load_working_manifest(env).intents  # once for the whole batch
@@ -166,7 +166,7 @@ class Agent:
     # -- the git side -----------------------------------------------------------------------
 
     def _sync(self, env: Environment, old: str | None, new: str) -> None:
-        from cfd.core.pullsync import sync_between
+        from cfd.core.sync.pullsync import sync_between
 
         # The agent is the background: downloads go through its queue (cancellable,
         # rate-limited, cfd.jobs at a time); `defer` stays defer.

@@ -38,8 +38,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
-from cfd.core.index import Location, ModelIndex
-from cfd.core.scan import MIN_MODEL_SIZE, PruneRefused, guard_pruning, index_file, is_candidate, walk_models
+from cfd.core.store.index import Location, ModelIndex
+from cfd.core.store.scan import MIN_MODEL_SIZE, PruneRefused, guard_pruning, index_file, is_candidate, walk_models
 
 from .statusfile import StatusBoard
 

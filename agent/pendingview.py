@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from cfd.core.marker import Marker, PendingEntry
+from cfd.core.sync.marker import Marker, PendingEntry
 
 
 class PendingView:

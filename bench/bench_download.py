@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from cfd.cli.model_server import write_model_file
-from cfd.core.download import staging_name
-from cfd.core.shorthash import short_hash_file
+from cfd.core.download.engine import staging_name
+from cfd.core.store.shorthash import short_hash_file
 
 MIB = 1 << 20
 
@@ -52,7 +52,7 @@ srv.stop()
 
 _CFD = r"""
 import json, os, resource, sys, time
-from cfd.core.download import DownloadJob, DownloadOptions, download_models
+from cfd.core.download.engine import DownloadJob, DownloadOptions, download_models
 a = json.loads(sys.argv[1])
 os.makedirs(a["models"], exist_ok=True)  # cfd never creates the models dir
 job = DownloadJob(a["key"], "m.safetensors", "checkpoints/m.safetensors", a["size"], (a["url"],), a["key"],

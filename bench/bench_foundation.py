@@ -39,12 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from helpers.manifest import ManifestBuilder, big_manifest  # noqa: E402
 
-from cfd.core import fasttoml  # noqa: E402
-from cfd.core.diff import diff_manifest_bytes, diff_manifests  # noqa: E402
-from cfd.core.index import ModelIndex  # noqa: E402
-from cfd.core.manifest import parse_manifest  # noqa: E402
-from cfd.core.missing import detect_missing_models  # noqa: E402
-from cfd.core.shorthash import short_hash_bytes  # noqa: E402
+from cfd.core.manifest import fasttoml  # noqa: E402
+from cfd.core.manifest.diff import diff_manifest_bytes, diff_manifests  # noqa: E402
+from cfd.core.store.index import ModelIndex  # noqa: E402
+from cfd.core.manifest.model import parse_manifest  # noqa: E402
+from cfd.core.sync.missing import detect_missing_models  # noqa: E402
+from cfd.core.store.shorthash import short_hash_bytes  # noqa: E402
 
 TARGETS_MS = {"diff": 150.0, "status": 1000.0, "scan": 1000.0, "intents": 5000.0}
 

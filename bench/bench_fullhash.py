@@ -3,7 +3,7 @@
     python bench/bench_fullhash.py [--mib 512]
 
 A single-stream download feeds each piece to the hash as it arrives (no second read); this is
-the CPU that adds, per core and with the library's own threads (as core/fullhash.py uses it).
+the CPU that adds, per core and with the library's own threads (as core/download/fullhash.py uses it).
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def bench_fast_path(root: Path, runs: int) -> dict[str, float]:
 
 def index_all(manifest_text: str) -> int:
     """Every model of the manifest present: sparse files of the right size, indexed directly."""
-    from cfd.core.index import ModelIndex
+    from cfd.core.store.index import ModelIndex
 
     models = tomllib.loads(manifest_text)["tool"]["comfydock"]["models"]
     models_dir = Path(os.environ["CFD_MODELS_DIR"])
@@ -189,11 +189,11 @@ def breakdown(repo: Path, old: str, old_blob: str) -> dict[str, float]:
 import time, json, os
 t0 = time.perf_counter()
 from cfd.core.environment import open_environment
-from cfd.core.diff import diff_manifest_bytes
-from cfd.core.index import ModelIndex
-from cfd.core.missing import detect_missing_models
+from cfd.core.manifest.diff import diff_manifest_bytes
+from cfd.core.store.index import ModelIndex
+from cfd.core.sync.missing import detect_missing_models
 t1 = time.perf_counter()
-from cfd.core.gitrepo import open_repo
+from cfd.core.git import open_repo
 t2 = time.perf_counter()
 env = open_environment({str(repo)!r})
 repo = open_repo(env.repo)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from cfd.agent.daemon import Agent, AgentConfig
 from cfd.core.environment import open_environment
-from cfd.core.index import ModelIndex
-from cfd.core.marker import Marker, PendingEntry
+from cfd.core.store.index import ModelIndex
+from cfd.core.sync.marker import Marker, PendingEntry
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cfd.core.shorthash import short_hash_file
+from cfd.core.store.shorthash import short_hash_file
 
 from .model_server import ModelServer, write_model_file
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cfd.core.errors import CfdError
-from cfd.core.filehash import hash_file
+from cfd.core.store.filehash import hash_file
 
 from .common import print_json
 

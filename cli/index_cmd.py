@@ -7,9 +7,9 @@ import re
 import sys
 
 from cfd.core.errors import CfdError
-from cfd.core.index import IndexedModel, ModelIndex
-from cfd.core.scan import scan_models
-from cfd.core.urls import redact_url
+from cfd.core.store.index import IndexedModel, ModelIndex
+from cfd.core.store.scan import scan_models
+from cfd.core.download.urls import redact_url
 
 from .common import add_env_argument, environment, human_size, is_terminal, print_json
 

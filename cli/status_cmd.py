@@ -6,10 +6,10 @@ import argparse
 import time
 from typing import Any
 
-from cfd.core.manifest import CRITICALITY_RANK
-from cfd.core.marker import intent_key, reason_text
-from cfd.core.repair import intent_groups
-from cfd.core.status import StatusReport, WorkflowStatus, compute_status
+from cfd.core.manifest.model import CRITICALITY_RANK
+from cfd.core.sync.marker import intent_key, reason_text
+from cfd.core.sync.repair import intent_groups
+from cfd.core.sync.status import StatusReport, WorkflowStatus, compute_status
 
 from .common import add_env_argument, agent_download_figures, environment, human_size, is_terminal, print_json, warn
 

@@ -37,7 +37,7 @@ from .shim import HOOK_NAMES, read_shim, render_shim
 
 if TYPE_CHECKING:
     from cfd.core.environment import Environment
-    from cfd.core.status import StatusReport
+    from cfd.core.sync.status import StatusReport
 
 EXCLUDE_BEGIN = "# >>> cfd hooks (removed by `cfd hooks uninstall`)"
 EXCLUDE_END = "# <<< cfd hooks"
@@ -280,9 +280,9 @@ def record_baseline(env: Environment) -> StatusReport:
     Later hooks then act only on what changes from here; `cfd repair` fetches
     what this report lists.
     """
-    from cfd.core.gitrepo import open_repo
-    from cfd.core.pullsync import read_last_synced, write_last_synced
-    from cfd.core.status import compute_status
+    from cfd.core.git import open_repo
+    from cfd.core.sync.pullsync import read_last_synced, write_last_synced
+    from cfd.core.sync.status import compute_status
 
     report = compute_status(env)
     blob = open_repo(env.repo).blob_id("HEAD")

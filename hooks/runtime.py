@@ -63,8 +63,8 @@ def _say(stream: TextIO, message: str) -> None:
 
 def summary(outcome: object) -> str | None:
     """The one line a hook prints after acting (None when there is nothing to say)."""
-    from cfd.core.downloadtypes import OVER_BUDGET
-    from cfd.core.pullsync import SYNCED, PullSyncOutcome
+    from cfd.core.download.types import OVER_BUDGET
+    from cfd.core.sync.pullsync import SYNCED, PullSyncOutcome
 
     assert isinstance(outcome, PullSyncOutcome)
     if outcome.action != SYNCED:
@@ -131,8 +131,8 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
         return  # not a ComfyDock environment (e.g. a template hook in another repo)
     if not env.settings["cfd.hooks.enabled"]:
         return
-    from cfd.core.gitrepo import open_repo
-    from cfd.core.pullsync import sync_between
+    from cfd.core.git import open_repo
+    from cfd.core.sync.pullsync import sync_between
 
     repo = open_repo(env.repo)
     parents = len(repo.parents("HEAD")) if hook == "post-commit" else None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cfd.core.marker import Marker
+from cfd.core.sync.marker import Marker
 from helpers import ManifestBuilder
 from test_agent_support import agent_env, agents, cfd, locations, wait_for  # noqa: F401
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from cfd.core.environment import open_environment
-from cfd.core.marker import Marker, PendingEntry
-from cfd.core.status import compute_status
+from cfd.core.sync.marker import Marker, PendingEntry
+from cfd.core.sync.status import compute_status
 from helpers import ManifestBuilder, make_model
 from test_agent_support import agent_env, agents, locations, make_env_repo, wait_for  # noqa: F401
 
@@ -62,7 +62,7 @@ def test_partially_written_file_is_not_indexed_until_complete(scenario, models_d
     wait_for(lambda: "slow.safetensors" in locations(models_dir), what="indexed after close")
     with open(models_dir / "check.bin", "wb") as handle:
         handle.write(data)
-    from cfd.core.shorthash import short_hash_file
+    from cfd.core.store.shorthash import short_hash_file
 
     assert locations(models_dir)["slow.safetensors"] == short_hash_file(models_dir / "check.bin")
     wait_for(lambda: "check.bin" in locations(models_dir), what="check.bin indexed")
@@ -166,7 +166,7 @@ def test_a_burst_of_files_is_indexed(scenario, models_dir, agent_env, agents, tm
 def test_first_scan_of_an_empty_mount_point_keeps_the_index(scenario, models_dir, agent_env, agents, tmp_path):
     """Issue 10: an agent starting while the models drive is not mounted saw an empty folder
     and removed every location from the shared index. It refuses, and says so."""
-    from cfd.core.scan import scan_models
+    from cfd.core.store.scan import scan_models
     from test_agent_support import index_of
 
     for n in range(5):

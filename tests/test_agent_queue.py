@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
-from cfd.core.marker import Marker, PendingEntry
+from cfd.core.sync.marker import Marker, PendingEntry
 from helpers import ManifestBuilder, make_model, short_hash_for
 from test_agent_support import agent_env, agents, locations, make_env_repo, wait_for  # noqa: F401
 

@@ -19,7 +19,7 @@ import pytest
 
 from cfd.agent.paths import AgentPaths, agent_paths
 from cfd.agent.statusfile import read_status
-from cfd.core.index import ModelIndex
+from cfd.core.store.index import ModelIndex
 from helpers import ManifestBuilder, Scenario
 from helpers.chaos import wait_until
 

@@ -33,7 +33,7 @@ from helpers.chaos import (
 from cfd.agent.paths import agent_paths
 from cfd.agent.statusfile import read_status
 from cfd.cli.model_server import ModelServer
-from cfd.core.marker import Marker, PendingEntry
+from cfd.core.sync.marker import Marker, PendingEntry
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -23,8 +23,8 @@ from helpers import Clone, Scenario
 from helpers.chaos import MIB, CFD, Served, check_invariants, manifest, report, run_cfd, serve, wait_until
 
 from cfd.cli.model_server import ModelServer
-from cfd.core.index import ModelIndex
-from cfd.core.marker import MARKER_NAME, Marker
+from cfd.core.store.index import ModelIndex
+from cfd.core.sync.marker import MARKER_NAME, Marker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -257,11 +257,11 @@ def test_index_locked_by_another_process_for_a_while(env: Env, journal: str) -> 
 
 def test_index_locked_past_the_busy_timeout_fails_in_one_line(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """Held for longer than cfd waits (30 s; 1 s here): a clean error naming the index, not a crash."""
-    import cfd.core.index as index_module
+    import cfd.core.store.index as index_module
     from cfd.core.environment import open_environment
     from cfd.core.errors import CfdError
-    from cfd.core.repair import plan_repair
-    from cfd.core.status import compute_status
+    from cfd.core.sync.repair import plan_repair
+    from cfd.core.sync.status import compute_status
 
     m = serve(env.server, "locked.safetensors", 7, MIB)
     env.environment(m)
@@ -425,7 +425,7 @@ def test_disk_filled_by_an_intent_of_unknown_size_keeps_nothing(small_disk: Path
     ceiling): one line, nothing placed, and no filler kept in staging for a later run to refill."""
     from helpers import ManifestBuilder
 
-    from cfd.core.tensorfile import safetensors_bytes
+    from cfd.core.download.tensorfile import safetensors_bytes
 
     models = small_disk / "models"
     models.mkdir()

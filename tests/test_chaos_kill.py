@@ -38,7 +38,7 @@ from helpers.chaos import (
 from cfd.agent.paths import agent_paths
 from cfd.agent.statusfile import read_status
 from cfd.cli.model_server import ModelServer
-from cfd.core.pullsync import read_last_synced
+from cfd.core.sync.pullsync import read_last_synced
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -304,7 +304,7 @@ def test_killed_between_the_move_and_the_cleanup(scenario: Scenario, server: Mod
     indexes the file without fetching it and leaves no staging file linked to it."""
     import os
 
-    from cfd.core.index import ModelIndex
+    from cfd.core.store.index import ModelIndex
 
     m = serve(server, "placed.safetensors", 77, 3 * MIB)
     clone = scenario.clone("bob")

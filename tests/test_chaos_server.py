@@ -19,8 +19,8 @@ from helpers import Clone, Scenario
 from helpers.chaos import MIB, Served, check_invariants, manifest, report, run_cfd, serve, wait_until
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
-from cfd.core.index import ModelIndex
-from cfd.core.shorthash import sample_regions, short_hash_bytes
+from cfd.core.store.index import ModelIndex
+from cfd.core.store.shorthash import sample_regions, short_hash_bytes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,7 +63,7 @@ class Setup:
             assert index.present([m.hash]) == {} and m.relpath not in index.locations()
 
     def marker_error(self, m: Served) -> str:
-        from cfd.core.marker import Marker
+        from cfd.core.sync.marker import Marker
 
         assert self.clone is not None
         entries = {e.key: e for e in Marker(self.clone.path / ".git").read()}

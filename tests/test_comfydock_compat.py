@@ -26,13 +26,13 @@ from comfydock_core.models.manifest import ManifestWorkflowModel as CDWorkflowMo
 from comfydock_core.models.workflow import WorkflowNodeWidgetRef  # noqa: E402
 from comfydock_core.repositories.model_repository import ModelRepository  # noqa: E402
 
-from cfd.core import fasttoml  # noqa: E402
-from cfd.core.diff import diff_manifest_bytes, diff_manifests  # noqa: E402
-from cfd.core.index import ModelIndex  # noqa: E402
-from cfd.core.manifest import parse_manifest  # noqa: E402
-from cfd.core.missing import detect_missing_models  # noqa: E402
-from cfd.core.scan import scan_models  # noqa: E402
-from cfd.core.shorthash import StreamingShortHasher, short_hash_bytes, short_hash_file  # noqa: E402
+from cfd.core.manifest import fasttoml  # noqa: E402
+from cfd.core.manifest.diff import diff_manifest_bytes, diff_manifests  # noqa: E402
+from cfd.core.store.index import ModelIndex  # noqa: E402
+from cfd.core.manifest.model import parse_manifest  # noqa: E402
+from cfd.core.sync.missing import detect_missing_models  # noqa: E402
+from cfd.core.store.scan import scan_models  # noqa: E402
+from cfd.core.store.shorthash import StreamingShortHasher, short_hash_bytes, short_hash_file  # noqa: E402
 
 MIB = 1024 * 1024
 HF = "https://huggingface.co/org/repo/resolve/main/"

@@ -33,9 +33,9 @@ from comfydock_core.repositories.model_repository import ModelRepository
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cfd.core.index import ModelIndex
-from cfd.core.manifest import parse_manifest
-from cfd.core.missing import detect_missing_models
+from cfd.core.store.index import ModelIndex
+from cfd.core.manifest.model import parse_manifest
+from cfd.core.sync.missing import detect_missing_models
 from helpers import ManifestBuilder
 from helpers.manifest import model_bytes, short_hash_for
 

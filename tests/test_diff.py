@@ -1,4 +1,4 @@
-"""What changed between two versions of the manifest (core/diff.py, core/chunks.py).
+"""What changed between two versions of the manifest (core/manifest/diff.py, core/manifest/differential.py).
 
 `diff_manifests` on parsed manifests is the definition; `diff_manifest_bytes` reads only
 the entries whose text changed. The property test at the end holds the differential
@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cfd.core.chunks import ChunkFallback, differential_diff
-from cfd.core.diff import diff_manifest_bytes, diff_manifests
+from cfd.core.manifest.differential import ChunkFallback, differential_diff
+from cfd.core.manifest.diff import diff_manifest_bytes, diff_manifests
 from cfd.core.errors import ManifestError
-from cfd.core.index import ModelIndex
-from cfd.core.manifest import parse_manifest
-from cfd.core.missing import detect_missing_models
+from cfd.core.store.index import ModelIndex
+from cfd.core.manifest.model import parse_manifest
+from cfd.core.sync.missing import detect_missing_models
 from helpers.manifest import ManifestBuilder, big_manifest, inline_table, toml_key, toml_value
 
 H1, H2, H3, H4 = "dcf5f306c2a63465", "0123456789abcdef", "fedcba9876543210", "00000000deadbeef"
@@ -508,7 +508,7 @@ def test_index_backed_missing_check_after_diff(tmp_path: Path) -> None:
 def test_a_large_change_read_in_slices_gives_the_full_answer_in_the_same_order() -> None:
     """Issue 10: a first sync or a rewritten manifest changes nearly every piece; they are
     parsed in slices (bounded memory). Same answer as the full read, intents in the same order."""
-    from cfd.core.fasttoml import BATCH
+    from cfd.core.manifest.fasttoml import BATCH
 
     builder = ManifestBuilder()
     for n in range(BATCH + 700):

@@ -19,8 +19,8 @@ from blake3 import blake3
 from helpers.chaos import Lines, wait_until
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
-from cfd.core.tensorfile import safetensors_bytes
-from cfd.core.download import (
+from cfd.core.download.tensorfile import safetensors_bytes
+from cfd.core.download.engine import (
     DownloadCallbacks,
     DownloadJob,
     DownloadOptions,
@@ -29,9 +29,9 @@ from cfd.core.download import (
     plan_segments,
     staging_name,
 )
-from cfd.core.index import ModelIndex
-from cfd.core.shorthash import short_hash_bytes
-from cfd.core.tokens import Tokens
+from cfd.core.store.index import ModelIndex
+from cfd.core.store.shorthash import short_hash_bytes
+from cfd.core.download.tokens import Tokens
 
 MIB = 1 << 20
 REL = "checkpoints/m.safetensors"
@@ -202,8 +202,8 @@ def test_callbacks_follow_comfydock_shape(server: ModelServer, models_dir: Path,
 
 _CHILD = r"""
 import json, sys
-from cfd.core.download import DownloadJob, DownloadOptions, download_models
-from cfd.core.downloadtypes import DownloadCallbacks
+from cfd.core.download.engine import DownloadJob, DownloadOptions, download_models
+from cfd.core.download.types import DownloadCallbacks
 
 class SayStart(DownloadCallbacks):
     def on_file_start(self, filename, index, total):  # called right before the file's lock is taken

@@ -26,7 +26,7 @@ from helpers.chaos import CFD, MIB, Served, manifest, report, run_cfd, serve
 from helpers.manifest import big_manifest, toml_value
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
-from cfd.core.marker import MARKER_NAME
+from cfd.core.sync.marker import MARKER_NAME
 
 pytestmark = pytest.mark.timeout(180)
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
@@ -347,8 +347,8 @@ def test_private_addresses_are_refused_without_a_connection(scenario: Scenario, 
 def test_redirect_from_a_public_host_into_the_lan_is_refused(server: ModelServer, tmp_path: Path) -> None:
     """The first hop counts as public (DownloadOptions.private_hosts, the API's trusted-mirror list);
     every redirect target is checked again and refused without a connection."""
-    from cfd.core.download import DownloadJob, DownloadOptions, download_models
-    from cfd.core.shorthash import short_hash_bytes
+    from cfd.core.download.engine import DownloadJob, DownloadOptions, download_models
+    from cfd.core.store.shorthash import short_hash_bytes
 
     data = generate_model_bytes(7, MIB)
     with ModelServer() as lan:
@@ -662,8 +662,8 @@ def test_a_token_is_not_in_exception_text_or_logs(tmp_path: Path, caplog: pytest
     """In-process: outcomes, their errors, repr of the options and every log record."""
     import logging
 
-    from cfd.core.download import DownloadJob, DownloadOptions, download_models
-    from cfd.core.tokens import Tokens
+    from cfd.core.download.engine import DownloadJob, DownloadOptions, download_models
+    from cfd.core.download.tokens import Tokens
 
     caplog.set_level(logging.DEBUG)
     with ModelServer(tls=True) as hub, ModelServer(host="localhost") as storage:
@@ -788,9 +788,9 @@ def deep_landings(models: Path, text: str) -> list[str]:
 @settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_reader_and_diff_never_crash_on_hostile_strings(data: Any) -> None:
-    from cfd.core.diff import diff_manifest_bytes, diff_manifests
+    from cfd.core.manifest.diff import diff_manifest_bytes, diff_manifests
     from cfd.core.errors import ManifestError
-    from cfd.core.manifest import parse_manifest
+    from cfd.core.manifest.model import parse_manifest
 
     served = [Served("m.safetensors", 1, 4096, b"", "0123456789abcdef", "http://127.0.0.1:9/m")]
     old = data.draw(hostile_manifests(served, "/tmp/outside")).encode()
@@ -816,7 +816,7 @@ def test_reader_and_diff_never_crash_on_hostile_strings(data: Any) -> None:
     try:
         old_manifest = parse_manifest(old)
     except ManifestError:  # an unreadable old version counts as empty
-        from cfd.core.manifest import EMPTY_MANIFEST as old_manifest
+        from cfd.core.manifest.model import EMPTY_MANIFEST as old_manifest
     full = diff_manifests(old_manifest, new_manifest)
     assert dict(quick.newly_needed) == dict(full.newly_needed)
     assert {r.identity for r in quick.new_intents} == {r.identity for r in full.new_intents}
@@ -830,8 +830,8 @@ def test_repair_and_hook_never_write_outside_the_models_dir(scenario: Scenario, 
     file outside the models dir, whatever the paths say."""
     from cfd.core.environment import open_environment
     from cfd.core.errors import CfdError
-    from cfd.core.pullsync import sync_between
-    from cfd.core.repair import plan_repair, run_repair
+    from cfd.core.sync.pullsync import sync_between
+    from cfd.core.sync.repair import plan_repair, run_repair
 
     served = [serve(server, f"m{i}.safetensors", 500 + i, 4096 + i) for i in range(3)]
     root = tmp_path / "sandbox"

@@ -10,9 +10,9 @@ import sys
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cfd.core.diff import diff_manifest_bytes
+from cfd.core.manifest.diff import diff_manifest_bytes
 from cfd.core.errors import ManifestError
-from cfd.core.manifest import parse_manifest
+from cfd.core.manifest.model import parse_manifest
 
 HEX = "0123456789abcdef"
 scalars = st.one_of(

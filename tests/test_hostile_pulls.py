@@ -20,7 +20,7 @@ from helpers import ManifestBuilder, Scenario
 from helpers.chaos import MIB, manifest, pending_keys, report, run_cfd, serve
 
 from cfd.cli.model_server import ModelServer
-from cfd.core.staging import staging_name
+from cfd.core.download.staging import staging_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,7 +76,7 @@ def intent(builder: ManifestBuilder, filename: str, url: str, node: str = "7") -
 
 
 def marker_entry(team: Team, filename: str):  # type: ignore[no-untyped-def]
-    from cfd.core.marker import Marker
+    from cfd.core.sync.marker import Marker
 
     return next(e for e in Marker(team.git_dir).read() if e.filename == filename)
 
@@ -103,7 +103,7 @@ def test_endless_intent_without_length_stops_at_the_ceiling_and_keeps_nothing(te
 
 def test_intent_cut_short_without_length_is_not_placed(team: Team, server: ModelServer) -> None:
     from cfd.cli.model_server import generate_model_bytes
-    from cfd.core.tensorfile import safetensors_bytes
+    from cfd.core.download.tensorfile import safetensors_bytes
 
     data = safetensors_bytes(generate_model_bytes(2, 3 * MIB))
     url = server.add_file("/loras/cut.safetensors", data)

@@ -22,7 +22,7 @@ from helpers.chaos import MIB, report, run_cfd
 from helpers.manifest import short_hash_for
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
-from cfd.core.marker import MARKER_NAME
+from cfd.core.sync.marker import MARKER_NAME
 
 pytestmark = pytest.mark.timeout(180)
 HF_SECRET = "hf_UrLsEcReT0123456789abcdef"

@@ -1,4 +1,4 @@
-"""The ComfyDock-compatible SQLite model index (core/index.py)."""
+"""The ComfyDock-compatible SQLite model index (core/store/index.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cfd.core.errors import IndexError_
-from cfd.core.index import SCHEMA_VERSION, ModelIndex, source_type_for
+from cfd.core.store.index import SCHEMA_VERSION, ModelIndex, source_type_for
 from helpers.manifest import make_model
 
 H1, H2 = "dcf5f306c2a63465", "0123456789abcdef"

@@ -10,8 +10,8 @@ import pytest
 from helpers import ManifestBuilder
 
 from cfd.core.errors import ManifestError
-from cfd.core.intents import ResolvedIntent, apply_resolutions, write_resolutions
-from cfd.core.manifest import parse_manifest
+from cfd.core.manifest.intents import ResolvedIntent, apply_resolutions, write_resolutions
+from cfd.core.manifest.model import parse_manifest
 
 A = "dcf5f306c2a63465"
 NEW = "fedcba9876543210"
@@ -141,8 +141,8 @@ def test_writing_back_many_intents_never_rescans_the_models_table(monkeypatch) -
     4,000 intents took 9 s). Counted, not timed: no scan of a large table, same text as before."""
     from tomlkit.container import Container
 
-    from cfd.core.intents import ResolvedIntent, apply_resolutions
-    from cfd.core.manifest import parse_manifest
+    from cfd.core.manifest.intents import ResolvedIntent, apply_resolutions
+    from cfd.core.manifest.model import parse_manifest
     from helpers.manifest import ManifestBuilder
 
     scanned: list[int] = []

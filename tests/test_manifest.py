@@ -1,4 +1,4 @@
-"""Reading the model tables of pyproject.toml (core/manifest.py)."""
+"""Reading the model tables of pyproject.toml (core/manifest/model.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cfd.core import fasttoml
+from cfd.core.manifest import fasttoml
 from cfd.core.errors import ManifestError
-from cfd.core.manifest import EMPTY_MANIFEST, parse_manifest
+from cfd.core.manifest.model import EMPTY_MANIFEST, parse_manifest
 from helpers.manifest import ManifestBuilder, big_manifest
 from test_diff import random_doc  # the manifest generator of the differential-diff property
 
@@ -264,7 +264,7 @@ def test_resolved_entry_without_hash() -> None:
     assert problems == [f"{LABEL}: [tool.comfydock.workflows.wf.models[0]] 'a.safetensors' is resolved but has no hash"]
 
 
-# --- the fast reader (core/fasttoml.py): tomllib's answer or none ------------------------
+# --- the fast reader (core/manifest/fasttoml.py): tomllib's answer or none ------------------------
 
 _JUNK = ["=", ",", "[", "]", "{", "}", "1", "a", "-", '"', "\n", " ", "#", "'", ".", "\\", "\t", "true", "-0", "01",
          "1e5", "1.5", "+1", "1_0", "nan", "NaN", "= 1", ", a = 1", "{}", "[]", "\n\n", "x = [1,\n2]\n", "y = {a = 1}\n",

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from helpers.chaos import Lines, wait_until
 
-from cfd.core.manifest import ManifestModel, WorkflowModelRef
-from cfd.core.marker import MARKER_NAME, Marker, PendingEntry
-from cfd.core.missing import MissingModelInfo
-from cfd.core.repair import intent_key, pending_entries, scrub
+from cfd.core.manifest.model import ManifestModel, WorkflowModelRef
+from cfd.core.sync.marker import MARKER_NAME, Marker, PendingEntry
+from cfd.core.sync.missing import MissingModelInfo
+from cfd.core.sync.repair import intent_key, pending_entries, scrub
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,7 +86,7 @@ def test_stale_temp_file_from_a_dead_writer_is_harmless(tmp_path: Path) -> None:
 WRITER = """
     import sys, time
     from pathlib import Path
-    from cfd.core.marker import Marker, PendingEntry
+    from cfd.core.sync.marker import Marker, PendingEntry
     marker = Marker(Path(sys.argv[1]))
     n = 0
     while True:
@@ -122,7 +122,7 @@ def test_killing_a_writer_mid_write_never_corrupts(tmp_path: Path) -> None:
 MERGER = """
     import sys, time
     from pathlib import Path
-    from cfd.core.marker import Marker, PendingEntry
+    from cfd.core.sync.marker import Marker, PendingEntry
     marker, me, other = Marker(Path(sys.argv[1])), sys.argv[2], sys.argv[3]
     for i in range(40):
         marker.merge([PendingEntry(key=f"{me}-{i}", filename="f", relative_path="p", size=1,
@@ -175,7 +175,7 @@ def test_scrub_keeps_plain_text() -> None:
 
 
 def test_stale_temp_files_of_killed_writers_are_cleaned_up(tmp_path):
-    from cfd.core.marker import Marker
+    from cfd.core.sync.marker import Marker
 
     git_dir = tmp_path / ".git"
     (git_dir / "cfd").mkdir(parents=True)

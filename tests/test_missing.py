@@ -1,4 +1,4 @@
-"""Which models the manifest needs and this machine lacks (core/missing.py)."""
+"""Which models the manifest needs and this machine lacks (core/sync/missing.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cfd.core.index import ModelIndex
-from cfd.core.manifest import parse_manifest
-from cfd.core.missing import detect_missing_models, select_for_download
+from cfd.core.store.index import ModelIndex
+from cfd.core.manifest.model import parse_manifest
+from cfd.core.sync.missing import detect_missing_models, select_for_download
 from helpers.manifest import ManifestBuilder, make_model
 
 HF = "https://huggingface.co/org/repo/resolve/main/"
@@ -220,9 +220,9 @@ def _intents_manifest(n: int) -> tuple[bytes, bytes]:
 
 def _hook_path(tmp_path: Path, models_dir: Path, n: int) -> None:
     """What a hook and `cfd status` do with n new intents, half of them already downloaded."""
-    from cfd.core.diff import diff_manifest_bytes
-    from cfd.core.marker import Marker, intent_key
-    from cfd.core.repair import pending_entries
+    from cfd.core.manifest.diff import diff_manifest_bytes
+    from cfd.core.sync.marker import Marker, intent_key
+    from cfd.core.sync.repair import pending_entries
 
     old, new = _intents_manifest(n)
     db = tmp_path / f"idx{n}.db"
@@ -251,9 +251,9 @@ def test_the_hook_path_never_compares_records_and_grows_linearly(tmp_path: Path,
     and Python calls, which must not grow faster than the manifest."""
     import sys
 
-    from cfd.core.manifest import ManifestModel, WorkflowModelRef
-    from cfd.core.marker import PendingEntry
-    from cfd.core.missing import MissingModelInfo
+    from cfd.core.manifest.model import ManifestModel, WorkflowModelRef
+    from cfd.core.sync.marker import PendingEntry
+    from cfd.core.sync.missing import MissingModelInfo
 
     comparisons = {"n": 0}
     for record in (WorkflowModelRef, ManifestModel, PendingEntry, MissingModelInfo):

@@ -11,8 +11,8 @@ from typing import Any
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
 from cfd.cli.progress import LineProgress, RateTracker, RichProgress
-from cfd.core.download import DownloadCallbacks, DownloadJob, DownloadOptions, download_models
-from cfd.core.shorthash import short_hash_bytes
+from cfd.core.download.engine import DownloadCallbacks, DownloadJob, DownloadOptions, download_models
+from cfd.core.store.shorthash import short_hash_bytes
 
 MIB = 1 << 20
 

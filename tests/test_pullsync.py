@@ -8,12 +8,12 @@ import pytest
 from helpers import Clone, Scenario
 from test_hooks_runtime import M, manifest, pending
 
-from cfd.core import pullsync
+from cfd.core.sync import pullsync
 from cfd.core.environment import open_environment
 from cfd.core.errors import CfdError
-from cfd.core.gitrepo import GitRepo, is_null_commit
-from cfd.core.index import ModelIndex
-from cfd.core.pullsync import (
+from cfd.core.git import GitRepo, is_null_commit
+from cfd.core.store.index import ModelIndex
+from cfd.core.sync.pullsync import (
     ALREADY_SYNCED,
     BROKEN_MANIFEST,
     NO_MANIFEST,
@@ -134,7 +134,7 @@ def test_diff_starts_from_last_synced(bob):
 
 
 def test_interrupted_download_is_recorded_before_it_starts(bob, monkeypatch):
-    from cfd.core import repair
+    from cfd.core.sync import repair
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -150,7 +150,7 @@ def test_interrupted_download_is_recorded_before_it_starts(bob, monkeypatch):
 
 
 def test_download_mode_passes_the_selection_to_sync_models(bob, monkeypatch):
-    from cfd.core import repair
+    from cfd.core.sync import repair
 
     calls = []
 

@@ -21,9 +21,9 @@ from helpers.proxy import Proxy
 
 from cfd.cli.model_server import ModelServer, generate_model_bytes
 from cfd.core.environment import open_environment
-from cfd.core.index import ModelIndex
-from cfd.core.marker import Marker, PendingEntry
-from cfd.core.repair import plan_repair, run_repair
+from cfd.core.store.index import ModelIndex
+from cfd.core.sync.marker import Marker, PendingEntry
+from cfd.core.sync.repair import plan_repair, run_repair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -375,7 +375,7 @@ def test_ctrl_c_leaves_a_resumable_partial_and_says_interrupted(scenario: Scenar
 
 
 def test_sync_models_merges_failures_and_drops_successes(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
-    from cfd.core.repair import sync_models
+    from cfd.core.sync.repair import sync_models
 
     good = Model(server, "good.safetensors", 1, 100_000)
     bad = Model(server, "bad.safetensors", 2, 100_000)
@@ -444,7 +444,7 @@ def test_comfydocks_own_batch_callbacks_drive_cfd_repair(scenario: Scenario, ser
     """Code written against ComfyDock's repair passes its BatchDownloadCallbacks instance to cfd's core."""
     from comfydock_core.models.workflow import BatchDownloadCallbacks as ComfyDockCallbacks
 
-    from cfd.core.repair import sync_models
+    from cfd.core.sync.repair import sync_models
 
     models = [Model(server, "a.safetensors", 1, 3 * MIB + 5), Model(server, "b.safetensors", 2, 2 * MIB)]
     bad = Model(server, "bad.safetensors", 3, 100_000)
@@ -521,8 +521,8 @@ def test_skip_says_nothing_was_requested(scenario: Scenario, server: ModelServer
 
 def test_preview_subtracts_bytes_already_staged(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
     from cfd.cli.common import human_size
-    from cfd.core.downloadtypes import DownloadJob
-    from cfd.core.staging import partial_bytes
+    from cfd.core.download.types import DownloadJob
+    from cfd.core.download.staging import partial_bytes
 
     model = Model(server, "big.safetensors", 1, 3 * MIB)
     server.set_fault(model.path, close_after=MIB)
@@ -554,7 +554,7 @@ def test_intent_counts_in_preview_and_summary_agree(scenario: Scenario, server: 
 
 
 def test_an_intent_fetched_earlier_is_in_the_preview_as_well_as_the_summary(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
-    from cfd.core.repair import sync_models
+    from cfd.core.sync.repair import sync_models
 
     url = server.add_file("/civitai/lora.safetensors", generate_model_bytes(9, 300_000))
     builder = ManifestBuilder()

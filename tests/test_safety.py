@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cfd.core.download import prepare_url
+from cfd.core.download.engine import prepare_url
 from cfd.core.errors import UnsafeManifestValue
-from cfd.core.safety import check_host, check_url, is_public_address, safe_filename, safe_relative_path, target_path
-from cfd.core.tokens import Tokens, auth_header, host_in, load_tokens, service_of, token_hint
+from cfd.core.download.safety import check_host, check_url, is_public_address, safe_filename, safe_relative_path, target_path
+from cfd.core.download.tokens import Tokens, auth_header, host_in, load_tokens, service_of, token_hint
 
 
 @pytest.mark.parametrize(
@@ -171,11 +171,11 @@ def test_environment_is_isolated() -> None:
 
 # -- manifest text on its way to output, what a URL really reaches (issue 10, items 1, 2, 8, 13) ---------------------
 
-from cfd.core.httpsession import connect_target  # noqa: E402
-from cfd.core.manifest import parse_manifest  # noqa: E402
+from cfd.core.download.session import connect_target  # noqa: E402
+from cfd.core.manifest.model import parse_manifest  # noqa: E402
 from cfd.core.text import sanitize  # noqa: E402
-from cfd.core.tokens import hf_hosts_from_env, token_service  # noqa: E402
-from cfd.core.urls import redact_url, target_of  # noqa: E402
+from cfd.core.download.tokens import hf_hosts_from_env, token_service  # noqa: E402
+from cfd.core.download.urls import redact_url, target_of  # noqa: E402
 
 
 def test_a_hash_key_with_a_trailing_newline_is_no_hash() -> None:

@@ -1,4 +1,4 @@
-"""`cfd index scan`: incremental indexing of the models directory (core/scan.py)."""
+"""`cfd index scan`: incremental indexing of the models directory (core/store/scan.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cfd.core.errors import ConfigError
-from cfd.core.index import ModelIndex
-from cfd.core.scan import index_file, is_candidate, scan_models
+from cfd.core.store.index import ModelIndex
+from cfd.core.store.scan import index_file, is_candidate, scan_models
 from helpers.manifest import make_model, short_hash_for
 
 

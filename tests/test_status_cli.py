@@ -18,8 +18,8 @@ import pytest
 
 from cfd.cli.main import build_parser
 from cfd.core import __version__
-from cfd.core.index import ModelIndex
-from cfd.core.marker import Marker, PendingEntry
+from cfd.core.store.index import ModelIndex
+from cfd.core.sync.marker import Marker, PendingEntry
 from cfd.core.settings import SPECS
 from helpers.gitscenario import run_git
 from helpers.manifest import ManifestBuilder, make_model

@@ -248,8 +248,8 @@ def check_invariants(models_dir: Path, index_path: Path, git_dirs: Sequence[Path
     With `complete`, every model must be in place, indexed once, with no staging left.
     Returns a few facts (placed, partials) for the figures.
     """
-    from cfd.core.index import ModelIndex
-    from cfd.core.marker import MARKER_NAME
+    from cfd.core.store.index import ModelIndex
+    from cfd.core.sync.marker import MARKER_NAME
 
     expected = {m.relpath: m for m in models}
     on_disk = model_files(models_dir)
@@ -298,7 +298,7 @@ def check_invariants(models_dir: Path, index_path: Path, git_dirs: Sequence[Path
 
 
 def pending_keys(git_dir: Path) -> dict[str, str]:
-    from cfd.core.marker import Marker
+    from cfd.core.sync.marker import Marker
 
     return {e.key: e.reason for e in Marker(git_dir).read()}
 

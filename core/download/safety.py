@@ -16,8 +16,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import UnsafeManifestValue
-from .text import has_unsafe
+from ..errors import UnsafeManifestValue
+from ..text import has_unsafe
 from .urls import BadAuthority, redact_url, target_of
 
 _DRIVE = re.compile(r"^[A-Za-z]:")

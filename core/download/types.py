@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from .tokens import CIVITAI_HOSTS, HF_HOSTS, Tokens, hf_hosts_from_env, load_tokens
-from .text import sanitize
+from ..text import sanitize
 from .urls import redact_urls_in
 
 MIB = 1 << 20

@@ -10,14 +10,14 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from .environment import Environment
-from .errors import ManifestError
-from .index import ModelIndex
-from .manifest import Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
+from ..environment import Environment
+from ..errors import ManifestError
+from ..store.index import ModelIndex
+from ..manifest.model import Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
 from .marker import Marker, PendingEntry, intent_key, sources_gone
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import SkippedManifest, read_skipped
-from .urls import redact_url
+from ..download.urls import redact_url
 
 _CACHE_NAME = "manifest-cache.pickle"
 _CACHE_FORMAT = 2

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-from .downloadtypes import (
+from .types import (
     INTERRUPTED,
     MIB,
     BatchDownloadCallbacks,
@@ -54,13 +54,13 @@ from .downloadtypes import (
     clean,
     failed,
 )
-from .errors import CfdError, UnsafeManifestValue
-from .httpsession import prepare_url, storable_url
-from .index import ModelIndex
+from ..errors import CfdError, UnsafeManifestValue
+from .session import prepare_url, storable_url
+from ..store.index import ModelIndex
 from .placement import place, space_errors
 from .safety import safe_relative_path, target_path
 from .segments import Batch, Transfer, plan_segments
-from .shorthash import short_hash_file
+from ..store.shorthash import short_hash_file
 from .staging import discard_staging, held_lock, staging_name
 from .urls import redact_url
 
@@ -97,7 +97,7 @@ class _Engine:
 
     def prepare(self) -> str | None:
         """Create cfd's folders in the models dir; the one-line reason when that is impossible."""
-        from .environment import require_models_dir
+        from ..environment import require_models_dir
 
         try:
             require_models_dir(self.models_dir)  # never created: an unmounted drive would fill the system disk

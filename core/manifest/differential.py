@@ -28,7 +28,7 @@ from typing import Any
 from . import fasttoml
 from .fasttoml import BATCH as _BATCH
 from .diff import ManifestDiff, partial_manifest
-from .manifest import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, stronger
+from .model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, stronger
 
 MODELS_HEADER = "tool.comfydock.models"
 _MODELS_PREFIX = MODELS_HEADER + "."

@@ -13,12 +13,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from .downloadtypes import DownloadJob, DownloadOutcome, clean, failed
-from .errors import UnsafeManifestValue
-from .httpsession import storable_url
-from .index import ModelIndex
+from .types import DownloadJob, DownloadOutcome, clean, failed
+from ..errors import UnsafeManifestValue
+from .session import storable_url
+from ..store.index import ModelIndex
 from .safety import target_path
-from .shorthash import short_hash_file
+from ..store.shorthash import short_hash_file
 from .staging import Result, StagingFile, partial_bytes, size_text
 from .urls import redact_url
 

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .downloadtypes import SOURCE_GONE
-from .manifest import WorkflowModelRef
-from .urls import redact_url
+from ..download.types import SOURCE_GONE
+from ..manifest.model import WorkflowModelRef
+from ..download.urls import redact_url
 
 MARKER_NAME = "pending.json"
 MARKER_VERSION = 1

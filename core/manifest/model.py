@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fasttoml
-from .errors import ManifestError
-from .text import sanitize
+from ..errors import ManifestError
+from ..text import sanitize
 
 CRITICALITY_RANK = {"optional": 1, "flexible": 2, "required": 3}
 DEFAULT_CRITICALITY = "flexible"

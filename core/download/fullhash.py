@@ -8,7 +8,7 @@ from hashlib import sha256 as _sha256
 
 from blake3 import blake3
 
-from .downloadtypes import MIB, DiskError
+from .types import MIB, DiskError
 
 
 class FullHash:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IndexError_
+from ..errors import IndexError_
 
 SCHEMA_VERSION = 9
 BUSY_TIMEOUT_S = 30.0
@@ -102,7 +102,7 @@ class ModelIndex:
 
     def __init__(self, db_path: str | os.PathLike[str], models_dir: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
-        from .environment import require_models_dir
+        from ..environment import require_models_dir
 
         self.models_dir = require_models_dir(models_dir)  # else the mkdir below would create it
         self.base_directory = str(self.models_dir.resolve())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .manifest import (
+from .model import (
     CRITICALITY_RANK,
     EMPTY_MANIFEST,
     Manifest,
@@ -71,8 +71,8 @@ def diff_manifest_bytes(
     Raises ManifestError when the new version is not readable TOML. An old
     version that does not parse counts as empty (everything is new).
     """
-    from .chunks import ChunkFallback, differential_diff
-    from .errors import ManifestError
+    from .differential import ChunkFallback, differential_diff
+    from ..errors import ManifestError
 
     new_bytes = new or b""
     if old == new_bytes:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError, disk_message
-from .manifest import WorkflowModelRef, parse_manifest
+from ..errors import ManifestError, disk_message
+from .model import WorkflowModelRef, parse_manifest
 
 
 @dataclass(frozen=True)

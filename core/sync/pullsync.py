@@ -23,12 +23,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .diff import ManifestDiff, diff_manifest_bytes
-from .environment import Environment
-from .errors import ManifestError
-from .gitrepo import MANIFEST_PATH, GitRepo, open_repo
-from .index import ModelIndex
-from .manifest import WorkflowModelRef
+from ..manifest.diff import ManifestDiff, diff_manifest_bytes
+from ..environment import Environment
+from ..errors import ManifestError
+from ..git import MANIFEST_PATH, GitRepo, open_repo
+from ..store.index import ModelIndex
+from ..manifest.model import WorkflowModelRef
 from .marker import Marker, PendingEntry, intent_key
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, select_for_download
 from .skipped import clear_skipped, record_skipped

@@ -12,8 +12,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CfdError
-from .fullhash import FullHash
+from ..errors import CfdError
+from ..download.fullhash import FullHash
 from .shorthash import short_hash_file
 
 

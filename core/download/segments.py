@@ -20,8 +20,8 @@ from pathlib import Path
 import requests
 import urllib3
 
-from .downloadtypes import MIB, Cancelled, DiskError, DownloadCallbacks, DownloadJob, DownloadOptions, Failure
-from .httpsession import (
+from .types import MIB, Cancelled, DiskError, DownloadCallbacks, DownloadJob, DownloadOptions, Failure
+from .session import (
     HttpClient,
     RateLimiter,
     abort_response,

@@ -23,8 +23,8 @@ from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
 import requests
 import urllib3
 
-from .downloadtypes import MIB, SOURCE_GONE, Cancelled, DownloadOptions, Failure, clean
-from .errors import UnsafeManifestValue
+from .types import MIB, SOURCE_GONE, Cancelled, DownloadOptions, Failure, clean
+from ..errors import UnsafeManifestValue
 from .safety import check_host, check_url
 from .tokens import CIVITAI_HOSTS, HF_HOSTS, auth_header, service_of, token_hint, token_service
 from .urls import Target, has_credentials, host_of, redact_url, target_of

@@ -23,10 +23,10 @@ from pathlib import Path
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from .downloadtypes import MIB, DiskError, DownloadJob, DownloadOptions, Failure
-from .errors import disk_message
+from .types import MIB, DiskError, DownloadJob, DownloadOptions, Failure
+from ..errors import disk_message
 from .fullhash import FullHash
-from .shorthash import StreamingShortHasher, short_hash_file
+from ..store.shorthash import StreamingShortHasher, short_hash_file
 from .tensorfile import declared_length, is_safetensors_name
 from .writeback import Flusher
 

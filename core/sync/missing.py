@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import os
 
-from .errors import UnsafeManifestValue
-from .index import ModelIndex
-from .manifest import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, stronger
-from .safety import target_path
+from ..errors import UnsafeManifestValue
+from ..store.index import ModelIndex
+from ..manifest.model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, stronger
+from ..download.safety import target_path
 
 STRATEGIES = ("all", "required", "skip")
 

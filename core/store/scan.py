@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .environment import require_models_dir
-from .errors import CfdError
+from ..environment import require_models_dir
+from ..errors import CfdError
 from .index import ModelIndex
 from .shorthash import short_hash_file
 

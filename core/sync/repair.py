@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from .environment import Environment
-from .errors import CfdError, ConfigError, disk_message
-from .index import ModelIndex
-from .manifest import WorkflowModelRef, stronger
+from ..environment import Environment
+from ..errors import CfdError, ConfigError, disk_message
+from ..store.index import ModelIndex
+from ..manifest.model import WorkflowModelRef, stronger
 from .marker import Marker, PendingEntry, intent_key
 from .missing import (
     STRATEGIES,
@@ -32,10 +32,10 @@ from .missing import (
 )
 from .skipped import clear_skipped
 from .status import load_working_manifest
-from .urls import redact_urls_in
+from ..download.urls import redact_urls_in
 
 if TYPE_CHECKING:
-    from .download import DownloadCallbacks, DownloadJob, DownloadOutcome
+    from ..download.engine import DownloadCallbacks, DownloadJob, DownloadOutcome
 
 Warn = Callable[[str], None]
 BUDGET_REASON = "hook-time-budget"  # the marker's reason for what a hook's time budget left
@@ -64,7 +64,7 @@ def _group_facts(group: Sequence[WorkflowModelRef]) -> tuple[str, tuple[str, ...
 
 
 def jobs_from(models: Sequence[MissingModelInfo], intents: Sequence[WorkflowModelRef]) -> list[DownloadJob]:
-    from .downloadtypes import DownloadJob  # the value types only: no requests import
+    from ..download.types import DownloadJob  # the value types only: no requests import
 
     jobs = [
         DownloadJob(
@@ -136,7 +136,7 @@ def _download(
     max_rate: int = 0,
     deadline: float | None = None,
 ) -> list[DownloadOutcome]:
-    from .download import DownloadOptions, DownloadOutcome, download_models
+    from ..download.engine import DownloadOptions, DownloadOutcome, download_models
 
     # A bad setting (cfd.jobs = lots) is the command's error, not every file's failure.
     overrides: dict[str, object] = {"max_rate": max_rate} if max_rate else {}
@@ -354,7 +354,7 @@ def plan_repair(env: Environment, strategy: str = "all", warn: Warn | None = Non
 
 def _staged(env: Environment, models: Sequence[MissingModelInfo]) -> dict[str, int]:
     """Bytes of each model (of known size) an earlier run left in staging, for the preview."""
-    from .staging import partial_bytes
+    from ..download.staging import partial_bytes
 
     staging_dir = env.models_dir / ".cfd" / "staging"
     if not staging_dir.is_dir():
@@ -498,8 +498,8 @@ def _unwritten(plan: RepairPlan, after: MissingReport, succeeded: Sequence[Downl
 
 def resolve_downloaded_intents(env: Environment, outcomes: Iterable[DownloadOutcome]) -> list[str]:
     """Write the hashes of downloaded intents into pyproject.toml (tomlkit); returns their filenames."""
-    from .intents import ResolvedIntent, write_resolutions
-    from .shorthash import short_hash_file
+    from ..manifest.intents import ResolvedIntent, write_resolutions
+    from ..store.shorthash import short_hash_file
 
     done = [o for o in outcomes if o.success and o.job.key.startswith("intent:")]
     if not done:
@@ -525,7 +525,7 @@ def resolve_remembered_intents(env: Environment, refs: Sequence[WorkflowModelRef
     index remembers them by source URL; returns the filenames resolved."""
     if not refs:
         return []
-    from .intents import ResolvedIntent, write_resolutions
+    from ..manifest.intents import ResolvedIntent, write_resolutions
 
     with ModelIndex(env.index_path, env.models_dir) as index:
         found = index.present_by_source(url for ref in refs for url in ref.sources)

@@ -1,0 +1,1 @@
+"""The download wing of cfd.core."""

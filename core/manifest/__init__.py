@@ -1,0 +1,1 @@
+"""The manifest wing of cfd.core."""

@@ -1,0 +1,1 @@
+"""The sync wing of cfd.core."""
