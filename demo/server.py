@@ -162,7 +162,7 @@ class ModelServer:
 
     @property
     def requests(self) -> list[RequestRecord]:
-        """A snapshot of every request seen since start or reset_stats()."""
+        """A snapshot of every request seen so far."""
         with self._lock:
             return list(self._records)
 
@@ -174,10 +174,6 @@ class ModelServer:
         """Body bytes written to sockets (partial writes included), for one path or all."""
         records = self.requests if path is None else self.requests_for(path)
         return sum(r.bytes_sent for r in records)
-
-    def reset_stats(self) -> None:
-        with self._lock:
-            self._records.clear()
 
     def _record(self, rec: RequestRecord) -> None:
         with self._lock:

@@ -69,6 +69,11 @@ class ModelServer(demo_server.ModelServer):
     def last_modified(self, path: str) -> str:
         return self._files[norm_path(path)].last_modified
 
+    def reset_stats(self) -> None:
+        """Forget the requests seen so far (`requests`, `bytes_sent` start again)."""
+        with self._lock:
+            self._records.clear()
+
     # faults ----------------------------------------------------------------
 
     def set_fault(self, path: str, **options) -> None:
