@@ -1,7 +1,7 @@
 """Keep the index in step with the models directory, from watchdog events.
 
-The observer thread only translates events into small ops on an inbox; one
-worker thread owns the SQLite connection and does everything else:
+The observer thread only translates events into small ops on an inbox
+(modelevents.py); one worker thread owns the SQLite connection and does everything else:
 - new or rewritten files wait in `pending` until their writes are over: size and
   mtime unchanged for `settle` seconds and, where the platform reports it
   (inotify), the writer has closed the file (`open_timeout` covers a close event
@@ -9,8 +9,6 @@ worker thread owns the SQLite connection and does everything else:
 - a moved file whose size and mtime match its indexed location keeps its hash:
   only the location row changes (no re-read);
 - a deleted file (or a folder deleted or moved out) loses its location.
-Hidden names (our `.cfd` staging among them) and partial-download names are
-skipped by the same rules as `cfd index scan`.
 """
 
 from __future__ import annotations
@@ -24,51 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-
 from cfd.core.store.index import Location, ModelIndex
-from cfd.core.store.scan import MIN_MODEL_SIZE, PruneRefused, guard_pruning, index_file, is_candidate, walk_models
+from cfd.core.store.scan import MIN_MODEL_SIZE, PruneRefused, guard_pruning, index_file, walk_models
 
+from .modelevents import EVENT_TYPES, ModelEventHandler, Op, visible
 from .statusfile import StatusBoard
 
 log = logging.getLogger("cfd.agent")
 
 SAMPLED_BYTES = 15 * 1024 * 1024  # the most a short hash reads from one file
-EVENT_TYPES = [
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileDeletedEvent,
-    FileMovedEvent,
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-]
-
-Op = tuple[str, str, str]  # (kind, relative path, destination for moves)
-
-
-def visible(relative_path: str) -> bool:
-    return not any(part.startswith(".") for part in relative_path.split("/"))
-
-
-def wanted(relative_path: str | None) -> bool:
-    if not relative_path:
-        return False
-    return visible(relative_path) and is_candidate(relative_path.rsplit("/", 1)[-1])
 
 
 @dataclass
@@ -96,45 +58,6 @@ class _Pacer:
             self.tokens, self.last = 0.0, time.monotonic()
         else:
             self.tokens -= amount
-
-
-class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: ModelsWatcher) -> None:
-        self.watcher = watcher
-        self.root = os.fspath(watcher.models_dir)
-
-    def rel(self, path: bytes | str) -> str | None:
-        relative = os.path.relpath(os.fsdecode(path), self.root) if path else ".."
-        if relative == "." or relative.startswith(".."):
-            return None
-        return relative.replace(os.sep, "/")
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == self.root:
-            self.watcher.on_root_gone()  # deleted or unmounted: nothing left to watch
-            return
-        src = self.rel(event.src_path)
-        post = self.watcher.post
-        if isinstance(event, FileMovedEvent):
-            dest = self.rel(event.dest_path)
-            if wanted(src) and wanted(dest):
-                post(("move", src, dest))  # type: ignore[arg-type]
-            elif wanted(dest):
-                post(("close", dest, ""))  # type: ignore[arg-type]  # e.g. x.part -> x: complete
-            elif wanted(src):
-                post(("delete", src, ""))  # type: ignore[arg-type]
-        elif isinstance(event, (DirCreatedEvent, DirDeletedEvent)):
-            if src and visible(src):
-                post(("dir_new" if isinstance(event, DirCreatedEvent) else "dir_delete", src, ""))
-        elif isinstance(event, DirMovedEvent):
-            pass  # watchdog follows it with one FileMovedEvent per file inside
-        elif wanted(src):
-            kind = {
-                FileModifiedEvent: "write",
-                FileClosedEvent: "close",
-                FileDeletedEvent: "delete",
-            }.get(type(event), "touch")
-            post((kind, src, ""))  # type: ignore[arg-type]
 
 
 class ModelsWatcher:
@@ -175,7 +98,7 @@ class ModelsWatcher:
     # -- wiring -------------------------------------------------------------------------
 
     def schedule(self, observer) -> None:  # type: ignore[no-untyped-def]
-        observer.schedule(_Handler(self), os.fspath(self.models_dir), recursive=True, event_filter=EVENT_TYPES)
+        observer.schedule(ModelEventHandler(self), os.fspath(self.models_dir), recursive=True, event_filter=EVENT_TYPES)
 
     def start(self) -> None:
         self._thread.start()

@@ -27,15 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from cfd.cli.model_server import write_model_file
+from cfd.demo.content import write_model_file
 from cfd.core.download.engine import staging_name
 from cfd.core.store.shorthash import short_hash_file
 
 MIB = 1 << 20
+_TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 _SERVER = r"""
 import sys
-from cfd.cli.model_server import ModelServer
+sys.path.insert(0, sys.argv[3])  # tests/, for helpers.faults (the server with throttling)
+from helpers.faults import ModelServer
 srv = ModelServer().start()
 srv.add_file("/m.safetensors", sys.argv[1])
 if float(sys.argv[2]):
@@ -82,7 +84,7 @@ class Server:
     """A ModelServer in its own process; asks it for bytes sent over stdin."""
 
     def __init__(self, source: Path, throttle: float = 0.0) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(source), str(throttle)],
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(source), str(throttle), str(_TESTS)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip() + "/m.safetensors"

@@ -22,8 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_hooks import ManifestBuilder, git, make_team, setup_env  # noqa: E402
+from helpers.faults import ModelServer  # noqa: E402
 
-from cfd.cli.model_server import ModelServer, generate_model_bytes  # noqa: E402
+from cfd.demo.content import generate_model_bytes  # noqa: E402
 from cfd.core.store.shorthash import short_hash_bytes  # noqa: E402
 
 

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from cfd.demo.story import run_demo
 
     if args.scale <= 0:
         print("cfd demo: --scale must be positive")

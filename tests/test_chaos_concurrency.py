@@ -29,10 +29,10 @@ from helpers.chaos import (
     serve,
     wait_until,
 )
+from helpers.faults import ModelServer
 
 from cfd.agent.paths import agent_paths
 from cfd.agent.statusfile import read_status
-from cfd.cli.model_server import ModelServer
 from cfd.core.sync.marker import Marker, PendingEntry
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from helpers import Clone, Scenario
 from helpers.chaos import MIB, CFD, Served, check_invariants, manifest, report, run_cfd, serve, wait_until
+from helpers.faults import ModelServer
 
-from cfd.cli.model_server import ModelServer
 from cfd.core.store.index import ModelIndex
 from cfd.core.sync.marker import MARKER_NAME, Marker
 

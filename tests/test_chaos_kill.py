@@ -34,10 +34,10 @@ from helpers.chaos import (
     staging_state,
     wait_until,
 )
+from helpers.faults import ModelServer
 
 from cfd.agent.paths import agent_paths
 from cfd.agent.statusfile import read_status
-from cfd.cli.model_server import ModelServer
 from cfd.core.sync.pullsync import read_last_synced
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

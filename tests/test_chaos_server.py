@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from helpers import Clone, Scenario
 from helpers.chaos import MIB, Served, check_invariants, manifest, report, run_cfd, serve, wait_until
+from helpers.faults import ModelServer
 
-from cfd.cli.model_server import ModelServer, generate_model_bytes
+from cfd.demo.content import generate_model_bytes
 from cfd.core.store.index import ModelIndex
 from cfd.core.store.shorthash import sample_regions, short_hash_bytes
 

@@ -169,7 +169,7 @@ def test_proxy_forwards_and_tunnels() -> None:
 
     import requests
 
-    from cfd.cli.model_server import ModelServer
+    from helpers.faults import ModelServer
     from helpers.proxy import Proxy
 
     with ModelServer() as server, Proxy() as proxy:

@@ -366,7 +366,7 @@ def test_models_already_present_are_not_recorded(team, cfd_env):
 @pytest.fixture
 def served(team, monkeypatch):
     """The team, a ModelServer, and models whose sources point at it (download mode)."""
-    from cfd.cli.model_server import ModelServer
+    from helpers.faults import ModelServer
 
     monkeypatch.delenv("CFD_ON_PULL")
     monkeypatch.setenv("CFD_ALLOW_PRIVATE_NETWORKS", "true")

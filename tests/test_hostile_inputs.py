@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 from helpers import Clone, ManifestBuilder, Scenario
 from helpers.chaos import CFD, MIB, Served, manifest, report, run_cfd, serve
+from helpers.faults import ModelServer
 from helpers.manifest import big_manifest, toml_value
 
-from cfd.cli.model_server import ModelServer, generate_model_bytes
+from cfd.demo.content import generate_model_bytes
 from cfd.core.sync.marker import MARKER_NAME
 
 pytestmark = pytest.mark.timeout(180)

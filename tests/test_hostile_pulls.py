@@ -18,8 +18,8 @@ import pytest
 from filelock import FileLock
 from helpers import ManifestBuilder, Scenario
 from helpers.chaos import MIB, manifest, pending_keys, report, run_cfd, serve
+from helpers.faults import ModelServer
 
-from cfd.cli.model_server import ModelServer
 from cfd.core.download.staging import staging_name
 
 pytestmark = pytest.mark.timeout(120)
@@ -102,7 +102,7 @@ def test_endless_intent_without_length_stops_at_the_ceiling_and_keeps_nothing(te
 
 
 def test_intent_cut_short_without_length_is_not_placed(team: Team, server: ModelServer) -> None:
-    from cfd.cli.model_server import generate_model_bytes
+    from cfd.demo.content import generate_model_bytes
     from cfd.core.download.tensorfile import safetensors_bytes
 
     data = safetensors_bytes(generate_model_bytes(2, 3 * MIB))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import ManifestBuilder, Scenario, make_model, run_git
 from helpers.chaos import Served, run_cfd, serve
+from helpers.faults import ModelServer
 
-from cfd.cli.model_server import ModelServer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from helpers import ManifestBuilder, Scenario
 from helpers.chaos import MIB, report, run_cfd
+from helpers.faults import ModelServer
 from helpers.manifest import short_hash_for
 
-from cfd.cli.model_server import ModelServer, generate_model_bytes
+from cfd.demo.content import generate_model_bytes
 from cfd.core.sync.marker import MARKER_NAME
 
 pytestmark = pytest.mark.timeout(180)

@@ -1,4 +1,4 @@
-"""Tests for the fault-injecting local model server (cfd.cli.model_server)."""
+"""Tests for the local model server (cfd.demo.server) and its fault switches (helpers.faults)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,9 @@ import time
 import pytest
 import requests
 from helpers.chaos import wait_until
+from helpers.faults import ModelServer
 
-from cfd.cli.model_server import (
-    ModelServer,
-    generate_model_bytes,
-    write_model_file,
-)
+from cfd.demo.content import generate_model_bytes, write_model_file
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -451,7 +448,7 @@ def test_cli_serves_a_directory(tmp_path):
     (tmp_path / "checkpoints" / "m.bin").write_bytes(b"model!")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cfd.cli.model_server", str(tmp_path), "--port", "0"],
+        [sys.executable, "-m", "cfd.demo.server", str(tmp_path), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,

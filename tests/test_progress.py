@@ -9,7 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cfd.cli.model_server import ModelServer, generate_model_bytes
+from helpers.faults import ModelServer
+from cfd.demo.content import generate_model_bytes
 from cfd.cli.progress import LineProgress, RateTracker, RichProgress
 from cfd.core.download.engine import DownloadCallbacks, DownloadJob, DownloadOptions, download_models
 from cfd.core.store.shorthash import short_hash_bytes

@@ -82,7 +82,7 @@ class Served:
 
 
 def serve(server: Any, name: str, seed: int, size: int, category: str = "checkpoints", criticality: str = "required") -> Served:
-    from cfd.cli.model_server import generate_model_bytes
+    from cfd.demo.content import generate_model_bytes
 
     data = generate_model_bytes(seed, size)
     url = server.add_file(f"/{category}/{name}", data)

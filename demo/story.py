@@ -22,7 +22,8 @@ from pathlib import Path
 
 from cfd.core.store.shorthash import short_hash_file
 
-from .model_server import ModelServer, write_model_file
+from .content import write_model_file
+from .server import ModelServer
 
 MIB = 1024 * 1024
 ENV_NAME = "studio"

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from helpers import Clone, ManifestBuilder, Scenario, short_hash_for
 from helpers.chaos import wait_until
+from helpers.faults import ModelServer
 from helpers.proxy import Proxy
 
-from cfd.cli.model_server import ModelServer, generate_model_bytes
+from cfd.demo.content import generate_model_bytes
 from cfd.core.environment import open_environment
 from cfd.core.store.index import ModelIndex
 from cfd.core.sync.marker import Marker, PendingEntry

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from blake3 import blake3
 from helpers.chaos import Lines, wait_until
+from helpers.faults import ModelServer
 
-from cfd.cli.model_server import ModelServer, generate_model_bytes
+from cfd.demo.content import generate_model_bytes
 from cfd.core.download.tensorfile import safetensors_bytes
 from cfd.core.download.engine import (
     DownloadCallbacks,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cfd.cli.model_server import ModelServer, generate_model_bytes
+from helpers.faults import ModelServer
+from cfd.demo.content import generate_model_bytes
 from cfd.core.sync.marker import Marker, PendingEntry
 from helpers import ManifestBuilder, make_model, short_hash_for
 from test_agent_support import agent_env, agents, locations, make_env_repo, wait_for  # noqa: F401

@@ -92,14 +92,14 @@ def test_sync_waits_while_a_rebase_is_under_way(scenario, models_dir, agent_env,
 
 @pytest.fixture
 def server():
-    from cfd.cli.model_server import ModelServer
+    from helpers.faults import ModelServer
 
     with ModelServer() as srv:
         yield srv
 
 
 def test_background_mode_downloads_through_the_agent_queue(scenario, models_dir, agent_env, agents, server, monkeypatch):
-    from cfd.cli.model_server import generate_model_bytes
+    from cfd.demo.content import generate_model_bytes
     from helpers import short_hash_for
 
     monkeypatch.setenv("CFD_ON_PULL", "background")

@@ -1,0 +1,1 @@
+"""`cfd demo`: the scripted story (story.py) and the local model server it downloads from."""
