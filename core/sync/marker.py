@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..download.types import SOURCE_GONE
+from ..files import remove_temps, write_atomic
 from ..manifest.model import WorkflowModelRef
 from ..download.urls import redact_url
 
@@ -159,17 +160,8 @@ class Marker:
                 pass
             return
         payload = {"version": MARKER_VERSION, "entries": [entry.to_json() for entry in entries]}
-        temp = self.path.with_name(f".{MARKER_NAME}.{os.getpid()}.tmp")
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, self.path)
+        write_atomic(self.path, json.dumps(payload, indent=2))
 
     def _remove_stale_temps(self) -> None:
         """Temp files of writers that were killed mid-write (we hold the lock)."""
-        for stale in self.path.parent.glob(f".{MARKER_NAME}.*.tmp"):
-            try:
-                stale.unlink()
-            except OSError:
-                pass
+        remove_temps(self.path)

@@ -26,6 +26,7 @@ from typing import Any
 from ..manifest.diff import ManifestDiff, diff_manifest_bytes
 from ..environment import Environment
 from ..errors import ManifestError
+from ..files import write_atomic
 from ..git import MANIFEST_PATH, GitRepo, open_repo
 from ..store.index import ModelIndex
 from ..manifest.model import WorkflowModelRef
@@ -90,9 +91,8 @@ def write_last_synced(git_dir: Path, blob_id: str) -> None:
     """Atomic, and newline-terminated so the shim's `read` builtin takes it whole."""
     path = last_synced_path(git_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{LAST_SYNCED}.{os.getpid()}.tmp")
-    temp.write_text(blob_id + "\n", encoding="ascii")
-    os.replace(temp, path)
+    # Not durable: a value lost to a power cut only makes the next hook diff again.
+    write_atomic(path, blob_id + "\n", durable=False)
 
 
 # -- marker entries -----------------------------------------------------------

@@ -10,10 +10,11 @@ when the user chooses, does the work and clears it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..files import write_atomic
 
 RECORD_NAME = "skipped-manifest.json"
 
@@ -45,9 +46,7 @@ def record_skipped(git_dir: Path, blob: str, size: int, limit: int, trigger: str
     skipped = SkippedManifest(blob, size, limit, trigger, time.time())
     path = _path(git_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{RECORD_NAME}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(asdict(skipped)), encoding="utf-8")
-    os.replace(temp, path)
+    write_atomic(path, json.dumps(asdict(skipped)))
     return skipped
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter
@@ -12,6 +11,7 @@ from typing import Any
 
 from ..environment import Environment
 from ..errors import ManifestError
+from ..files import write_atomic
 from ..store.index import ModelIndex
 from ..manifest.model import Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
 from .marker import Marker, PendingEntry, intent_key, sources_gone
@@ -78,10 +78,8 @@ def _from_cache(payload: tuple[Any, ...]) -> Manifest:
 def _store_cache(cache: Path, digest: str, manifest: Manifest) -> None:
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        temp = cache.with_name(f".{_CACHE_NAME}.{os.getpid()}")
-        with open(temp, "wb") as handle:
-            pickle.dump((_CACHE_FORMAT, digest, _to_cache(manifest)), handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(temp, cache)
+        payload = pickle.dumps((_CACHE_FORMAT, digest, _to_cache(manifest)), protocol=pickle.HIGHEST_PROTOCOL)
+        write_atomic(cache, payload, durable=False)  # a cache: lost, it is rebuilt
     except OSError:
         pass  # a cache is an optimisation only
 
