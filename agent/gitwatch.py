@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from watchdog.events import (
 )
 
 from cfd.core.environment import Environment
+from cfd.core.git import git_value
 
 from .statusfile import StatusBoard
 
@@ -38,29 +38,16 @@ log = logging.getLogger("cfd.agent")
 REF_FILES = {"HEAD", "ORIG_HEAD", "packed-refs"}
 BUSY_MARKERS = ("rebase-merge", "rebase-apply")
 EVENT_TYPES = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, DirDeletedEvent]
-# Inherited from a hook that started us, these would point git at the wrong repository.
-_REPO_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY", "GIT_PREFIX")
 
 SyncFn = Callable[[Environment, "str | None", str], None]
 
 
-def git(repo: Path, *args: str) -> str | None:
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_VARS}
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30, env=env, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def head_state(repo: Path) -> tuple[str | None, str | None]:
     """(HEAD commit, its pyproject.toml blob id); None where absent."""
-    head = git(repo, "rev-parse", "-q", "--verify", "HEAD^{commit}")
+    head = git_value("rev-parse", "-q", "--verify", "HEAD^{commit}", cwd=repo)
     if head is None:
         return None, None
-    return head, git(repo, "rev-parse", "-q", "--verify", f"{head}:pyproject.toml")
+    return head, git_value("rev-parse", "-q", "--verify", f"{head}:pyproject.toml", cwd=repo)
 
 
 def read_last_synced(env: Environment) -> str | None:
@@ -113,7 +100,7 @@ class GitWatcher:
 
     @staticmethod
     def _common_dir(env: Environment) -> Path:
-        found = git(env.repo, "rev-parse", "--git-common-dir")
+        found = git_value("rev-parse", "--git-common-dir", cwd=env.repo)
         if not found:
             return env.git_dir
         path = Path(found)

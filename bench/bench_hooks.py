@@ -193,7 +193,7 @@ from cfd.core.manifest.diff import diff_manifest_bytes
 from cfd.core.store.index import ModelIndex
 from cfd.core.sync.missing import detect_missing_models
 t1 = time.perf_counter()
-from cfd.core.git import open_repo
+from cfd.core.gitobjects import open_repo
 t2 = time.perf_counter()
 env = open_environment({str(repo)!r})
 repo = open_repo(env.repo)

@@ -279,7 +279,7 @@ def record_baseline(env: Environment) -> StatusReport:
     Later hooks then act only on what changes from here; `cfd repair` fetches
     what this report lists.
     """
-    from cfd.core.git import open_repo
+    from cfd.core.gitobjects import open_repo
     from cfd.core.sync.pullsync import read_last_synced, write_last_synced
     from cfd.core.sync.status import compute_status
 

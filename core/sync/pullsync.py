@@ -13,7 +13,6 @@ several hooks firing for one operation (or a hook and the agent) act once.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -27,7 +26,8 @@ from ..manifest.diff import ManifestDiff, diff_manifest_bytes
 from ..environment import Environment
 from ..errors import ManifestError
 from ..files import write_atomic
-from ..git import MANIFEST_PATH, GitRepo, open_repo
+from ..git import no_git_env
+from ..gitobjects import MANIFEST_PATH, GitRepo, open_repo
 from ..store.index import ModelIndex
 from ..manifest.model import WorkflowModelRef
 from .marker import Marker, PendingEntry, intent_key
@@ -294,8 +294,7 @@ def start_agent(env: Environment) -> bool:
             return False
     except ImportError:
         return False
-    # The hook's GIT_DIR/GIT_INDEX_FILE must not leak into a long-lived process.
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    child_env = no_git_env()  # the hook's GIT_DIR/GIT_INDEX_FILE must not stick to a long-lived process
     try:
         subprocess.Popen(
             [sys.executable, "-m", "cfd.cli.main", "--env", str(env.repo), "agent", "start"],
