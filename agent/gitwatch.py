@@ -30,6 +30,7 @@ from watchdog.events import (
 
 from cfd.core.environment import Environment
 from cfd.core.git import git_value
+from cfd.core.sync.pullsync import read_last_synced
 
 from .statusfile import StatusBoard
 
@@ -48,14 +49,6 @@ def head_state(repo: Path) -> tuple[str | None, str | None]:
     if head is None:
         return None, None
     return head, git_value("rev-parse", "-q", "--verify", f"{head}:pyproject.toml", cwd=repo)
-
-
-def read_last_synced(env: Environment) -> str | None:
-    try:
-        text = (env.state_dir / "last-synced").read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    return text.split()[0] if text else None
 
 
 @dataclass
@@ -137,7 +130,7 @@ class GitWatcher:
     def _prime(self, state: _EnvWatch) -> None:
         head, blob = head_state(state.env.repo)
         state.seen_head = head
-        synced = read_last_synced(state.env)
+        synced = read_last_synced(state.env.git_dir)
         if head is None or synced is None or synced == blob:
             # Nothing acted on yet (or in step): this HEAD is the baseline.
             state.base, state.acted_blob = head, blob
@@ -177,7 +170,7 @@ class GitWatcher:
         if head is None or head == state.seen_head:
             return
         state.seen_head = head
-        synced = read_last_synced(state.env)
+        synced = read_last_synced(state.env.git_dir)
         if blob is None or blob == synced or blob == state.acted_blob:
             state.base = head  # manifest unchanged since it was last acted on
             return

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cfd.core.errors import CfdError
 from cfd.core.git import GitError, one_value, run_git
+from cfd.core.state import chain_hooks_dir
 
 from .shim import LEGACY_SUFFIX, is_ours
 
@@ -57,7 +58,7 @@ class HooksLocation:
     @property
     def chain_dir(self) -> Path:
         """Where shims go when another tool owns hooks_dir (their hooks call ours)."""
-        return self.common_dir / "cfd" / "hooks"
+        return chain_hooks_dir(self.common_dir)
 
     @property
     def inside_worktree(self) -> str | None:

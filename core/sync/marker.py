@@ -19,10 +19,10 @@ from typing import Any
 
 from ..download.types import SOURCE_GONE
 from ..files import remove_temps, write_atomic
+from ..state import MARKER as MARKER_NAME, clone_state
 from ..manifest.model import WorkflowModelRef
 from ..download.urls import redact_url
 
-MARKER_NAME = "pending.json"
 MARKER_VERSION = 1
 REASONS = ("deferred", "filtered", "no-source", "failed", "interrupted", "background")
 
@@ -97,7 +97,7 @@ def intent_key(ref: WorkflowModelRef) -> str:
 
 class Marker:
     def __init__(self, git_dir: Path, warn: Callable[[str], None] | None = None) -> None:
-        self.path = git_dir / "cfd" / MARKER_NAME
+        self.path = clone_state(git_dir).marker
         self._warn = warn or (lambda message: None)
 
     def _lock(self):  # type: ignore[no-untyped-def]

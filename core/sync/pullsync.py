@@ -26,6 +26,7 @@ from ..manifest.diff import ManifestDiff, diff_manifest_bytes
 from ..environment import Environment
 from ..errors import ManifestError
 from ..files import write_atomic
+from ..state import clone_state
 from ..git import no_git_env
 from ..gitobjects import MANIFEST_PATH, GitRepo, open_repo
 from ..store.index import ModelIndex
@@ -34,7 +35,6 @@ from .marker import Marker, PendingEntry, intent_key
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, select_for_download
 from .skipped import clear_skipped, record_skipped
 
-LAST_SYNCED = "last-synced"
 MODES = ("download", "background", "defer")
 
 # Outcome actions.
@@ -76,7 +76,7 @@ class PullSyncOutcome:
 
 
 def last_synced_path(git_dir: Path) -> Path:
-    return git_dir / "cfd" / LAST_SYNCED
+    return clone_state(git_dir).last_synced
 
 
 def read_last_synced(git_dir: Path) -> str | None:

@@ -15,9 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..files import write_atomic
-
-RECORD_NAME = "skipped-manifest.json"
-
+from ..state import clone_state
 
 @dataclass(frozen=True)
 class SkippedManifest:
@@ -39,7 +37,7 @@ def _mib(size: int) -> str:
 
 
 def _path(git_dir: Path) -> Path:
-    return git_dir / "cfd" / RECORD_NAME
+    return clone_state(git_dir).skipped_manifest
 
 
 def record_skipped(git_dir: Path, blob: str, size: int, limit: int, trigger: str) -> SkippedManifest:

@@ -12,6 +12,7 @@ from typing import Any
 from ..environment import Environment
 from ..errors import ManifestError
 from ..files import write_atomic
+from ..state import clone_state
 from ..store.index import ModelIndex
 from ..manifest.model import Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
 from .marker import Marker, PendingEntry, intent_key, sources_gone
@@ -19,7 +20,6 @@ from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_
 from .skipped import SkippedManifest, read_skipped
 from ..download.urls import redact_url
 
-_CACHE_NAME = "manifest-cache.pickle"
 _CACHE_FORMAT = 2
 _MODEL_FIELDS = tuple(f.name for f in fields(ManifestModel))
 _REF_FIELDS = tuple(f.name for f in fields(WorkflowModelRef))
@@ -38,7 +38,7 @@ def load_working_manifest(env: Environment) -> Manifest:
     except OSError as exc:
         raise ManifestError(f"cannot read {env.pyproject}: {exc.strerror}", "check the environment path") from None
     digest = hashlib.sha1(data).hexdigest()
-    cache = env.state_dir / _CACHE_NAME
+    cache = clone_state(env.git_dir).manifest_cache
     try:
         version, cached_digest, payload = pickle.loads(cache.read_bytes())
         if version == _CACHE_FORMAT and cached_digest == digest:
