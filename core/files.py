@@ -103,7 +103,8 @@ def move_no_clobber(source: Path, target: Path) -> None:
 
     A hard link is the atomic "create only if absent"; without links (FAT, some shares) the
     target is checked, then renamed; across disks (a folder symlinked to another disk) the
-    file is copied beside the target and fsynced first. A symlink moves as itself.
+    file is copied beside the target and fsynced first. A symlink moves as itself. Once the
+    target is in place the source is removed (best effort: a leftover is only clutter).
     """
     if not os.path.islink(source):
         try:
@@ -115,7 +116,7 @@ def move_no_clobber(source: Path, target: Path) -> None:
                 _copy_across(source, target)
                 return
         else:
-            os.unlink(source)
+            _remove_source(source)
             return
     if os.path.lexists(target):
         raise FileExistsError(str(target))
@@ -132,4 +133,11 @@ def _copy_across(source: Path, target: Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    os.unlink(source)
+    _remove_source(source)
+
+
+def _remove_source(source: Path) -> None:
+    try:
+        os.unlink(source)
+    except OSError:
+        pass  # the target is in place, which is what counts; a source left over is only clutter
