@@ -24,7 +24,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from cfd.core.environment import Environment
 from cfd.core.store.index import ModelIndex
-from cfd.core.sync.marker import MARKER_NAME, Marker, PendingEntry
+from cfd.core.state import MARKER, clone_state, models_state
+from cfd.core.sync.marker import Marker, PendingEntry
 
 from .lock import is_locked
 from .statusfile import StatusBoard
@@ -40,7 +41,7 @@ def lock_path(models_dir: Path, key: str) -> Path:
     """The engine's per-download lock (held while a hook or `cfd repair` fetches it)."""
     from cfd.core.download.engine import staging_name
 
-    return models_dir / ".cfd" / "locks" / f"{staging_name(key)}.lock"
+    return models_state(models_dir).download_lock(staging_name(key))
 
 
 class Progress:
@@ -119,7 +120,7 @@ class _MarkerHandler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         for path in (event.src_path, getattr(event, "dest_path", "")):
-            if path and os.path.basename(os.fsdecode(path)) == MARKER_NAME:
+            if path and os.path.basename(os.fsdecode(path)) == MARKER:
                 self.queue.poke()
                 return
 
@@ -152,8 +153,9 @@ class BackgroundQueue:
     def schedule(self, observer) -> None:  # type: ignore[no-untyped-def]
         handler = _MarkerHandler(self)
         for env in self.envs:
-            env.state_dir.mkdir(parents=True, exist_ok=True)
-            observer.schedule(handler, os.fspath(env.state_dir), recursive=False)
+            state_dir = clone_state(env.git_dir).dir
+            state_dir.mkdir(parents=True, exist_ok=True)
+            observer.schedule(handler, os.fspath(state_dir), recursive=False)
 
     def start(self) -> None:
         self._thread.start()

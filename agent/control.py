@@ -19,6 +19,7 @@ from typing import Any
 
 from cfd.core.environment import Environment, open_environment
 from cfd.core.errors import CfdError, ConfigError, EnvironmentNotFound
+from cfd.core.git import no_git_env
 
 from .daemon import ALREADY_RUNNING, AgentConfig
 from .lock import is_locked
@@ -120,7 +121,7 @@ def start_agent(config: AgentConfig, timeout: float = 30.0) -> StartResult:
             stdout=out,
             stderr=out,
             cwd="/",  # do not keep the caller's directory busy
-            env={k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")},
+            env=no_git_env(),
             start_new_session=True,  # no terminal: Ctrl-C in the caller's shell does not reach it
             close_fds=True,
         )

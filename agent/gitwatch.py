@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,8 @@ from watchdog.events import (
 )
 
 from cfd.core.environment import Environment
+from cfd.core.git import git_value
+from cfd.core.sync.pullsync import read_last_synced
 
 from .statusfile import StatusBoard
 
@@ -38,37 +39,16 @@ log = logging.getLogger("cfd.agent")
 REF_FILES = {"HEAD", "ORIG_HEAD", "packed-refs"}
 BUSY_MARKERS = ("rebase-merge", "rebase-apply")
 EVENT_TYPES = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, DirDeletedEvent]
-# Inherited from a hook that started us, these would point git at the wrong repository.
-_REPO_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY", "GIT_PREFIX")
 
 SyncFn = Callable[[Environment, "str | None", str], None]
 
 
-def git(repo: Path, *args: str) -> str | None:
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_VARS}
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30, env=env, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def head_state(repo: Path) -> tuple[str | None, str | None]:
     """(HEAD commit, its pyproject.toml blob id); None where absent."""
-    head = git(repo, "rev-parse", "-q", "--verify", "HEAD^{commit}")
+    head = git_value("rev-parse", "-q", "--verify", "HEAD^{commit}", cwd=repo)
     if head is None:
         return None, None
-    return head, git(repo, "rev-parse", "-q", "--verify", f"{head}:pyproject.toml")
-
-
-def read_last_synced(env: Environment) -> str | None:
-    try:
-        text = (env.state_dir / "last-synced").read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    return text.split()[0] if text else None
+    return head, git_value("rev-parse", "-q", "--verify", f"{head}:pyproject.toml", cwd=repo)
 
 
 @dataclass
@@ -113,7 +93,7 @@ class GitWatcher:
 
     @staticmethod
     def _common_dir(env: Environment) -> Path:
-        found = git(env.repo, "rev-parse", "--git-common-dir")
+        found = git_value("rev-parse", "--git-common-dir", cwd=env.repo)
         if not found:
             return env.git_dir
         path = Path(found)
@@ -150,7 +130,7 @@ class GitWatcher:
     def _prime(self, state: _EnvWatch) -> None:
         head, blob = head_state(state.env.repo)
         state.seen_head = head
-        synced = read_last_synced(state.env)
+        synced = read_last_synced(state.env.git_dir)
         if head is None or synced is None or synced == blob:
             # Nothing acted on yet (or in step): this HEAD is the baseline.
             state.base, state.acted_blob = head, blob
@@ -190,7 +170,7 @@ class GitWatcher:
         if head is None or head == state.seen_head:
             return
         state.seen_head = head
-        synced = read_last_synced(state.env)
+        synced = read_last_synced(state.env.git_dir)
         if blob is None or blob == synced or blob == state.acted_blob:
             state.base = head  # manifest unchanged since it was last acted on
             return

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cfd.core.state import models_state
+
 
 def state_root() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -56,7 +58,7 @@ class AgentPaths:
 def models_dir_lock(models_dir: str | os.PathLike[str]) -> Path:
     """The life lock that lives with the models dir: two agents whose state dirs differ
     (another XDG_STATE_HOME, another user) still cannot serve one models dir."""
-    return Path(models_dir) / ".cfd" / "agent.lock"
+    return models_state(models_dir).agent_lock
 
 
 def agent_paths(models_dir: str | os.PathLike[str]) -> AgentPaths:

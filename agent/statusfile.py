@@ -8,11 +8,12 @@ nothing. Readers (`cfd agent status`, `cfd status`) use `read_status`.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from cfd.core.files import write_atomic
 
 STATUS_VERSION = 1
 MAX_ERRORS = 10
@@ -24,13 +25,6 @@ def read_status(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(temp, path)
 
 
 class StatusBoard:
@@ -88,7 +82,8 @@ class StatusBoard:
             snapshot = json.loads(json.dumps(self._data))
         snapshot["downloads"] = list(snapshot["downloads"].values())
         try:
-            write_json_atomic(self.path, snapshot)
+            # Not durable: rewritten every `interval` while busy, and only ever shown.
+            write_atomic(self.path, json.dumps(snapshot, indent=1), durable=False)
         except OSError:
             pass  # a full disk must not take the agent down; the next flush retries
 

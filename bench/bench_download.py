@@ -29,6 +29,7 @@ from pathlib import Path
 
 from cfd.demo.content import write_model_file
 from cfd.core.download.engine import staging_name
+from cfd.core.state import models_state
 from cfd.core.store.shorthash import short_hash_file
 
 MIB = 1 << 20
@@ -159,7 +160,7 @@ class Bench:
         """Kill cfd at 50 %, rerun; returns (bytes sent by the server, bytes in the first run)."""
         self.clean()
         server.reset()
-        sidecar = self.out / "models" / ".cfd" / "staging" / f"{staging_name(self.key)}.json"
+        sidecar = models_state(self.out / "models").staging / f"{staging_name(self.key)}.json"
         child = subprocess.Popen([sys.executable, "-c", _CFD, self.cfd_args(server.url, connections)],
                                  stdout=subprocess.DEVNULL)
         while child.poll() is None:

@@ -41,6 +41,7 @@ from helpers.manifest import ManifestBuilder, big_manifest  # noqa: E402
 
 from cfd.core.manifest import fasttoml  # noqa: E402
 from cfd.core.manifest.diff import diff_manifest_bytes, diff_manifests  # noqa: E402
+from cfd.core.state import clone_state  # noqa: E402
 from cfd.core.store.index import ModelIndex  # noqa: E402
 from cfd.core.manifest.model import parse_manifest  # noqa: E402
 from cfd.core.sync.missing import detect_missing_models  # noqa: E402
@@ -138,7 +139,7 @@ def bench_status(runs: int, work: Path) -> bool:
     with ModelIndex(db, models) as index:
         place_models(index, sorted(parse_manifest(old.encode()).models))
     env = {**os.environ, "CFD_MODELS_DIR": str(models), "CFD_INDEX": str(db)}
-    cache = repo / ".git" / "cfd" / "manifest-cache.pickle"
+    cache = clone_state(repo / ".git").manifest_cache
     cfd(["--version"], repo, env)  # the interpreter and its files are in the page cache
 
     def cold() -> None:
@@ -216,7 +217,7 @@ def bench_intents(sizes: list[int], runs: int, work: Path) -> bool:
 
             hook = timed(hook_path, max(3, runs // 2))
         env = {**os.environ, "CFD_MODELS_DIR": str(models), "CFD_INDEX": str(db)}
-        cache = repo / ".git" / "cfd" / "manifest-cache.pickle"
+        cache = clone_state(repo / ".git").manifest_cache
 
         def cold() -> None:
             cache.unlink(missing_ok=True)

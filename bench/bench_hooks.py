@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from helpers.manifest import ManifestBuilder, big_manifest  # noqa: E402
 
+from cfd.core.state import clone_state  # noqa: E402
+
 GITCONFIG = """[user]
 \tname = bench
 \temail = bench@cfd.invalid
@@ -157,7 +159,7 @@ def bench_big_change(root: Path, runs: int, n_models: int, workflows: int, refs:
     git(alice, "push", "-q", "origin", "main")
     for clone in (with_hooks, without):
         git(clone, "fetch", "-q")
-    last_synced = with_hooks / ".git" / "cfd" / "last-synced"
+    last_synced = clone_state(with_hooks / ".git").last_synced
     on, off, direct, output = [], [], [], ""
     for _ in range(runs):
         for clone in (with_hooks, without):
@@ -170,7 +172,7 @@ def bench_big_change(root: Path, runs: int, n_models: int, workflows: int, refs:
         last_synced.write_text(old_blob + "\n")
         hook = with_hooks / ".git" / "hooks" / "post-merge"
         direct.append(timed(lambda: subprocess.run([str(hook), "0"], cwd=with_hooks, check=True, capture_output=True)))
-    pending = with_hooks / ".git" / "cfd" / "pending.json"
+    pending = clone_state(with_hooks / ".git").marker
     assert not pending.exists(), f"all models are present, yet the hook recorded some: {output}"
     size = len(new_text.encode())
     return {
@@ -193,7 +195,7 @@ from cfd.core.manifest.diff import diff_manifest_bytes
 from cfd.core.store.index import ModelIndex
 from cfd.core.sync.missing import detect_missing_models
 t1 = time.perf_counter()
-from cfd.core.git import open_repo
+from cfd.core.gitobjects import open_repo
 t2 = time.perf_counter()
 env = open_environment({str(repo)!r})
 repo = open_repo(env.repo)

@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from helpers.manifest import big_manifest  # noqa: E402
 
+from cfd.core.state import clone_state  # noqa: E402
+
 MIB = 1024 * 1024
 CFD = [sys.executable, "-m", "cfd.cli.main"]
 
@@ -89,12 +91,12 @@ def main() -> int:
             assert result.returncode == 0, result.stderr
             rows.append(("git pull, hook over cfd.maxManifestSize", rss))
             git("reset", "-q", "--hard", "HEAD~1", cwd=bob, env=env)
-            (bob / ".git" / "cfd" / "last-synced").unlink(missing_ok=True)
+            clone_state(bob / ".git").last_synced.unlink(missing_ok=True)
             under = {**env, "CFD_MAX_MANIFEST_SIZE": str(len(data) * 2)}
             rss, result = peak_rss(["git", "pull", "-q"], bob, under)
             assert result.returncode == 0, result.stderr
             rows.append(("git pull, hook under cfd.maxManifestSize", rss))
-            (bob / ".git" / "cfd" / "manifest-cache.pickle").unlink(missing_ok=True)
+            clone_state(bob / ".git").manifest_cache.unlink(missing_ok=True)
             rows.append(("cfd status --json (no cache)", peak_rss([*CFD, "status", "--json"], bob, env)[0]))
             rows.append(("cfd status --json (cached)", peak_rss([*CFD, "status", "--json"], bob, env)[0]))
             rows.append(("cfd repair --dry-run", peak_rss([*CFD, "repair", "--dry-run"], bob, env)[0]))

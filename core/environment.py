@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import ConfigError, EnvironmentNotFound
 from .settings import Settings, resolve_settings
+from .state import clone_state, models_state
 
 PYPROJECT = "pyproject.toml"
 
@@ -72,11 +73,11 @@ class Environment:
     @property
     def index_path(self) -> Path:
         value = self.settings["cfd.index"]
-        return Path(value) if value is not None else self.models_dir / ".cfd" / "models.db"
+        return Path(value) if value is not None else models_state(self.models_dir).default_index
 
     @property
     def state_dir(self) -> Path:
-        return self.git_dir / "cfd"
+        return clone_state(self.git_dir).dir
 
     @property
     def civitai_token(self) -> str | None:

@@ -1,110 +1,75 @@
-"""The git adapter: the only module that imports pygit2.
+"""Running git as a subprocess: the one wrapper and the one clean environment for it.
 
-Hooks and the agent read manifests from git objects, never from the work tree
-(which may hold uncommitted edits). The repository is always opened by an
-explicit path: pygit2 ignores GIT_DIR, which git exports inside some hooks.
-Failures become CfdError messages a user can act on.
+Inside a hook git exports variables that tie a git process to one repository (GIT_DIR,
+GIT_INDEX_FILE, GIT_PREFIX, `git -c` settings ...). Passed on, they would point a git
+run for another repository at the wrong one, or stick to a long-lived child (the agent).
+`no_git_env()` drops exactly the variables git itself drops before it works in another
+repository (`git rev-parse --local-env-vars`); the user's own settings (GIT_CONFIG_GLOBAL,
+GIT_SSH_COMMAND, ...) pass. Every git subprocess and every detached cfd process gets it.
+
+Output is bytes decoded the way the OS decodes paths, so any file name survives. No heavy
+import here: objects are read through `core/gitobjects.py` (pygit2).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-
-import pygit2
 
 from .errors import CfdError
 
-MANIFEST_PATH = "pyproject.toml"
-_ZERO = frozenset("0")
-
-# git verified every object when it received it; libgit2 re-hashing each read
-# costs ~17 ms per 3 MB manifest, which a hook's budget cannot spare.
-pygit2.option(pygit2.enums.Option.ENABLE_STRICT_HASH_VERIFICATION, False)
+# `git rev-parse --local-env-vars` (git 2.39; tests/test_git.py compares with the installed git).
+LOCAL_ENV_VARS = frozenset({
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT",
+    "GIT_OBJECT_DIRECTORY", "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE",
+    "GIT_INDEX_FILE", "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE", "GIT_PREFIX",
+    "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR",
+})
+GIT_TIMEOUT = 30.0  # seconds: a git that hangs (a lock, a network mount) must not hold a hook
 
 
 class GitError(CfdError):
-    """A git repository or object cannot be read."""
+    """A git repository or object cannot be read, or git cannot run."""
 
 
-def is_null_commit(rev: str | None) -> bool:
-    """None, "", or git's all-zero id (post-checkout after a clone)."""
-    return not rev or set(rev) <= _ZERO
+def no_git_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`environ` (default os.environ) without the variables that bind git to one repository."""
+    environ = os.environ if environ is None else environ
+    return {key: value for key, value in environ.items() if key not in LOCAL_ENV_VARS}
 
 
-class GitRepo:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        try:
-            self._repo = pygit2.Repository(os.fspath(path))
-        except (pygit2.GitError, KeyError) as exc:
-            raise GitError(f"cannot open the git repository at {path}: {exc}", "check the path, or run `git status` there") from None
+def run_git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
+    """Run `git args` in `cwd` with no_git_env(); stdout/stderr as bytes, whatever the exit code.
 
-    @property
-    def git_dir(self) -> Path:
-        """The per-worktree git dir (where ORIG_HEAD and cfd's state live)."""
-        return Path(self._repo.path)
-
-    @property
-    def workdir(self) -> Path | None:
-        return Path(self._repo.workdir) if self._repo.workdir else None
-
-    def resolve_commit(self, rev: str | None) -> str | None:
-        """Commit id for a revision (sha, HEAD, ORIG_HEAD, HEAD^1 ...); None if it does not resolve."""
-        if rev is None or is_null_commit(rev):
-            return None
-        try:
-            obj = self._repo.revparse_single(rev)
-            commit = obj.peel(pygit2.Commit)
-        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
-            return None
-        return str(commit.id)
-
-    def parents(self, rev: str) -> list[str]:
-        commit = self.resolve_commit(rev)
-        if commit is None:
-            return []
-        return [str(p) for p in self._repo[commit].peel(pygit2.Commit).parent_ids]
-
-    def blob_id(self, commit: str | None, path: str = MANIFEST_PATH) -> str | None:
-        """The blob id of `path` in `commit`; None when the commit or file is absent."""
-        resolved = self.resolve_commit(commit)
-        if resolved is None:
-            return None
-        try:
-            entry = self._repo[resolved].tree[path]
-        except KeyError:
-            return None
-        if entry.type_str != "blob":
-            return None
-        return str(entry.id)
-
-    def has_blob(self, blob_id: str | None) -> bool:
-        """Whether git still has this object (a last-synced blob may have been pruned)."""
-        if not blob_id:
-            return False
-        try:
-            return blob_id in self._repo.odb
-        except (ValueError, TypeError):
-            return False
-
-    def blob_size(self, blob_id: str) -> int | None:
-        """A blob's size without reading it (None when git does not have it)."""
-        try:
-            _kind, size = self._repo.odb.read_header(blob_id)
-        except (KeyError, ValueError, pygit2.GitError):
-            return None
-        return int(size)
-
-    def read_blob(self, blob_id: str) -> bytes:
-        # Straight from the object database: Repository[...] reads the object twice.
-        try:
-            kind, data = self._repo.odb.read(blob_id)
-        except (KeyError, ValueError, pygit2.GitError):
-            raise GitError(f"git object {blob_id} is missing", "run `git fsck`, or fetch again") from None
-        if kind != pygit2.enums.ObjectType.BLOB:
-            raise GitError(f"git object {blob_id} is not a file", None)
-        return bytes(data)
+    Raises GitError when git cannot run at all (not installed, `cwd` gone, timed out)."""
+    shown = " ".join(("git", *args))
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, env=no_git_env(), stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise GitError(f"`{shown}` timed out after {timeout:.0f} s in {cwd or Path.cwd()}") from None
+    except FileNotFoundError:
+        if cwd is not None and not os.path.isdir(cwd):
+            raise GitError(f"{cwd} does not exist", "check the environment path") from None
+        raise GitError("git is not installed (or not on PATH)", "install git") from None
+    except OSError as exc:
+        raise GitError(f"cannot run `{shown}`: {exc.strerror or exc}") from None
 
 
-def open_repo(path: str | os.PathLike[str]) -> GitRepo:
-    return GitRepo(path)
+def one_value(stdout: bytes) -> str:
+    """One value as git printed it: a path may hold a newline or end in a space, so only the
+    newline git adds is removed (splitting several values on newlines once put the hooks into
+    a folder of the work tree, issue 10)."""
+    text = os.fsdecode(stdout)
+    return text[:-1] if text.endswith("\n") else text
+
+
+def git_value(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT) -> str | None:
+    """The one value `git args` prints; None when git fails or cannot run."""
+    try:
+        result = run_git(*args, cwd=cwd, timeout=timeout)
+    except GitError:
+        return None
+    return one_value(result.stdout) if result.returncode == 0 else None

@@ -10,13 +10,13 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .git import GitError, run_git
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -193,12 +193,10 @@ def git_config_text(value: Any) -> str | None:
 
 def read_git_config(repo: Path | None) -> dict[str, tuple[str, str]]:
     """cfd.* keys from git config: lowercased key -> (value, scope)."""
-    command = ["git", "config", "--show-scope", "-z", "--get-regexp", r"^cfd\."]
     try:
-        result = subprocess.run(
-            command, cwd=repo if repo and repo.is_dir() else None, capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
+        result = run_git("config", "--show-scope", "-z", "--get-regexp", r"^cfd\.",
+                         cwd=repo if repo and repo.is_dir() else None, timeout=10)
+    except GitError:
         return {}
     found: dict[str, tuple[str, str]] = {}
     # -z output: "scope\0key\nvalue\0" per entry; later (more local) entries win.

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cfd.core.files import move_no_clobber, write_atomic
+
 from .location import (
     HooksError,
     HooksLocation,
@@ -72,10 +74,7 @@ def default_python() -> str:
 
 def _write_shim(path: Path, hook: str, python: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.cfd-{os.getpid()}.tmp")
-    temp.write_text(render_shim(hook, python), encoding="utf-8", newline="\n")
-    os.chmod(temp, 0o755)
-    os.replace(temp, path)
+    write_atomic(path, render_shim(hook, python), mode=0o755)
 
 
 def install_into(directory: Path, python: str) -> list[HookChange]:
@@ -94,7 +93,7 @@ def install_into(directory: Path, python: str) -> list[HookChange]:
                     HookChange(hook, path, "conflict", f"both {path.name} and {legacy.name} exist and neither is cfd's; merge them by hand")
                 )
                 continue
-            os.replace(path, legacy)  # a symlink moves as a symlink; relative targets still resolve
+            move_no_clobber(path, legacy)  # a symlink moves as a symlink; relative targets still resolve
             action = "kept-legacy"
         if action != "unchanged":
             _write_shim(path, hook, python)
@@ -111,7 +110,7 @@ def uninstall_from(directory: Path) -> list[HookChange]:
         if read_shim(path) is not None:
             path.unlink()
             if os.path.lexists(legacy):
-                os.replace(legacy, path)
+                move_no_clobber(legacy, path)
                 changes.append(HookChange(hook, path, "restored", f"{legacy.name} is back as {path.name}"))
             else:
                 changes.append(HookChange(hook, path, "removed"))
@@ -280,7 +279,7 @@ def record_baseline(env: Environment) -> StatusReport:
     Later hooks then act only on what changes from here; `cfd repair` fetches
     what this report lists.
     """
-    from cfd.core.git import open_repo
+    from cfd.core.gitobjects import open_repo
     from cfd.core.sync.pullsync import read_last_synced, write_last_synced
     from cfd.core.sync.status import compute_status
 

@@ -8,11 +8,12 @@ common dir's hooks). pygit2 reads core.hooksPath raw, so ask git itself.
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from cfd.core.errors import CfdError
+from cfd.core.git import GitError, one_value, run_git
+from cfd.core.state import chain_hooks_dir
 
 from .shim import LEGACY_SUFFIX, is_ours
 
@@ -32,20 +33,17 @@ class HooksError(CfdError):
 
 def git(repo: Path, *args: str) -> str:
     """Run git in `repo`; its stdout, or a HooksError carrying git's message."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
     try:
-        result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env, timeout=30)
-    except FileNotFoundError:
-        raise HooksError("git is not installed (or not on PATH)", "install git") from None
-    except subprocess.TimeoutExpired:
-        raise HooksError(f"`git {' '.join(args)}` timed out in {repo}") from None
+        result = run_git(*args, cwd=repo)
+    except GitError as exc:
+        raise HooksError(exc.message, exc.hint) from None
     if result.returncode != 0:
-        message = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        message = (os.fsdecode(result.stderr).strip().splitlines() or [f"exit {result.returncode}"])[-1]
         if "not a git repository" in message:
             raise HooksError(f"{repo} is not inside a git repository",
                              "run this inside a clone of the environment (its .cec folder), or pass --env PATH")
         raise HooksError(f"`git {' '.join(args)}` failed in {repo}: {message}", "run it inside a git work tree")
-    return result.stdout
+    return os.fsdecode(result.stdout)
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ class HooksLocation:
     @property
     def chain_dir(self) -> Path:
         """Where shims go when another tool owns hooks_dir (their hooks call ours)."""
-        return self.common_dir / "cfd" / "hooks"
+        return chain_hooks_dir(self.common_dir)
 
     @property
     def inside_worktree(self) -> str | None:
@@ -72,11 +70,8 @@ class HooksLocation:
 
 
 def git_value(repo: Path, *args: str) -> str:
-    """One value from git, exactly: a path may hold a newline, so git is asked for one value
-    per call and only the newline git adds is removed (splitting several values on newlines
-    once put the hooks into a folder of the work tree, issue 10)."""
-    out = git(repo, *args)
-    return out[:-1] if out.endswith("\n") else out
+    """One value from git, exactly (git is asked for one value per call: see one_value)."""
+    return one_value(os.fsencode(git(repo, *args)))
 
 
 def locate(repo: Path) -> HooksLocation:

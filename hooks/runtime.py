@@ -131,7 +131,7 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
         return  # not a ComfyDock environment (e.g. a template hook in another repo)
     if not env.settings["cfd.hooks.enabled"]:
         return
-    from cfd.core.git import open_repo
+    from cfd.core.gitobjects import open_repo
     from cfd.core.sync.pullsync import sync_between
 
     repo = open_repo(env.repo)

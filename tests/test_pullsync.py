@@ -11,7 +11,7 @@ from test_hooks_runtime import M, manifest, pending
 from cfd.core.sync import pullsync
 from cfd.core.environment import open_environment
 from cfd.core.errors import CfdError
-from cfd.core.git import GitRepo, is_null_commit
+from cfd.core.gitobjects import GitRepo, is_null_commit
 from cfd.core.store.index import ModelIndex
 from cfd.core.sync.pullsync import (
     ALREADY_SYNCED,

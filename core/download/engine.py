@@ -56,6 +56,7 @@ from .types import (
 )
 from ..errors import CfdError, UnsafeManifestValue
 from .session import prepare_url, storable_url
+from ..state import models_state
 from ..store.index import ModelIndex
 from .placement import place, space_errors
 from .safety import safe_relative_path, target_path
@@ -86,8 +87,8 @@ class _Engine:
                  callbacks: DownloadCallbacks, cancel: threading.Event) -> None:
         self.models_dir, self.index_path = models_dir, index_path
         self.options, self.callbacks, self.cancel = options, callbacks, cancel
-        self.staging_dir = models_dir / ".cfd" / "staging"
-        self.locks_dir = models_dir / ".cfd" / "locks"
+        self.layout = models_state(models_dir)
+        self.staging_dir, self.locks_dir = self.layout.staging, self.layout.locks
         self.batch = Batch(options, callbacks, cancel)
         self.setup_error: str | None = None
         self.over_budget = False  # the deadline passed: what stopped is pending for `cfd repair`
@@ -145,7 +146,7 @@ class _Engine:
         def waiting() -> None:
             self.batch.note(job.filename, "waiting for another cfd process that is downloading it")
 
-        with held_lock(self.locks_dir / f"{name}.lock", self.cancel, waiting) as held:
+        with held_lock(self.layout.download_lock(name), self.cancel, waiting) as held:
             if not held:
                 return failed(job, INTERRUPTED)
             with ModelIndex(self.index_path, self.models_dir) as index:

@@ -7,7 +7,6 @@ fsynced and the index records model, location and source.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from .types import DownloadJob, DownloadOutcome, clean, failed
 from ..errors import UnsafeManifestValue
+from ..files import fsync_dir, move_no_clobber
 from .session import storable_url
 from ..store.index import ModelIndex
 from .safety import target_path
@@ -53,45 +53,6 @@ def place(job: DownloadJob, relpath: str, target: Path, staged: StagingFile, sou
         return DownloadOutcome(job, False, relpath, shown, f"downloaded {relpath} but could not record it in the index "
                                f"({clean(str(exc))}); run `cfd index scan`", result.short_hash, fetched)
     return DownloadOutcome(job, True, relpath, shown, None, result.short_hash, fetched)
-
-
-def move_no_clobber(source: Path, target: Path) -> None:
-    """Move a verified file into place without ever replacing an existing file."""
-    try:
-        os.link(source, target)  # fails with FileExistsError instead of overwriting
-        return
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            # No hard links here (FAT, some shares): check, then rename.
-            if os.path.lexists(target):
-                raise FileExistsError(str(target)) from None
-            os.replace(source, target)
-            return
-    # A category folder symlinked to another disk: copy beside the target first.
-    tmp = target.with_name(f".{target.name}.cfd-{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(source, tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        move_no_clobber(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def space_errors(jobs: Sequence[DownloadJob], models_dir: Path, staging_dir: Path) -> dict[int, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import UnsafeManifestValue
+from ..state import MODELS_DIR_STATE
 from ..text import has_unsafe
 from .urls import BadAuthority, redact_url, target_of
 
@@ -29,7 +30,6 @@ _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|conin\$|conout\$|com[0-9¹²�
 _WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*]|[. ]\Z')
 # The staging area and locks live in <models_dir>/.cfd; a manifest may not write there
 # (compared case-insensitively: `.CFD` is the same folder on macOS and Windows).
-_RESERVED_TOP = ".cfd"
 ALLOWED_SCHEMES = ("http", "https")
 
 
@@ -87,7 +87,7 @@ def safe_relative_path(relative_path: str, filename: str | None = None) -> str:
             problem = "it climbs out with '..'"
         elif not parts:
             problem = "it names no file"
-        elif parts[0].casefold() == _RESERVED_TOP:
+        elif parts[0].casefold() == MODELS_DIR_STATE:
             problem = "it points into cfd's own .cfd folder"
         elif any(_DRIVE.match(p) or _windows_hostile(p) for p in parts):
             problem = "it contains a name Windows cannot hold (a device name, ':', a trailing dot or space, ...)"

@@ -25,6 +25,7 @@ from filelock import Timeout as LockTimeout
 
 from .types import MIB, DiskError, DownloadJob, DownloadOptions, Failure
 from ..errors import disk_message
+from ..files import remove_temps, write_atomic
 from .fullhash import FullHash
 from ..store.shorthash import StreamingShortHasher, short_hash_file
 from .tensorfile import declared_length, is_safetensors_name
@@ -51,11 +52,12 @@ def partial_bytes(staging_dir: Path, job: DownloadJob) -> int:
 
 def discard_staging(staging_dir: Path, name: str) -> None:
     """Remove what a download of `name` left in staging (best effort; hold its lock)."""
-    for suffix in (".part", ".json", ".json.tmp"):
+    for suffix in (".part", ".json"):
         try:
             (staging_dir / f"{name}{suffix}").unlink()
         except OSError:
             pass
+    remove_temps(staging_dir / f"{name}.json")
 
 
 @contextmanager
@@ -285,10 +287,10 @@ class StagingFile:
     def save(self) -> None:
         if self.dropped:
             return
-        tmp = self.sidecar.with_suffix(".json.tmp")
         try:
-            tmp.write_text(self.state.to_json(), encoding="utf-8")
-            os.replace(tmp, self.sidecar)
+            # Not durable: it is saved every checkpoint_bytes. An older sidecar after a power cut
+            # claims less than was written (safe); `synced` says what an fsync of the data covered.
+            write_atomic(self.sidecar, self.state.to_json(), durable=False)
         except OSError as exc:
             raise DiskError(disk_message(exc, f"the progress file of {self.job.filename}")) from None
 

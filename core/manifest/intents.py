@@ -10,7 +10,6 @@ call this: a pull must leave the work tree clean.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ManifestError, disk_message
+from ..files import write_atomic
 from .model import WorkflowModelRef, parse_manifest
 
 
@@ -170,26 +170,14 @@ def write_resolutions(pyproject: Path, resolutions: Iterable[ResolvedIntent]) ->
     for resolution in done:
         if resolved.get(resolution.ref.identity) != resolution.hash or resolution.hash not in check.models:
             raise ManifestError(f"{pyproject}: resolving '{resolution.ref.filename}' went wrong; nothing was changed")
-    temp = pyproject.with_name(f".{pyproject.name}.cfd-{os.getpid()}.tmp")
-    try:
-        try:
-            with open(temp, "w", encoding="utf-8", newline="") as handle:
-                handle.write(new_text)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:  # a full disk: the models are here, only their hashes are not written yet
-            raise ManifestError(disk_message(exc, pyproject.name) + "; it is unchanged",
-                                "free some space and run `cfd repair` again: it finishes writing the resolved models") from None
-        try:
-            os.chmod(temp, pyproject.stat().st_mode & 0o7777)
-        except OSError:
-            pass
-        if pyproject.read_bytes() != raw:  # edited while we worked: do not clobber the user's change
+
+    def unchanged() -> None:  # edited while we worked: do not clobber the user's change
+        if pyproject.read_bytes() != raw:
             raise ManifestError(f"{pyproject} changed while cfd was updating it", "run `cfd repair` again")
-        os.replace(temp, pyproject)
-    finally:
-        try:
-            temp.unlink()
-        except FileNotFoundError:
-            pass
+
+    try:
+        write_atomic(pyproject, new_text, check=unchanged)
+    except OSError as exc:  # a full disk: the models are here, only their hashes are not written yet
+        raise ManifestError(disk_message(exc, pyproject.name) + "; it is unchanged",
+                            "free some space and run `cfd repair` again: it finishes writing the resolved models") from None
     return [resolution.ref.filename for resolution in done]

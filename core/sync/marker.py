@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ..download.types import SOURCE_GONE
+from ..files import remove_temps, write_atomic
+from ..state import MARKER as MARKER_NAME, clone_state
 from ..manifest.model import WorkflowModelRef
 from ..download.urls import redact_url
 
-MARKER_NAME = "pending.json"
 MARKER_VERSION = 1
 REASONS = ("deferred", "filtered", "no-source", "failed", "interrupted", "background")
 
@@ -96,7 +97,7 @@ def intent_key(ref: WorkflowModelRef) -> str:
 
 class Marker:
     def __init__(self, git_dir: Path, warn: Callable[[str], None] | None = None) -> None:
-        self.path = git_dir / "cfd" / MARKER_NAME
+        self.path = clone_state(git_dir).marker
         self._warn = warn or (lambda message: None)
 
     def _lock(self):  # type: ignore[no-untyped-def]
@@ -159,17 +160,8 @@ class Marker:
                 pass
             return
         payload = {"version": MARKER_VERSION, "entries": [entry.to_json() for entry in entries]}
-        temp = self.path.with_name(f".{MARKER_NAME}.{os.getpid()}.tmp")
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, self.path)
+        write_atomic(self.path, json.dumps(payload, indent=2))
 
     def _remove_stale_temps(self) -> None:
         """Temp files of writers that were killed mid-write (we hold the lock)."""
-        for stale in self.path.parent.glob(f".{MARKER_NAME}.*.tmp"):
-            try:
-                stale.unlink()
-            except OSError:
-                pass
+        remove_temps(self.path)

@@ -13,7 +13,6 @@ several hooks firing for one operation (or a hook and the agent) act once.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -26,14 +25,16 @@ from typing import Any
 from ..manifest.diff import ManifestDiff, diff_manifest_bytes
 from ..environment import Environment
 from ..errors import ManifestError
-from ..git import MANIFEST_PATH, GitRepo, open_repo
+from ..files import write_atomic
+from ..state import clone_state
+from ..git import no_git_env
+from ..gitobjects import MANIFEST_PATH, GitRepo, open_repo
 from ..store.index import ModelIndex
 from ..manifest.model import WorkflowModelRef
 from .marker import Marker, PendingEntry, intent_key
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, select_for_download
 from .skipped import clear_skipped, record_skipped
 
-LAST_SYNCED = "last-synced"
 MODES = ("download", "background", "defer")
 
 # Outcome actions.
@@ -75,7 +76,7 @@ class PullSyncOutcome:
 
 
 def last_synced_path(git_dir: Path) -> Path:
-    return git_dir / "cfd" / LAST_SYNCED
+    return clone_state(git_dir).last_synced
 
 
 def read_last_synced(git_dir: Path) -> str | None:
@@ -90,9 +91,8 @@ def write_last_synced(git_dir: Path, blob_id: str) -> None:
     """Atomic, and newline-terminated so the shim's `read` builtin takes it whole."""
     path = last_synced_path(git_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{LAST_SYNCED}.{os.getpid()}.tmp")
-    temp.write_text(blob_id + "\n", encoding="ascii")
-    os.replace(temp, path)
+    # Not durable: a value lost to a power cut only makes the next hook diff again.
+    write_atomic(path, blob_id + "\n", durable=False)
 
 
 # -- marker entries -----------------------------------------------------------
@@ -294,8 +294,7 @@ def start_agent(env: Environment) -> bool:
             return False
     except ImportError:
         return False
-    # The hook's GIT_DIR/GIT_INDEX_FILE must not leak into a long-lived process.
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    child_env = no_git_env()  # the hook's GIT_DIR/GIT_INDEX_FILE must not stick to a long-lived process
     try:
         subprocess.Popen(
             [sys.executable, "-m", "cfd.cli.main", "--env", str(env.repo), "agent", "start"],

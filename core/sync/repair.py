@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..environment import Environment
 from ..errors import CfdError, ConfigError, disk_message
+from ..state import models_state
 from ..store.index import ModelIndex
 from ..manifest.model import WorkflowModelRef, stronger
 from .marker import Marker, PendingEntry, intent_key
@@ -356,7 +357,7 @@ def _staged(env: Environment, models: Sequence[MissingModelInfo]) -> dict[str, i
     """Bytes of each model (of known size) an earlier run left in staging, for the preview."""
     from ..download.staging import partial_bytes
 
-    staging_dir = env.models_dir / ".cfd" / "staging"
+    staging_dir = models_state(env.models_dir).staging
     if not staging_dir.is_dir():
         return {}
     found = {job.key: min(partial_bytes(staging_dir, job), job.size or 0) for job in jobs_from(models, ())}

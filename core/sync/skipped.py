@@ -10,13 +10,12 @@ when the user chooses, does the work and clears it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-RECORD_NAME = "skipped-manifest.json"
-
+from ..files import write_atomic
+from ..state import clone_state
 
 @dataclass(frozen=True)
 class SkippedManifest:
@@ -38,16 +37,14 @@ def _mib(size: int) -> str:
 
 
 def _path(git_dir: Path) -> Path:
-    return git_dir / "cfd" / RECORD_NAME
+    return clone_state(git_dir).skipped_manifest
 
 
 def record_skipped(git_dir: Path, blob: str, size: int, limit: int, trigger: str) -> SkippedManifest:
     skipped = SkippedManifest(blob, size, limit, trigger, time.time())
     path = _path(git_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{RECORD_NAME}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(asdict(skipped)), encoding="utf-8")
-    os.replace(temp, path)
+    write_atomic(path, json.dumps(asdict(skipped)))
     return skipped
 
 

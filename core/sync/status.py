@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter
@@ -12,6 +11,8 @@ from typing import Any
 
 from ..environment import Environment
 from ..errors import ManifestError
+from ..files import write_atomic
+from ..state import clone_state
 from ..store.index import ModelIndex
 from ..manifest.model import Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
 from .marker import Marker, PendingEntry, intent_key, sources_gone
@@ -19,7 +20,6 @@ from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_
 from .skipped import SkippedManifest, read_skipped
 from ..download.urls import redact_url
 
-_CACHE_NAME = "manifest-cache.pickle"
 _CACHE_FORMAT = 2
 _MODEL_FIELDS = tuple(f.name for f in fields(ManifestModel))
 _REF_FIELDS = tuple(f.name for f in fields(WorkflowModelRef))
@@ -38,7 +38,7 @@ def load_working_manifest(env: Environment) -> Manifest:
     except OSError as exc:
         raise ManifestError(f"cannot read {env.pyproject}: {exc.strerror}", "check the environment path") from None
     digest = hashlib.sha1(data).hexdigest()
-    cache = env.state_dir / _CACHE_NAME
+    cache = clone_state(env.git_dir).manifest_cache
     try:
         version, cached_digest, payload = pickle.loads(cache.read_bytes())
         if version == _CACHE_FORMAT and cached_digest == digest:
@@ -78,10 +78,8 @@ def _from_cache(payload: tuple[Any, ...]) -> Manifest:
 def _store_cache(cache: Path, digest: str, manifest: Manifest) -> None:
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        temp = cache.with_name(f".{_CACHE_NAME}.{os.getpid()}")
-        with open(temp, "wb") as handle:
-            pickle.dump((_CACHE_FORMAT, digest, _to_cache(manifest)), handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(temp, cache)
+        payload = pickle.dumps((_CACHE_FORMAT, digest, _to_cache(manifest)), protocol=pickle.HIGHEST_PROTOCOL)
+        write_atomic(cache, payload, durable=False)  # a cache: lost, it is rebuilt
     except OSError:
         pass  # a cache is an optimisation only
 
