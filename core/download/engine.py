@@ -56,6 +56,7 @@ from .types import (
 )
 from ..errors import CfdError, UnsafeManifestValue
 from .session import prepare_url, storable_url
+from ..dialect import BY_SHORT_HASH
 from ..store.index import ModelIndex
 from .placement import place, space_errors
 from .safety import safe_relative_path, target_path
@@ -86,6 +87,7 @@ class _Engine:
                  callbacks: DownloadCallbacks, cancel: threading.Event) -> None:
         self.models_dir, self.index_path = models_dir, index_path
         self.options, self.callbacks, self.cancel = options, callbacks, cancel
+        self.dialect = BY_SHORT_HASH.get(options.short_hash)  # the index must be of the hash's dialect
         self.staging_dir = models_dir / ".cfd" / "staging"
         self.locks_dir = models_dir / ".cfd" / "locks"
         self.batch = Batch(options, callbacks, cancel)
@@ -140,7 +142,7 @@ class _Engine:
         target = target_path(self.models_dir, relpath)
         name = staging_name(job.key)
         if self.setup_error:  # nothing can be written: a file already there is still fine
-            with ModelIndex(self.index_path, self.models_dir) as index:
+            with ModelIndex(self.index_path, self.models_dir, self.dialect) as index:
                 return self._already_there(job, relpath, target, index) or failed(job, self.setup_error)
         def waiting() -> None:
             self.batch.note(job.filename, "waiting for another cfd process that is downloading it")
@@ -148,7 +150,7 @@ class _Engine:
         with held_lock(self.locks_dir / f"{name}.lock", self.cancel, waiting) as held:
             if not held:
                 return failed(job, INTERRUPTED)
-            with ModelIndex(self.index_path, self.models_dir) as index:
+            with ModelIndex(self.index_path, self.models_dir, self.dialect) as index:
                 present = self._already_there(job, relpath, target, index)
                 if present is not None:
                     discard_staging(self.staging_dir, name)  # a run killed after placing it left these
@@ -184,12 +186,12 @@ class _Engine:
             for url in job.sources:
                 found = by_source.get(storable_url(url))
                 if found:
-                    return DownloadOutcome(job, True, found, redact_url(url), None, short_hash_file(self.models_dir / found))
+                    return DownloadOutcome(job, True, found, redact_url(url), None, short_hash_file(self.models_dir / found, index.short_hash))
         if not os.path.lexists(target):
             return None
         if job.expected_hash and target.is_file():
             stat = target.stat()
-            short = short_hash_file(target)
+            short = short_hash_file(target, index.short_hash)
             if short == job.expected_hash.lower() and (job.size is None or stat.st_size == job.size):
                 index.record_file(short, relpath, size=stat.st_size, mtime=stat.st_mtime)
                 return DownloadOutcome(job, True, relpath, None, None, short)
