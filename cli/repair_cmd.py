@@ -86,10 +86,16 @@ def run(args: argparse.Namespace) -> int:
     sizes.update({group[0].filename: None for group in intent_groups(plan.intents).values()})
     with _cancel_on_signals(cancel), make_progress(is_terminal(sys.stderr), sizes) as progress:
         result = run_repair(env, plan, callbacks=progress, cancel=cancel, warn=warn)
+    from cfd.core.sync.workflowfiles import summary_line, sync_workflow_files
+
+    workflow_files = sync_workflow_files(env)
     if args.json:
-        print_json(result_json(result, env.repo))
+        print_json({**result_json(result, env.repo), "workflow_files": [f.to_json() for f in workflow_files]})
     else:
         print_summary(result, env.repo)
+        line = summary_line(workflow_files)
+        if line:
+            print(line)
     if result.interrupted or cancel.is_set():
         return 130
     return 0 if result.complete else 1

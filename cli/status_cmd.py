@@ -10,6 +10,8 @@ from cfd.core.manifest.model import CRITICALITY_RANK, ENVIRONMENT
 from cfd.core.sync.marker import intent_key, reason_text
 from cfd.core.sync.repair import intent_groups
 from cfd.core.sync.status import StatusReport, WorkflowStatus, compute_status
+from cfd.core.sync.workflowfiles import MODIFIED
+from cfd.core.text import sanitize
 
 from .common import add_env_argument, agent_download_figures, environment, human_size, is_terminal, print_json, warn
 
@@ -140,6 +142,10 @@ def print_status(status: StatusReport, fancy: bool) -> None:
     if elsewhere:
         print(f"\nAlso pending: {len(elsewhere)}")
         _cut([f"    {entry.relative_path} — {reason_text(entry)}" for entry in elsewhere], SHOW_LIST)
+    edited = [f.name for f in status.workflow_files if f.state == MODIFIED]
+    if edited:
+        print(f"\n{warn_mark} Workflow files modified locally in ComfyUI (cfd never overwrites them): {len(edited)}")
+        _cut([f"    {sanitize(name)}.json" for name in edited], SHOW_LIST)
     if status.skipped is not None:
         print(f"\n{warn_mark} {status.skipped.message()}")
     if report.problems:

@@ -17,6 +17,7 @@ from ..manifest.model import ENVIRONMENT, Manifest, ManifestModel, WorkflowModel
 from .marker import Marker, PendingEntry, intent_key, sources_gone
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import SkippedManifest, read_skipped
+from .workflowfiles import WorkflowFile, workflow_states
 from ..download.urls import redact_url
 
 _CACHE_NAME = "manifest-cache.pickle"
@@ -125,6 +126,7 @@ class StatusReport:
     workflows: tuple[WorkflowStatus, ...]
     on_disk: frozenset[str] = frozenset()  # hashes of missing models already at their path, unindexed
     skipped: SkippedManifest | None = None  # a manifest the hooks did not read (too large)
+    workflow_files: tuple[WorkflowFile, ...] = ()  # .cec workflows and their ComfyUI copies
 
     @property
     def in_sync(self) -> bool:
@@ -177,6 +179,7 @@ class StatusReport:
             ],
             **self._environment_json(),
             "bytes_to_download": self.bytes_to_download,
+            "workflow_files": [f.to_json() for f in self.workflow_files],
             "hook_skipped": None if self.skipped is None else {**asdict(self.skipped), "message": self.skipped.message()},
         }
 
@@ -253,4 +256,5 @@ def compute_status(env: Environment, warn: Any = None) -> StatusReport:
         for name in ((ENVIRONMENT,) if any(r.is_environment for r in manifest.refs) else ()) + manifest.workflows
     ]
     on_disk = frozenset(info.hash for info in on_disk_unindexed(env.models_dir, report.missing))
-    return StatusReport(env, manifest, report, pending, tuple(workflows), on_disk, read_skipped(env.git_dir))
+    return StatusReport(env, manifest, report, pending, tuple(workflows), on_disk, read_skipped(env.git_dir),
+                        tuple(workflow_states(env)))
