@@ -109,8 +109,8 @@ class SettingSpec:
 
 
 SPECS: tuple[SettingSpec, ...] = (
-    SettingSpec("cfd.modelsDir", "CFD_MODELS_DIR", None, _path, "models directory (default: the ComfyDock workspace's)"),
-    SettingSpec("cfd.index", "CFD_INDEX", None, _path, "SQLite model index (default: the workspace's comfydock_cache/models.db, else <modelsDir>/.cfd/models.db)"),
+    SettingSpec("cfd.modelsDir", "CFD_MODELS_DIR", None, _path, "models directory (default: the ComfyGit / ComfyDock workspace's)"),
+    SettingSpec("cfd.index", "CFD_INDEX", None, _path, "SQLite model index (default: the workspace's comfygit_cache/ or comfydock_cache/models.db, else under <modelsDir>/.cfd/)"),
     SettingSpec("cfd.models", "CFD_MODELS", "required", _choice("all", "required", "skip"), "which missing models a hook downloads: all | required | skip"),
     SettingSpec("cfd.onPull", "CFD_ON_PULL", "download", _choice("download", "background", "defer"), "what a hook does: download now | background (agent) | defer (record only)"),
     SettingSpec("cfd.jobs", "CFD_JOBS", 4, _positive_int, "files downloaded at once"),

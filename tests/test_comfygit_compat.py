@@ -313,3 +313,20 @@ def test_an_environment_level_model_is_missing_for_both(tmp_path: Path) -> None:
     h, _ = states
     assert comfygit_missing(pyproject, models_dir, db) == {h: ([], "required", True)}
     assert cfd_missing(pyproject, models_dir, db) == {h: ([], "required", True)}
+
+
+def test_cfd_hash_prints_the_dialects_hash(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "zeros.bin"
+    path.write_bytes(b"\0" * 1000)
+    run = lambda *args, cwd=tmp_path: subprocess.run([sys.executable, "-m", "cfd.cli.main", "hash", *args, str(path)],  # noqa: E731
+                                                     cwd=cwd, capture_output=True, text=True)
+    assert run().stdout.split()[0] == "f989cadf11c485b0"  # outside an environment: ComfyDock's, as before
+    assert run("--dialect", "comfygit").stdout.split()[0] == "7f200fcb182e7bed"
+    env = tmp_path / "env"
+    env.mkdir()
+    subprocess.run(["git", "init", "-q", str(env)], check=True)
+    (env / "pyproject.toml").write_text("[tool.comfygit]\nschema_version = 2\n")
+    assert run(cwd=env).stdout.split()[0] == "7f200fcb182e7bed"  # inside a ComfyGit environment: xxh3
