@@ -140,3 +140,13 @@ def test_a_teammates_pull_on_a_comfygit_workspace(tmp_path: Path, workspace: Pat
     final = cfd("status", "--json", cwd=bob)
     assert json.loads(final.stdout)["in_sync"] is True, final.stdout
     assert b"tweaked" in (in_comfyui / "portrait.json").read_bytes()  # still Bob's
+
+    # A pull that brings only a workflow (pyproject.toml unchanged) still puts it into ComfyUI.
+    run_git("commit", "-qam", "resolved the style LoRA", cwd=bob)
+    run_git("push", "-q", cwd=bob)
+    alice.git("pull", "-q")
+    alice.write("workflows/night.json", b'{"nodes": [], "night": true}\n')
+    alice.commit("night workflow")
+    alice.push()
+    run_git("pull", "-q", cwd=bob)
+    assert (in_comfyui / "night.json").read_bytes() == b'{"nodes": [], "night": true}\n'
