@@ -117,3 +117,20 @@ def test_an_unknown_schema_version_is_refused(tmp_path: Path, models_dir: Path) 
     with pytest.raises(IndexError_) as caught:
         ModelIndex(db, models_dir, COMFYGIT)
     assert "11" in caught.value.message
+
+
+def test_a_pull_bringing_both_tables_never_fails_git(scenario, cfd_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("CFD_MODELS_DIR", "CFD_INDEX", "CFD_ALLOW_PRIVATE_NETWORKS"):
+        monkeypatch.setenv(key, cfd_env[key])
+    scenario.seed({"pyproject.toml": ManifestBuilder("comfygit").render()})
+    alice, bob = scenario.clone("alice"), scenario.clone("bob")
+    installed = subprocess.run([sys.executable, "-m", "cfd.cli.main", "hooks", "install", "--python", sys.executable],
+                               cwd=bob.path, capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    alice.commit("both", {"pyproject.toml": both_tables().decode()})
+    alice.push()
+    pulled = bob.pull()
+    assert pulled.returncode == 0 and "Traceback" not in pulled.stderr
+    lines = [line for line in pulled.stderr.splitlines() if "[tool.comfygit]" in line]
+    assert len(lines) == 1 and "[tool.comfydock]" in lines[0], pulled.stderr
+    assert bob.is_clean()

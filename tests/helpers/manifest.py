@@ -31,17 +31,24 @@ requires-python = ">=3.11"
 dependencies = ["torch>=2.1", "safetensors==0.4.5"]
 """
 DIALECTS = ("comfydock", "comfygit")
+# The dialect the helpers write when none is given: a module parametrised over both dialects
+# as a whole (`pytestmark = pytest.mark.usefixtures("both_dialects")`) switches it per test.
+CURRENT = {"dialect": "comfydock"}
+
+
+def current_dialect() -> str:
+    return CURRENT["dialect"]
 NODES_TABLE = """\
 [tool.comfydock.nodes]
 comfyui-impact-pack = {name = "ComfyUI Impact Pack", registry_id = "comfyui-impact-pack", version = "8.8.1", source = "registry"}
 """
 
 
-def short_hash_for(data: bytes, dialect: str = "comfydock") -> str:
+def short_hash_for(data: bytes, dialect: str | None = None) -> str:
     """The dialect's sampled short hash of a file's bytes: BLAKE3 (ComfyDock, see SPEC.md)
     or xxh3_128 (ComfyGit 0.7), written out here independently of cfd's own code."""
     size = len(data)
-    if dialect == "comfygit":
+    if (dialect or current_dialect()) == "comfygit":
         import xxhash
 
         h = xxhash.xxh3_128(str(size).encode())
@@ -60,7 +67,7 @@ def model_bytes(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def make_model(models_dir: Path, relpath: str, seed: int, size: int, dialect: str = "comfydock") -> tuple[str, Path]:
+def make_model(models_dir: Path, relpath: str, seed: int, size: int, dialect: str | None = None) -> tuple[str, Path]:
     """Write a deterministic model file at models_dir/relpath; return (short hash, path)."""
     data = model_bytes(seed, size)
     path = models_dir / relpath
@@ -112,8 +119,8 @@ class _Workflow:
 class ManifestBuilder:
     """Builds a ComfyDock pyproject.toml. Methods chain: `ManifestBuilder().model(...).ref(...)`."""
 
-    def __init__(self, dialect: str = "comfydock") -> None:
-        self.dialect = dialect
+    def __init__(self, dialect: str | None = None) -> None:
+        self.dialect = dialect or current_dialect()
         self._models: list[tuple[str, dict[str, Any], str]] = []
         self._workflows: dict[str, _Workflow] = {}
 
