@@ -134,3 +134,28 @@ def test_a_pull_bringing_both_tables_never_fails_git(scenario, cfd_env: dict[str
     lines = [line for line in pulled.stderr.splitlines() if "[tool.comfygit]" in line]
     assert len(lines) == 1 and "[tool.comfydock]" in lines[0], pulled.stderr
     assert bob.is_clean()
+
+
+def test_the_comfygit_workspace_hf_token_is_used_last_and_never_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cfd.core.download.types import DownloadOptions
+    from cfd.core.environment import open_environment
+
+    workspace = tmp_path / "ws"
+    (workspace / ".metadata").mkdir(parents=True)
+    (workspace / "models").mkdir()
+    (workspace / ".metadata" / "workspace.json").write_text(
+        '{"global_model_directory": {"path": "%s"}, "api_credentials": {"huggingface_token": "hf_secret_ws", '
+        '"civitai_token": "civ_secret_ws"}}' % (workspace / "models"))
+    repo = workspace / "environments" / "e" / ".cec"
+    repo.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "pyproject.toml").write_text(ManifestBuilder("comfygit").render())
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_API_KEY", "CIVITAI_API_TOKEN", "COMFYGIT_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    env = open_environment(repo)
+    assert env.dialect is COMFYGIT and env.index_path == workspace / "comfygit_cache" / "models.db"
+    tokens = DownloadOptions.from_settings(env).tokens
+    assert (tokens.hf, tokens.civitai) == ("hf_secret_ws", "civ_secret_ws")
+    assert "ComfyGit workspace" in (tokens.hf_origin or "") and "secret" not in repr(tokens) + (tokens.hf_origin or "")
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_from_env")  # the environment comes first, as in 0.7.1
+    assert DownloadOptions.from_settings(open_environment(repo)).tokens.hf == "hf_from_env"
