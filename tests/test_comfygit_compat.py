@@ -275,8 +275,7 @@ def comfygit_missing(pyproject: Path, models_dir: Path, db: Path) -> dict[str, t
 def cfd_missing(pyproject: Path, models_dir: Path, db: Path) -> dict[str, tuple[list[str], str, bool]]:
     with ModelIndex(db, models_dir, COMFYGIT) as index:
         report = detect_missing_models(parse_manifest(pyproject.read_bytes()), index)
-    return {m.hash: (sorted(w for w in m.workflow_names if w != ENVIRONMENT), m.criticality, m.can_download)
-            for m in report.missing}
+    return {m.hash: (sorted(m.named_workflows), m.criticality, m.can_download) for m in report.missing}
 
 
 @st.composite
@@ -313,6 +312,9 @@ def test_an_environment_level_model_is_missing_for_both(tmp_path: Path) -> None:
     h, _ = states
     assert comfygit_missing(pyproject, models_dir, db) == {h: ([], "required", True)}
     assert cfd_missing(pyproject, models_dir, db) == {h: ([], "required", True)}
+    with ModelIndex(db, models_dir, COMFYGIT) as index:
+        (info,) = detect_missing_models(parse_manifest(pyproject.read_bytes()), index).missing
+    assert info.needed_by == "the environment"  # how status and repair name it
 
 
 def test_cfd_hash_prints_the_dialects_hash(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def jobs_from(models: Sequence[MissingModelInfo], intents: Sequence[WorkflowMode
             blake3=info.model.blake3,
             sha256=info.model.sha256,
             criticality=info.criticality,
-            workflows=info.workflow_names,
+            workflows=info.named_workflows,
         )
         for info in models
     ]

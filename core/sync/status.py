@@ -201,7 +201,7 @@ def missing_to_json(info: MissingModelInfo) -> dict[str, Any]:
         "relative_path": model.relative_path,
         "size": model.size,
         "criticality": info.criticality,
-        "workflows": [name for name in info.workflow_names if name != ENVIRONMENT],
+        "workflows": list(info.named_workflows),
         "can_download": info.can_download,
         "sources": [redact_url(url) for url in model.sources],
     }
