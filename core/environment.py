@@ -213,5 +213,5 @@ def open_environment(
     workspace_defaults: dict[str, Any] = {}
     if workspace is not None:
         workspace_defaults = {"cfd.modelsDir": workspace.models_dir, "cfd.index": workspace.index_path}
-    settings = resolve_settings(repo, flags, workspace_defaults, environ)
+    settings = resolve_settings(repo, flags, workspace_defaults, environ, f"{dialect.title} workspace")
     return Environment(repo=repo, git_dir=git_dir_of(repo), settings=settings, workspace=workspace, dialect=dialect)

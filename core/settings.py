@@ -215,6 +215,7 @@ def resolve_settings(
     flags: Mapping[str, Any] | None = None,
     workspace_defaults: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    workspace_label: str = "ComfyDock workspace",  # where workspace defaults come from, for `cfd config`
 ) -> Settings:
     environ = os.environ if environ is None else environ
     flags = flags or {}
@@ -243,7 +244,7 @@ def resolve_settings(
                 )
                 values[lowered] = Setting(spec.key, spec.default, raw[1], raw=raw[0], error=error)
         elif workspace_defaults.get(spec.key) is not None:
-            values[lowered] = Setting(spec.key, workspace_defaults[spec.key], "ComfyDock workspace")
+            values[lowered] = Setting(spec.key, workspace_defaults[spec.key], workspace_label)
         else:
             values[lowered] = Setting(spec.key, spec.default, "default")
     unknown = {key: scope for key, (_, scope) in git_values.items() if key not in SPEC_BY_KEY}

@@ -154,6 +154,7 @@ def test_the_comfygit_workspace_hf_token_is_used_last_and_never_shown(tmp_path: 
         monkeypatch.delenv(name, raising=False)
     env = open_environment(repo)
     assert env.dialect is COMFYGIT and env.index_path == workspace / "comfygit_cache" / "models.db"
+    assert env.settings.setting("cfd.index").source == "ComfyGit workspace"  # what `cfd config` shows
     tokens = DownloadOptions.from_settings(env).tokens
     assert (tokens.hf, tokens.civitai) == ("hf_secret_ws", "civ_secret_ws")
     assert "ComfyGit workspace" in (tokens.hf_origin or "") and "secret" not in repr(tokens) + (tokens.hf_origin or "")
