@@ -233,7 +233,7 @@ class BackgroundQueue:
         from cfd.core.sync.status import load_working_manifest
 
         manifest = load_working_manifest(env)
-        with ModelIndex(env.index_path, env.models_dir) as index:
+        with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
             report = detect_missing_models(manifest, index)
         models = [m for m in report.missing if m.hash in due and m.can_download]
         intents = [r for r in report.intents if intent_key(r) in due]

@@ -226,7 +226,7 @@ class Agent:
             inotify = sys.platform.startswith("linux")  # close-after-write events exist only there
             models = ModelsWatcher(
                 c.models_dir,
-                lambda: ModelIndex(c.index_path, c.models_dir),
+                lambda: ModelIndex(c.index_path, c.models_dir, c.envs[0].dialect if c.envs else None),
                 board,
                 settle=c.settle,
                 open_timeout=c.open_timeout if inotify else c.settle,

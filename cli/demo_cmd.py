@@ -20,13 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--scale", type=float, default=1.0, metavar="X",
         help="model sizes relative to the default (a few hundred MB in all); e.g. 0.05 for a quick run",
     )
+    parser.add_argument("--dialect", choices=("comfygit", "comfydock"), default="comfygit",
+                        help="the environment manager's format: ComfyGit 0.7 (default) or ComfyDock 1.0")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cfd.core.dialect import DIALECTS
+
     from cfd.demo.story import run_demo
 
     if args.scale <= 0:
         print("cfd demo: --scale must be positive")
         return 2
-    return run_demo(args.dir, args.keep, args.scale)
+    return run_demo(args.dir, args.keep, args.scale, dialect=DIALECTS[args.dialect])

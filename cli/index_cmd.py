@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run_scan(args: argparse.Namespace) -> int:
     env = environment(args)
     verbose = is_terminal(sys.stderr) and not args.json
-    with ModelIndex(env.index_path, env.models_dir) as index:
+    with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
         result = scan_models(index, progress=(lambda path: print(f"hashing {path}", file=sys.stderr)) if verbose else None, prune=args.prune)
     if args.json:
         print_json({"files": result.files, "hashed": result.hashed, "unchanged": result.unchanged, "removed": result.removed, "errors": list(result.errors)})
@@ -79,7 +79,7 @@ def model_json(model: IndexedModel) -> dict[str, object]:
 
 def run_list(args: argparse.Namespace) -> int:
     env = environment(args)
-    with ModelIndex(env.index_path, env.models_dir) as index:
+    with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
         models = index.models_here()
     if args.json:
         print_json([model_json(model) for model in models])
@@ -97,7 +97,7 @@ def run_show(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"[0-9a-f]{4,64}", wanted):
         raise CfdError(f"{args.hash!r} is not a hash", "give a short hash as `cfd hash FILE` or `cfd index list` prints it (at least 4 hex characters)")
     env = environment(args)
-    with ModelIndex(env.index_path, env.models_dir) as index:
+    with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
         matches = index.matching_hashes(wanted)
         if len(matches) > 1 and wanted not in matches:
             raise CfdError(f"{len(matches)} models start with {wanted}: {', '.join(matches[:5])}", "give more characters")

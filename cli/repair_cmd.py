@@ -86,10 +86,16 @@ def run(args: argparse.Namespace) -> int:
     sizes.update({group[0].filename: None for group in intent_groups(plan.intents).values()})
     with _cancel_on_signals(cancel), make_progress(is_terminal(sys.stderr), sizes) as progress:
         result = run_repair(env, plan, callbacks=progress, cancel=cancel, warn=warn)
+    from cfd.core.sync.workflowfiles import summary_line, sync_workflow_files
+
+    workflow_files = sync_workflow_files(env)
     if args.json:
-        print_json(result_json(result, env.repo))
+        print_json({**result_json(result, env.repo), "workflow_files": [f.to_json() for f in workflow_files]})
     else:
         print_summary(result, env.repo)
+        line = summary_line(workflow_files)
+        if line:
+            print(line)
     if result.interrupted or cancel.is_set():
         return 130
     return 0 if result.complete else 1
@@ -169,7 +175,7 @@ def print_preview(plan: RepairPlan, repo: Any, models_dir: Any) -> None:
             size = human_size(info.model.size) + (f", {human_size(staged)} already here" if staged else "")
             lines.append(
                 f"    {info.criticality:<9} {info.model.relative_path} ({size}) "
-                f"for {', '.join(info.workflow_names)}{last}"
+                f"for {info.needed_by}{last}"
             )
         _listing(lines)
     if plan.intents:
@@ -199,7 +205,7 @@ def print_preview(plan: RepairPlan, repo: Any, models_dir: Any) -> None:
     unavailable = [info for info in plan.unavailable if info.hash not in on_disk]
     if unavailable or plan.not_found:
         print(f"\nUnavailable (no source in pyproject.toml): {len(unavailable) + len(plan.not_found)}")
-        lines = [f"    {i.model.relative_path} [{i.hash}] for {', '.join(i.workflow_names)}" for i in unavailable]
+        lines = [f"    {i.model.relative_path} [{i.hash}] for {i.needed_by}" for i in unavailable]
         lines += [f"    {r.filename} (not found, no hash) for {r.workflow}" for r in plan.not_found]
         _listing(lines)
     if plan.stale:
@@ -270,7 +276,7 @@ def _entry_json(entry: PendingEntry) -> dict[str, Any]:
 def _to_download(plan: RepairPlan) -> list[dict[str, Any]]:
     items = [
         {"key": i.hash, "hash": i.hash, "filename": i.model.filename, "relative_path": i.model.relative_path,
-         "size": i.model.size, "criticality": i.criticality, "workflows": list(i.workflow_names), "intent": False}
+         "size": i.model.size, "criticality": i.criticality, "workflows": list(i.named_workflows), "intent": False}
         for i in plan.models
     ]
     items += [
@@ -283,13 +289,13 @@ def _to_download(plan: RepairPlan) -> list[dict[str, Any]]:
 
 def _on_disk_json(info: Any) -> dict[str, Any]:
     return {"key": info.hash, "hash": info.hash, "filename": info.model.filename, "relative_path": info.model.relative_path,
-            "size": info.model.size, "criticality": info.criticality, "workflows": list(info.workflow_names)}
+            "size": info.model.size, "criticality": info.criticality, "workflows": list(info.named_workflows)}
 
 
 def plan_json(plan: RepairPlan) -> dict[str, Any]:
     unavailable = [
         {"key": i.hash, "hash": i.hash, "filename": i.model.filename, "relative_path": i.model.relative_path,
-         "criticality": i.criticality, "workflows": list(i.workflow_names), "reason": "no-source", "error": None}
+         "criticality": i.criticality, "workflows": list(i.named_workflows), "reason": "no-source", "error": None}
         for i in plan.unavailable
     ]
     unavailable += [
@@ -299,7 +305,7 @@ def plan_json(plan: RepairPlan) -> dict[str, Any]:
     ]
     skipped = [
         {"key": i.hash, "hash": i.hash, "filename": i.model.filename, "relative_path": i.model.relative_path,
-         "criticality": i.criticality, "workflows": list(i.workflow_names), "reason": "filtered", "error": None}
+         "criticality": i.criticality, "workflows": list(i.named_workflows), "reason": "filtered", "error": None}
         for i in plan.filtered_models
     ]
     skipped += [

@@ -6,10 +6,12 @@ import argparse
 import time
 from typing import Any
 
-from cfd.core.manifest.model import CRITICALITY_RANK
+from cfd.core.manifest.model import CRITICALITY_RANK, ENVIRONMENT
 from cfd.core.sync.marker import intent_key, reason_text
 from cfd.core.sync.repair import intent_groups
 from cfd.core.sync.status import StatusReport, WorkflowStatus, compute_status
+from cfd.core.sync.workflowfiles import MODIFIED
+from cfd.core.text import sanitize
 
 from .common import add_env_argument, agent_download_figures, environment, human_size, is_terminal, print_json, warn
 
@@ -101,9 +103,14 @@ def _workflow_header(status: StatusReport, workflow: WorkflowStatus, down_mark: 
     details += [f"{without_source} without a source"] if without_source else []
     if need:
         if details:
-            return f"{down_mark} {workflow.name} — {need} model(s) need downloading ({workflow.missing_count} missing, {', '.join(details)})"
-        return f"{down_mark} {workflow.name} — {need} model(s) need downloading"
-    return f"{warn_mark} {workflow.name} — {workflow.missing_count} missing ({', '.join(details)})"
+            return f"{down_mark} {workflow_label(workflow)} — {need} model(s) need downloading ({workflow.missing_count} missing, {', '.join(details)})"
+        return f"{down_mark} {workflow_label(workflow)} — {need} model(s) need downloading"
+    return f"{warn_mark} {workflow_label(workflow)} — {workflow.missing_count} missing ({', '.join(details)})"
+
+
+def workflow_label(workflow: WorkflowStatus) -> str:
+    """ComfyGit's environment-level models are listed under the environment, not a workflow."""
+    return workflow.name if workflow.name != ENVIRONMENT else "(environment: models it needs itself)"
 
 
 def _cut(lines: list[str], show: int) -> None:
@@ -116,16 +123,17 @@ def _cut(lines: list[str], show: int) -> None:
 def print_status(status: StatusReport, fancy: bool) -> None:
     ok_mark, down_mark, warn_mark = ("✅", "⬇️ ", "⚠️ ") if fancy else ("ok", "-", "!")
     report = status.report
-    print(f"Environment: {status.env.repo}")
+    dialect = status.env.dialect
+    print(f"Environment: {status.env.repo} ({dialect.title})")
     print(f"Models:      {status.env.models_dir}")
     if not status.manifest.has_comfydock and not status.manifest.problems:
-        print("pyproject.toml has no [tool.comfydock] table: not a ComfyDock environment, nothing to sync.")
+        print("pyproject.toml has neither a [tool.comfygit] nor a [tool.comfydock] table: not a ComfyGit or ComfyDock environment, nothing to sync.")
     elif not status.manifest.workflows and not status.manifest.models:
         print("No models or workflows in pyproject.toml.")
     shown: set[str] = set()
     for workflow in status.workflows:
         if workflow.ok:
-            print(f"{ok_mark} {workflow.name}")
+            print(f"{ok_mark} {workflow_label(workflow)}")
             continue
         print(_workflow_header(status, workflow, down_mark, warn_mark))
         _cut(_model_lines(status, workflow), SHOW_PER_WORKFLOW)
@@ -134,6 +142,10 @@ def print_status(status: StatusReport, fancy: bool) -> None:
     if elsewhere:
         print(f"\nAlso pending: {len(elsewhere)}")
         _cut([f"    {entry.relative_path} — {reason_text(entry)}" for entry in elsewhere], SHOW_LIST)
+    edited = [f.name for f in status.workflow_files if f.state == MODIFIED]
+    if edited:
+        print(f"\n{warn_mark} Workflow files modified locally in ComfyUI (cfd never overwrites them): {len(edited)}")
+        _cut([f"    {sanitize(name)}.json" for name in edited], SHOW_LIST)
     if status.skipped is not None:
         print(f"\n{warn_mark} {status.skipped.message()}")
     if report.problems:

@@ -1,10 +1,12 @@
 """Finding the environment (.cec repo, pyproject.toml), its workspace and settings.
 
-An environment is a git repository whose pyproject.toml has a
-`[tool.comfydock]` table: a ComfyDock `environments/<name>/.cec`, or any repo
-of that shape. The models directory and index come from settings, else from
-the ComfyDock workspace (`$COMFYDOCK_HOME`, the workspace around the env, or
-`~/comfydock`), else the index defaults to `<modelsDir>/.cfd/models.db`.
+An environment is a git repository whose pyproject.toml has a `[tool.comfygit]`
+(ComfyGit) or `[tool.comfydock]` (ComfyDock) table: an `environments/<name>/.cec`,
+or any repo of that shape. The models directory and index come from settings, else
+from the workspace of that dialect (`$COMFYGIT_HOME` / `$COMFYDOCK_HOME`, the
+workspace around the env, or `~/comfygit` / `~/comfydock`), else the index defaults
+to `<modelsDir>/.cfd/models.db` (ComfyGit: `.cfd/comfygit-models.db`, so the two
+dialects' hashes never share a file).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, EnvironmentNotFound
+from . import dialect as dialects
+from .dialect import COMFYDOCK, Dialect
+from .errors import ConfigError, EnvironmentNotFound, ManifestError
 from .settings import Settings, resolve_settings
 from .state import clone_state, models_state
 
@@ -27,6 +31,7 @@ PYPROJECT = "pyproject.toml"
 class Workspace:
     root: Path
     config: Mapping[str, Any]
+    dialect: Dialect = COMFYDOCK
 
     def _section(self, name: str) -> Mapping[str, Any]:
         section = self.config.get(name)
@@ -39,12 +44,18 @@ class Workspace:
 
     @property
     def index_path(self) -> Path:
-        return self.root / "comfydock_cache" / "models.db"
+        return self.root / self.dialect.cache_dir / "models.db"
 
     @property
     def civitai_token(self) -> str | None:
         token = self._section("api_credentials").get("civitai_token")
         return token if isinstance(token, str) and token else None
+
+    @property
+    def hf_token(self) -> str | None:
+        """ComfyGit 0.7 keeps a legacy plaintext `huggingface_token` here until it migrates it."""
+        token = self._section("api_credentials").get("huggingface_token")
+        return token if isinstance(token, str) and token.strip() else None
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class Environment:
     git_dir: Path  # per-clone (per-worktree) git directory: marker and state live here
     settings: Settings
     workspace: Workspace | None
+    dialect: Dialect = COMFYDOCK  # ComfyDock when the file has neither table yet
 
     @property
     def pyproject(self) -> Path:
@@ -66,14 +78,14 @@ class Environment:
         if value is None:
             raise ConfigError(
                 "no models directory configured",
-                "set one with `git config cfd.modelsDir /path/to/models` or CFD_MODELS_DIR, or use a ComfyDock workspace",
+                f"set one with `git config cfd.modelsDir /path/to/models` or CFD_MODELS_DIR, or use a {self.dialect.title} workspace",
             )
         return Path(value)
 
     @property
     def index_path(self) -> Path:
         value = self.settings["cfd.index"]
-        return Path(value) if value is not None else models_state(self.models_dir).default_index
+        return Path(value) if value is not None else models_state(self.models_dir).default_index_for(self.dialect.name)
 
     @property
     def state_dir(self) -> Path:
@@ -82,6 +94,10 @@ class Environment:
     @property
     def civitai_token(self) -> str | None:
         return self.workspace.civitai_token if self.workspace else None
+
+    @property
+    def hf_token(self) -> str | None:
+        return self.workspace.hf_token if self.workspace else None
 
 
 def require_models_dir(models_dir: str | os.PathLike[str]) -> Path:
@@ -100,7 +116,7 @@ def require_models_dir(models_dir: str | os.PathLike[str]) -> Path:
     return path
 
 
-def load_workspace(root: Path) -> Workspace | None:
+def load_workspace(root: Path, dialect: Dialect = COMFYDOCK) -> Workspace | None:
     config_file = root / ".metadata" / "workspace.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -108,21 +124,31 @@ def load_workspace(root: Path) -> Workspace | None:
         return None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {config_file}: {exc}", "fix or remove the workspace file") from None
-    return Workspace(root, config if isinstance(config, dict) else {})
+    return Workspace(root, config if isinstance(config, dict) else {}, dialect)
 
 
-def find_workspace(repo: Path, environ: Mapping[str, str]) -> Workspace | None:
-    home = environ.get("COMFYDOCK_HOME")
+def find_workspace(repo: Path, environ: Mapping[str, str], dialect: Dialect = COMFYDOCK) -> Workspace | None:
+    home = environ.get(dialect.home_env)
     if home:
-        return load_workspace(Path(home).expanduser())
+        return load_workspace(Path(home).expanduser(), dialect)
     # <workspace>/environments/<name>/.cec
     for parent in repo.parents:
         if parent.name == "environments":
-            found = load_workspace(parent.parent)
+            found = load_workspace(parent.parent, dialect)
             if found:
                 return found
             break
-    return load_workspace(Path.home() / "comfydock")
+    return load_workspace(Path.home() / dialect.default_home, dialect)
+
+
+def dialect_of(repo: Path) -> Dialect:
+    """The environment's dialect, from its pyproject.toml (ComfyDock when it has neither
+    table, or cannot be read: the manifest reader reports that); both tables: ManifestError."""
+    try:
+        data = (repo / PYPROJECT).read_bytes()
+    except OSError:
+        return COMFYDOCK
+    return dialects.detect(data, str(repo / PYPROJECT)) or COMFYDOCK
 
 
 def git_dir_of(repo: Path) -> Path:
@@ -146,7 +172,7 @@ def find_repo(start: Path) -> Path:
     """
     start = start.expanduser().resolve()
     if not start.exists():
-        raise EnvironmentNotFound(f"{start} does not exist", "pass --env with the path of a ComfyDock environment")
+        raise EnvironmentNotFound(f"{start} does not exist", "pass --env with the path of a ComfyGit or ComfyDock environment")
     fallback: Path | None = None
     inside_a_repo = False
     for candidate in [start, *start.parents]:
@@ -161,16 +187,17 @@ def find_repo(start: Path) -> Path:
     if fallback is not None:
         return fallback
     raise EnvironmentNotFound(
-        f"no ComfyDock environment found at or above {start}",
+        f"no ComfyGit or ComfyDock environment found at or above {start}",
         "run cfd inside an environment (a git repo with pyproject.toml, or its parent holding .cec/) or pass --env PATH",
     )
 
 
 def _has_comfydock_table(pyproject: Path) -> bool:
     try:
-        return b"tool.comfydock" in pyproject.read_bytes()
+        data = pyproject.read_bytes()
     except OSError:
         return False
+    return b"tool.comfydock" in data or b"tool.comfygit" in data
 
 
 def open_environment(
@@ -180,9 +207,10 @@ def open_environment(
 ) -> Environment:
     environ = os.environ if environ is None else environ
     repo = find_repo(Path(start) if start else Path.cwd())
-    workspace = find_workspace(repo, environ)
+    dialect = dialect_of(repo)
+    workspace = find_workspace(repo, environ, dialect)
     workspace_defaults: dict[str, Any] = {}
     if workspace is not None:
         workspace_defaults = {"cfd.modelsDir": workspace.models_dir, "cfd.index": workspace.index_path}
-    settings = resolve_settings(repo, flags, workspace_defaults, environ)
-    return Environment(repo=repo, git_dir=git_dir_of(repo), settings=settings, workspace=workspace)
+    settings = resolve_settings(repo, flags, workspace_defaults, environ, f"{dialect.title} workspace")
+    return Environment(repo=repo, git_dir=git_dir_of(repo), settings=settings, workspace=workspace, dialect=dialect)

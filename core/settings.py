@@ -109,8 +109,8 @@ class SettingSpec:
 
 
 SPECS: tuple[SettingSpec, ...] = (
-    SettingSpec("cfd.modelsDir", "CFD_MODELS_DIR", None, _path, "models directory (default: the ComfyDock workspace's)"),
-    SettingSpec("cfd.index", "CFD_INDEX", None, _path, "SQLite model index (default: the workspace's comfydock_cache/models.db, else <modelsDir>/.cfd/models.db)"),
+    SettingSpec("cfd.modelsDir", "CFD_MODELS_DIR", None, _path, "models directory (default: the ComfyGit / ComfyDock workspace's)"),
+    SettingSpec("cfd.index", "CFD_INDEX", None, _path, "SQLite model index (default: the workspace's comfygit_cache/ or comfydock_cache/models.db, else under <modelsDir>/.cfd/)"),
     SettingSpec("cfd.models", "CFD_MODELS", "required", _choice("all", "required", "skip"), "which missing models a hook downloads: all | required | skip"),
     SettingSpec("cfd.onPull", "CFD_ON_PULL", "download", _choice("download", "background", "defer"), "what a hook does: download now | background (agent) | defer (record only)"),
     SettingSpec("cfd.jobs", "CFD_JOBS", 4, _positive_int, "files downloaded at once"),
@@ -213,6 +213,7 @@ def resolve_settings(
     flags: Mapping[str, Any] | None = None,
     workspace_defaults: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    workspace_label: str = "ComfyDock workspace",  # where workspace defaults come from, for `cfd config`
 ) -> Settings:
     environ = os.environ if environ is None else environ
     flags = flags or {}
@@ -241,7 +242,7 @@ def resolve_settings(
                 )
                 values[lowered] = Setting(spec.key, spec.default, raw[1], raw=raw[0], error=error)
         elif workspace_defaults.get(spec.key) is not None:
-            values[lowered] = Setting(spec.key, workspace_defaults[spec.key], "ComfyDock workspace")
+            values[lowered] = Setting(spec.key, workspace_defaults[spec.key], workspace_label)
         else:
             values[lowered] = Setting(spec.key, spec.default, "default")
     unknown = {key: scope for key, (_, scope) in git_values.items() if key not in SPEC_BY_KEY}

@@ -80,7 +80,12 @@ class ModelsState:
 
     @property
     def default_index(self) -> Path:
+        """The index of a models dir outside any workspace (ComfyDock's schema 9)."""
         return self.dir / "models.db"
+
+    def default_index_for(self, dialect: str) -> Path:
+        """One index per dialect outside a workspace: each holds its own dialect's short hashes."""
+        return self.default_index if dialect == "comfydock" else self.dir / f"{dialect}-models.db"
 
 
 def clone_state(git_dir: str | os.PathLike[str]) -> CloneState:

@@ -1,7 +1,7 @@
 """`cfd demo`: the whole product in a throwaway sandbox, with nothing to configure.
 
-Two teammates (Alice and Bob) each have a ComfyDock-style workspace and a clone
-of one environment; a real HTTP server on 127.0.0.1 serves generated models.
+Two teammates (Alice and Bob) each have a ComfyGit workspace (the current format;
+`--dialect comfydock` for ComfyDock 1.0's) and a clone of one environment; a real HTTP server on 127.0.0.1 serves generated models.
 Alice pushes a workflow that needs new models; Bob's real `git pull` fires the
 installed hook, `cfd status` and `cfd repair` do the rest. Every step checks its
 own result, so the demo doubles as an end-to-end test.
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cfd.core.dialect import COMFYGIT, Dialect
 from cfd.core.store.shorthash import short_hash_file
 
 from .content import write_model_file
@@ -58,8 +59,9 @@ class DemoFailed(Exception):
 
 
 class Demo:
-    def __init__(self, root: Path, scale: float, out: Callable[[str], None]) -> None:
+    def __init__(self, root: Path, scale: float, out: Callable[[str], None], dialect: Dialect = COMFYGIT) -> None:
         self.root = root
+        self.dialect = dialect
         self.scale = scale
         self.out = out
         self.server: ModelServer | None = None
@@ -77,14 +79,14 @@ class Demo:
         return env
 
     def workspace(self, who: str) -> Path:
-        return self.root / who / "comfydock"
+        return self.root / who / self.dialect.default_home
 
     def clone_dir(self, who: str) -> Path:
         return self.workspace(who) / "environments" / ENV_NAME / ".cec"
 
     def env_for(self, who: str) -> dict[str, str]:
         env = dict(self.git_env)
-        env["COMFYDOCK_HOME"] = str(self.workspace(who))
+        env[self.dialect.home_env] = str(self.workspace(who))
         return env
 
     def run(self, who: str, argv: Sequence[str], cwd: Path | None = None, show: bool = True) -> subprocess.CompletedProcess[str]:
@@ -131,7 +133,7 @@ class Demo:
         for model in MODELS:
             size = max(int(model.size_mib * self.scale * MIB), 64)
             path = write_model_file(served / model.relative_path, model.seed, size)
-            self.hashes[model.key] = short_hash_file(path)
+            self.hashes[model.key] = short_hash_file(path, self.dialect.short_hash)
             self.sizes[model.key] = size
             if model.served:
                 self.server.add_file(f"/{model.relative_path}", path)
@@ -158,6 +160,7 @@ class Demo:
         for who in ("alice", "bob"):
             self.clone_dir(who).parent.mkdir(parents=True)
             self.git(who, "clone", "-q", str(upstream), str(self.clone_dir(who)), cwd=self.root, show=False)
+            (self.clone_dir(who).parent / "ComfyUI").mkdir()  # where ComfyUI loads workflows from
             self.git(who, "config", "cfd.allowPrivateNetworks", "true", show=False)
             self.cfd(who, "index", "scan", show=False)
         hooks = self.cfd("bob", "hooks", "install", show=False)
@@ -181,7 +184,7 @@ class Demo:
         def ref(key: str, criticality: str, node_id: str, node_type: str) -> str:
             model = next(m for m in MODELS if m.key == key)
             return (
-                "\n[[tool.comfydock.workflows.{wf}.models]]\n"
+                "\n[[tool.{tool}.workflows.{wf}.models]]\n"
                 f'filename = "{model.filename}"\ncategory = "{model.category}"\ncriticality = "{criticality}"\n'
                 f'status = "resolved"\nhash = "{self.hashes[key]}"\n'
                 f'nodes = [{{node_id = "{node_id}", node_type = "{node_type}", widget_idx = 0, widget_value = "{model.filename}"}}]\n'
@@ -190,24 +193,27 @@ class Demo:
         keys = ["base"] + (["sdxl", "lora", "vae", "upscale"] if with_landscape else [])
         text = (
             '[project]\nname = "comfyui-studio"\nversion = "0.1.0"\nrequires-python = ">=3.11"\ndependencies = []\n\n'
-            '[tool.comfydock]\ncomfyui_version = "v0.3.60"\npython_version = "3.11"\n\n'
-            "[tool.comfydock.models]\n" + "\n".join(entry(k) for k in keys) + "\n\n"
-            '[tool.comfydock.workflows.portrait]\npath = "workflows/portrait.json"\n'
-        )
-        text += ref("base", "required", "4", "CheckpointLoaderSimple").replace("{wf}", "portrait")
+            '[tool.{tool}]\n' + ("schema_version = 2\n" if self.dialect is COMFYGIT else "")
+            + 'comfyui_version = "v0.3.60"\npython_version = "3.11"\n\n'
+            "[tool.{tool}.models]\n" + "\n".join(entry(k) for k in keys) + "\n\n"
+            '[tool.{tool}.workflows.portrait]\npath = "workflows/portrait.json"\n'
+        ).replace("{tool}", self.dialect.name)
+        text += ref("base", "required", "4", "CheckpointLoaderSimple").replace("{wf}", "portrait").replace("{tool}", self.dialect.name)
         if with_landscape:
             text += ref("vae", "flexible", "9", "VAELoader").replace("{wf}", "portrait")
-            text += '\n[tool.comfydock.workflows.landscape]\npath = "workflows/landscape.json"\n'
+            text += '\n[tool.{tool}.workflows.landscape]\npath = "workflows/landscape.json"\n'
             text += ref("sdxl", "required", "4", "CheckpointLoaderSimple").replace("{wf}", "landscape")
             text += ref("lora", "optional", "7", "LoraLoader").replace("{wf}", "landscape")
             text += ref("vae", "flexible", "9", "VAELoader").replace("{wf}", "landscape")
             text += ref("upscale", "flexible", "12", "UpscaleModelLoader").replace("{wf}", "landscape")
+            text = text.replace("{tool}", self.dialect.name)
         return text
 
     def present(self, who: str, key: str) -> bool:
         model = next(m for m in MODELS if m.key == key)
         path = self.workspace(who) / "models" / model.relative_path
-        return path.is_file() and path.stat().st_size == self.sizes[key] and short_hash_file(path) == self.hashes[key]
+        return (path.is_file() and path.stat().st_size == self.sizes[key]
+                and short_hash_file(path, self.dialect.short_hash) == self.hashes[key])
 
     def status_json(self, who: str) -> dict:  # type: ignore[type-arg]
         result = self.cfd(who, "status", "--json", show=False)
@@ -236,6 +242,8 @@ class Demo:
         clean = self.git("bob", "status", "--porcelain", show=False).stdout.strip() == ""
         self.expect(clean, "the pull left .cec clean (hooks never change tracked files)")
         self.expect("cfd repair" in pull.stdout, "the hook pointed at `cfd repair` for the rest")
+        landscape = self.clone_dir("bob").parent / "ComfyUI" / "user" / "default" / "workflows" / "landscape.json"
+        self.expect(landscape.is_file(), "the pulled 'landscape' workflow is where ComfyUI loads it")
 
         step("\n3. Bob asks what is still missing.")
         self.cfd("bob", "status")
@@ -269,17 +277,18 @@ class Demo:
             self.server = None
 
 
-def run_demo(directory: Path | None, keep: bool, scale: float, out: Callable[[str], None] = print) -> int:
+def run_demo(directory: Path | None, keep: bool, scale: float, out: Callable[[str], None] = print,
+             dialect: Dialect = COMFYGIT) -> int:
     root = Path(directory).resolve() if directory else Path(tempfile.mkdtemp(prefix="cfd-demo-"))
     if directory:
         if root.exists() and any(root.iterdir()):
             out(f"cfd demo: {root} is not empty; pass an empty or new directory")
             return 2
         root.mkdir(parents=True, exist_ok=True)
-    demo = Demo(root, scale, out)
+    demo = Demo(root, scale, out, dialect)
     started = time.monotonic()
     try:
-        out(f"Building the sandbox in {root} (model server on 127.0.0.1, two workspaces, one upstream)...")
+        out(f"Building the sandbox in {root} (model server on 127.0.0.1, two {dialect.title} workspaces, one upstream)...")
         demo.build()
         demo.story()
         out(f"\nThe story went as expected in {time.monotonic() - started:.1f} s.")

@@ -150,6 +150,11 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
     line = summary(outcome)
     if line:
         _say(err, line)
+    from cfd.core.sync.workflowfiles import previous_from_git, summary_line, sync_workflow_files
+
+    line = summary_line(sync_workflow_files(env, previous_from_git(repo, event.old)))
+    if line:
+        _say(err, line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

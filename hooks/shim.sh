@@ -53,10 +53,19 @@ case $new_blob in
 '' | *:*) [ -n "$fast" ] && finish ;;  # no pyproject.toml in the new commit
 *[!0-9a-f]*) fast= ;;
 esac
+# The manifest did not change, but the workflows did and ComfyUI sits beside .cec: Python
+# copies them into ComfyUI (one more git call, only in an environment that has a ComfyUI).
+workflows_changed() {
+    [ "$HOOK" != post-commit ] && [ -d ../ComfyUI ] || return 1
+    w=$(git rev-parse -q --verify "$new:workflows" 2>/dev/null)
+    o=
+    [ -n "$old" ] && o=$(git rev-parse -q --verify "$old:workflows" 2>/dev/null)
+    [ "$w" != "$o" ]
+}
 if [ -n "$fast" ]; then
     synced=
     [ -f "$gd/cfd/last-synced" ] && read -r synced <"$gd/cfd/last-synced"
-    [ "$new_blob" = "$synced" ] && finish
+    [ "$new_blob" = "$synced" ] && { workflows_changed || finish; }
     case $HOOK in
     post-commit)
         case $tail in *"$nl"*) ;; *) finish ;; esac  # fewer than two parents
@@ -64,8 +73,8 @@ if [ -n "$fast" ]; then
     post-checkout)
         # mid-rebase; post-rewrite syncs at the end
         [ -d "$gd/rebase-merge" ] || [ -d "$gd/rebase-apply" ] && finish
-        [ "$new_blob" = "$tail" ] && finish ;;
-    *) [ "$new_blob" = "$tail" ] && finish ;;
+        [ "$new_blob" = "$tail" ] && { workflows_changed || finish; } ;;
+    *) [ "$new_blob" = "$tail" ] && { workflows_changed || finish; } ;;
     esac
 fi
 

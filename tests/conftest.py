@@ -158,3 +158,19 @@ def cfd_env(_isolated_env: Path, tmp_path: Path, models_dir: Path) -> dict[str, 
         "CFD_INDEX": str(index),
         "CFD_ALLOW_PRIVATE_NETWORKS": "true",
     }
+
+
+@pytest.fixture(params=["comfydock", "comfygit"])
+def dialect(request: pytest.FixtureRequest) -> str:
+    """The manifest dialect a shared test runs under (ComfyDock 1.0.x, ComfyGit 0.7.x)."""
+    return request.param
+
+
+@pytest.fixture
+def both_dialects(dialect: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per dialect: the manifest helpers write that dialect, and the hash
+    is that dialect's, unless a test names one (tests/helpers/manifest.py's CURRENT)."""
+    from helpers import manifest
+
+    monkeypatch.setitem(manifest.CURRENT, "dialect", dialect)
+    return dialect

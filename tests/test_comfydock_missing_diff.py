@@ -33,6 +33,7 @@ from comfydock_core.repositories.model_repository import ModelRepository
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cfd.core.dialect import DIALECTS
 from cfd.core.store.index import ModelIndex
 from cfd.core.manifest.model import parse_manifest
 from cfd.core.sync.missing import detect_missing_models
@@ -62,19 +63,21 @@ def environments(draw: Any) -> dict[str, Any]:
     return {"models": models, "dangling": dangling, "workflows": workflows}
 
 
-def build(case: dict[str, Any], root: Path) -> tuple[Path, Path, Path, dict[str, str]]:
-    """The manifest, the models folder and the index a case describes; hash -> state."""
+def build(case: dict[str, Any], root: Path, dialect: str = "comfydock") -> tuple[Path, Path, Path, dict[str, str]]:
+    """The manifest, the models folder and the index a case describes; hash -> state.
+    (tests/test_comfygit_compat.py builds the same cases in ComfyGit's dialect.)"""
     models_dir, db, pyproject = root / "models", root / "models.db", root / "pyproject.toml"
     models_dir.mkdir()
-    builder, hashes, states = ManifestBuilder(), [], {}
-    with ModelIndex(db, models_dir) as index:
+    builder, hashes, states = ManifestBuilder(dialect), [], {}
+    with ModelIndex(db, models_dir, DIALECTS[dialect]) as index:
         for m in case["models"]:
             data = model_bytes(m["seed"], m["size"])
-            h, relpath = short_hash_for(data), f"checkpoints/m{m['seed']}.safetensors"
+            h, relpath = short_hash_for(data, dialect), f"checkpoints/m{m['seed']}.safetensors"
             hashes.append(h)
             states[h] = m["state"]
             builder.model(h, f"m{m['seed']}.safetensors", len(data), relpath, "checkpoints",
-                          [f"https://huggingface.co/o/r/resolve/main/m{m['seed']}.safetensors"] if m["sources"] else [])
+                          [f"https://huggingface.co/o/r/resolve/main/m{m['seed']}.safetensors"] if m["sources"] else [],
+                          criticality=m.get("criticality"))  # ComfyGit: an environment-level model
             if m["state"] == "absent":
                 continue
             path = models_dir / relpath
@@ -123,8 +126,11 @@ def expected_from_comfydock(case: dict[str, Any], comfydock: dict[str, Any], sta
         for which, criticality in refs:
             users.setdefault(hashes[which], {}).setdefault(workflow, []).append(criticality)
     sources = {h: m["sources"] for h, m in zip(hashes, case["models"])}
+    own = {h: m["criticality"] for h, m in zip(hashes, case["models"]) if m.get("criticality")}  # ComfyGit only
+    for h in own:
+        users.setdefault(h, {})
     for h, by_workflow in users.items():
-        everything = [c for cs in by_workflow.values() for c in cs]
+        everything = [c for cs in by_workflow.values() for c in cs] + ([own[h]] if h in own else [])
         if h in comfydock and all(c in VALID or c is None for c in everything):
             assert comfydock[h][1] == strongest(everything)  # both: the strongest, when every value is valid
         if h in comfydock:  # 3: unknown values read as flexible, then the strongest

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 
-def test_demo_tells_the_whole_story_and_cleans_up(tmp_path):
+def test_demo_tells_the_whole_story_and_cleans_up(tmp_path, dialect):
     sandbox = tmp_path / "sandbox"
     result = subprocess.run(
-        [sys.executable, "-m", "cfd.cli.main", "demo", "--scale", "0.05", "--dir", str(sandbox)],
+        [sys.executable, "-m", "cfd.cli.main", "demo", "--scale", "0.05", "--dir", str(sandbox), "--dialect", dialect],
         capture_output=True, text=True, timeout=240,
     )
     out = result.stdout
@@ -21,6 +21,7 @@ def test_demo_tells_the_whole_story_and_cleans_up(tmp_path):
         "the LoRA and the VAE are in place and verified",
         "only the source-less upscaler is missing",
         "each model was fetched exactly once",
+        "the pulled 'landscape' workflow is where ComfyUI loads it",
     ):
         assert f"✓ {expectation}" in out
     assert "need downloading" in out  # the status language ComfyDock users know
@@ -35,9 +36,11 @@ def test_demo_keep_leaves_the_sandbox(tmp_path):
         capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    bob_models = sandbox / "bob" / "comfydock" / "models"
-    assert (bob_models / "checkpoints" / "juggernaut-xl-v9.safetensors").is_file()
-    assert (sandbox / "bob" / "comfydock" / "environments" / "studio" / ".cec" / ".git" / "hooks" / "post-merge").is_file()
+    bob = sandbox / "bob" / "comfygit"  # the current format by default
+    assert (bob / "models" / "checkpoints" / "juggernaut-xl-v9.safetensors").is_file()
+    assert (bob / "comfygit_cache" / "models.db").is_file()
+    assert "[tool.comfygit]" in (bob / "environments" / "studio" / ".cec" / "pyproject.toml").read_text()
+    assert (bob / "environments" / "studio" / ".cec" / ".git" / "hooks" / "post-merge").is_file()
 
 
 def test_demo_refuses_a_non_empty_directory(tmp_path):

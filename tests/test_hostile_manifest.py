@@ -37,10 +37,11 @@ def toml_value(value) -> str:
 
 
 model_entries = st.dictionaries(
-    st.sampled_from(["filename", "size", "relative_path", "category", "sources", "blake3", "sha256", "extra"]), values, max_size=6
+    st.sampled_from(["filename", "size", "relative_path", "category", "sources", "blake3", "sha256", "extra", "criticality"]),
+    values | st.sampled_from(["required", "optional", "flexible"]), max_size=6
 )
 ref_entries = st.dictionaries(
-    st.sampled_from(["filename", "category", "criticality", "status", "hash", "nodes", "sources", "relative_path"]),
+    st.sampled_from(["filename", "category", "criticality", "status", "hash", "nodes", "sources", "relative_path", "declared_by"]),
     values | st.sampled_from(["required", "optional", "flexible", "resolved", "unresolved"]),
     max_size=8,
 )
@@ -48,12 +49,13 @@ ref_entries = st.dictionaries(
 
 @st.composite
 def manifests(draw) -> bytes:
-    lines = ["[project]", 'name = "x"', "", "[tool.comfydock.models]"]
+    tool = f"tool.{draw(st.sampled_from(['comfydock', 'comfygit']))}"  # both dialects' readers
+    lines = ["[project]", 'name = "x"', "", f"[{tool}]", f"schema_version = {toml_value(draw(values))}", "", f"[{tool}.models]"]
     for key, entry in draw(st.dictionaries(st.text(alphabet=HEX + "xyz", min_size=1, max_size=16), model_entries, max_size=5)).items():
         lines.append(f"{json.dumps(key)} = {toml_value(entry)}")
     for wf in draw(st.lists(st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=5), max_size=3, unique=True)):
         for entry in draw(st.lists(ref_entries, max_size=3)):
-            lines.append(f"\n[[tool.comfydock.workflows.{wf}.models]]")
+            lines.append(f"\n[[{tool}.workflows.{wf}.models]]")
             lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in entry.items()]
     return "\n".join(lines).encode()
 

@@ -12,8 +12,11 @@ from cfd.core.sync import pullsync
 from cfd.core.environment import open_environment
 from cfd.core.errors import CfdError
 from cfd.core.gitobjects import GitRepo, is_null_commit
+from cfd.core.dialect import DIALECTS
 from cfd.core.store.index import ModelIndex
+from helpers.manifest import current_dialect
 from cfd.core.sync.pullsync import (
+
     ALREADY_SYNCED,
     BROKEN_MANIFEST,
     NO_MANIFEST,
@@ -22,6 +25,8 @@ from cfd.core.sync.pullsync import (
     read_last_synced,
     sync_between,
 )
+
+pytestmark = pytest.mark.usefixtures("both_dialects")  # shared behaviour: ComfyGit and ComfyDock
 
 
 @pytest.fixture
@@ -47,7 +52,7 @@ def place(cfd_env: dict[str, str], m: M) -> None:
     path = models_dir / m.relpath
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(m.data)
-    with ModelIndex(cfd_env["CFD_INDEX"], models_dir) as index:
+    with ModelIndex(cfd_env["CFD_INDEX"], models_dir, DIALECTS[current_dialect()]) as index:
         index.record_file(m.hash, m.relpath, size=m.size, mtime=path.stat().st_mtime)
 
 

@@ -205,7 +205,7 @@ def test_environment_found_from_the_folder_holding_cec(tmp_path: Path) -> None:
 def test_no_environment_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(EnvironmentNotFound) as caught:
         open_environment(tmp_path, environ={})
-    assert "no ComfyDock environment found" in caught.value.message and "--env" in (caught.value.hint or "")
+    assert "no ComfyGit or ComfyDock environment found" in caught.value.message and "--env" in (caught.value.hint or "")
     with pytest.raises(EnvironmentNotFound):
         open_environment(tmp_path / "nope", environ={})
 

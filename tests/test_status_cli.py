@@ -269,7 +269,7 @@ def test_a_plain_python_project_is_named_as_such(env: Env) -> None:
     env.write('[project]\nname = "x"\n')
     result = env.run("status")
     assert result.returncode == 0
-    assert "no [tool.comfydock] table: not a ComfyDock environment" in result.stdout
+    assert "neither a [tool.comfygit] nor a [tool.comfydock] table: not a ComfyGit or ComfyDock environment" in result.stdout
 
 
 # --- malformed manifests: a located error, or a listed problem; never a traceback ------
@@ -318,13 +318,13 @@ def test_bad_entries_are_listed_problems(env: Env, entry: str | None, problem: s
 
 
 def test_no_environment(tmp_path: Path, cfd_env: dict[str, str]) -> None:
-    assert_clean_error(cfd("status", cwd=tmp_path, env=cfd_env), "no ComfyDock environment found")
+    assert_clean_error(cfd("status", cwd=tmp_path, env=cfd_env), "no ComfyGit or ComfyDock environment found")
     assert_clean_error(cfd("status", "--env", str(tmp_path / "nope"), cwd=tmp_path, env=cfd_env), "does not exist")
 
 
 def test_repo_without_pyproject_is_not_an_environment(env: Env) -> None:
     # The .cec repo exists but holds no pyproject.toml yet.
-    assert_clean_error(env.run("status"), "no ComfyDock environment found")
+    assert_clean_error(env.run("status"), "no ComfyGit or ComfyDock environment found")
 
 
 def test_a_bad_setting_stops_only_what_reads_it(env: Env) -> None:

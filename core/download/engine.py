@@ -57,6 +57,7 @@ from .types import (
 from ..errors import CfdError, UnsafeManifestValue
 from .session import prepare_url, storable_url
 from ..state import models_state
+from ..dialect import BY_SHORT_HASH
 from ..store.index import ModelIndex
 from .placement import place, space_errors
 from .safety import safe_relative_path, target_path
@@ -89,6 +90,7 @@ class _Engine:
         self.options, self.callbacks, self.cancel = options, callbacks, cancel
         self.layout = models_state(models_dir)
         self.staging_dir, self.locks_dir = self.layout.staging, self.layout.locks
+        self.dialect = BY_SHORT_HASH.get(options.short_hash)  # the index must be of the hash's dialect
         self.batch = Batch(options, callbacks, cancel)
         self.setup_error: str | None = None
         self.over_budget = False  # the deadline passed: what stopped is pending for `cfd repair`
@@ -141,7 +143,7 @@ class _Engine:
         target = target_path(self.models_dir, relpath)
         name = staging_name(job.key)
         if self.setup_error:  # nothing can be written: a file already there is still fine
-            with ModelIndex(self.index_path, self.models_dir) as index:
+            with ModelIndex(self.index_path, self.models_dir, self.dialect) as index:
                 return self._already_there(job, relpath, target, index) or failed(job, self.setup_error)
         def waiting() -> None:
             self.batch.note(job.filename, "waiting for another cfd process that is downloading it")
@@ -149,7 +151,7 @@ class _Engine:
         with held_lock(self.layout.download_lock(name), self.cancel, waiting) as held:
             if not held:
                 return failed(job, INTERRUPTED)
-            with ModelIndex(self.index_path, self.models_dir) as index:
+            with ModelIndex(self.index_path, self.models_dir, self.dialect) as index:
                 present = self._already_there(job, relpath, target, index)
                 if present is not None:
                     discard_staging(self.staging_dir, name)  # a run killed after placing it left these
@@ -185,12 +187,12 @@ class _Engine:
             for url in job.sources:
                 found = by_source.get(storable_url(url))
                 if found:
-                    return DownloadOutcome(job, True, found, redact_url(url), None, short_hash_file(self.models_dir / found))
+                    return DownloadOutcome(job, True, found, redact_url(url), None, short_hash_file(self.models_dir / found, index.short_hash))
         if not os.path.lexists(target):
             return None
         if job.expected_hash and target.is_file():
             stat = target.stat()
-            short = short_hash_file(target)
+            short = short_hash_file(target, index.short_hash)
             if short == job.expected_hash.lower() and (job.size is None or stat.st_size == job.size):
                 index.record_file(short, relpath, size=stat.st_size, mtime=stat.st_mtime)
                 return DownloadOutcome(job, True, relpath, None, None, short)

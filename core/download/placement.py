@@ -36,7 +36,7 @@ def place(job: DownloadJob, relpath: str, target: Path, staged: StagingFile, sou
         move_no_clobber(staged.part, target)
     except FileExistsError:
         staged.discard()
-        if target.is_file() and short_hash_file(target) == result.short_hash:
+        if target.is_file() and short_hash_file(target, index.short_hash) == result.short_hash:
             pass  # someone else put the same file there meanwhile
         else:
             return failed(job, f"{relpath} appeared while downloading, with other content; cfd does not overwrite it", fetched)

@@ -235,7 +235,7 @@ class StagingFile:
 
     def _new_hasher(self, seed: bool) -> None:
         size = self.state.size
-        self.hasher = StreamingShortHasher(size) if size is not None else None
+        self.hasher = StreamingShortHasher(size, self.options.short_hash) if size is not None else None
         if self.hasher is not None and seed:
             ranges = [(s, s + d) for s, _e, d in self.state.segments if d]
             self.hasher.seed_from_file(self.part, ranges)
@@ -362,7 +362,7 @@ class StagingFile:
             if declared is not None and declared != size:
                 self.discard()
                 raise Failure(f"{self.shown} sent a safetensors file of {size} bytes whose header says {declared}; discarded")
-        short = self.hasher.hexdigest() if self.hasher is not None else short_hash_file(self.part)
+        short = self.hasher.hexdigest() if self.hasher is not None else short_hash_file(self.part, self.options.short_hash)
         expected = self.job.expected_hash
         if expected and short != expected.lower():
             self.discard()

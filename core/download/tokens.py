@@ -40,7 +40,14 @@ def _hf_token_file(environ: Mapping[str, str]) -> Path:
     return Path(home).expanduser() / "token"
 
 
-def load_tokens(environ: Mapping[str, str] | None = None, workspace_civitai_token: str | None = None) -> Tokens:
+def load_tokens(
+    environ: Mapping[str, str] | None = None,
+    workspace_civitai_token: str | None = None,
+    workspace_hf_token: str | None = None,
+    workspace_name: str = "ComfyDock",
+) -> Tokens:
+    """Environment first, then the HF token file, then the workspace's `api_credentials`
+    (ComfyGit 0.7's order for the places that need no extra dependency)."""
     environ = os.environ if environ is None else environ
     hf = hf_origin = None
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
@@ -55,13 +62,15 @@ def load_tokens(environ: Mapping[str, str] | None = None, workspace_civitai_toke
             text = ""
         if text:
             hf, hf_origin = text, f"the token file {path}"
+    if hf is None and workspace_hf_token:
+        hf, hf_origin = workspace_hf_token.strip(), f"the {workspace_name} workspace (api_credentials.huggingface_token)"
     civitai = civitai_origin = None
     for name in ("CIVITAI_API_KEY", "CIVITAI_API_TOKEN"):
         if environ.get(name, "").strip():
             civitai, civitai_origin = environ[name].strip(), name
             break
     if civitai is None and workspace_civitai_token:
-        civitai, civitai_origin = workspace_civitai_token.strip(), "the ComfyDock workspace (api_credentials.civitai_token)"
+        civitai, civitai_origin = workspace_civitai_token.strip(), f"the {workspace_name} workspace (api_credentials.civitai_token)"
     return Tokens(hf, civitai, hf_origin, civitai_origin)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+from ..store.shorthash import BLAKE3_SAMPLE
 from .tokens import CIVITAI_HOSTS, HF_HOSTS, Tokens, hf_hosts_from_env, load_tokens
 from ..text import sanitize
 from .urls import redact_urls_in
@@ -228,6 +229,7 @@ class DownloadOptions:
     # time.monotonic() after which the batch stops (a hook's time budget); None: no budget.
     deadline: float | None = None
     budget: float | None = None  # the budget's length in seconds, for the message
+    short_hash: str = BLAKE3_SAMPLE  # the dialect's sampled hash: verifies downloads, keys the index
 
     @classmethod
     def from_settings(cls, env: Any, **overrides: Any) -> DownloadOptions:
@@ -242,7 +244,12 @@ class DownloadOptions:
             "low_speed_time": float(s["cfd.lowSpeedTime"]),
             "max_unknown_size": s["cfd.maxUnknownSize"],
             "allow_private_networks": bool(s["cfd.allowPrivateNetworks"]),
-            "tokens": load_tokens(workspace_civitai_token=getattr(env, "civitai_token", None)),
+            "tokens": load_tokens(
+                workspace_civitai_token=getattr(env, "civitai_token", None),
+                workspace_hf_token=getattr(env, "hf_token", None),
+                workspace_name=getattr(getattr(env, "dialect", None), "title", "ComfyDock"),
+            ),
+            "short_hash": getattr(getattr(env, "dialect", None), "short_hash", BLAKE3_SAMPLE),
             "hf_hosts": hf_hosts_from_env(),
         }
         values.update(overrides)

@@ -91,9 +91,11 @@ def diff_manifest_bytes(
 
 
 def partial_manifest(
-    models: Mapping[str, ManifestModel], refs: list[WorkflowModelRef], problems: list[str], label: str
+    models: Mapping[str, ManifestModel], refs: list[WorkflowModelRef], problems: list[str], label: str,
+    dialect: str = "comfydock",
 ) -> Manifest:
-    workflows = tuple(dict.fromkeys(ref.workflow for ref in refs))
+    workflows = tuple(dict.fromkeys(ref.workflow for ref in refs if not ref.is_environment))
     return Manifest(
-        models=dict(models), refs=tuple(refs), workflows=workflows, problems=tuple(problems), label=label, has_comfydock=True
+        models=dict(models), refs=tuple(refs), workflows=workflows, problems=tuple(problems), label=label,
+        has_comfydock=True, dialect=dialect,
     )

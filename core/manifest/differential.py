@@ -1,7 +1,7 @@
 """Differential manifest diff: parse only the entries whose text changed.
 
 A pyproject.toml is cut into pieces, one per table header, and the
-`[tool.comfydock.models]` table further into one line per model. Pieces and
+`[tool.<dialect>.models]` table further into one line per model. Pieces and
 lines are compared between the two versions as plain strings: one that is in
 both contributes identically to both sides, so only the changed ones are
 parsed. Unchanged workflow entries are consulted through a cheap search for
@@ -29,11 +29,26 @@ from . import fasttoml
 from .fasttoml import BATCH as _BATCH
 from .diff import ManifestDiff, partial_manifest
 from .model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, stronger
+from .. import dialect as dialects
+from ..dialect import COMFYDOCK, Dialect
+from ..errors import ManifestError
 
-MODELS_HEADER = "tool.comfydock.models"
-_MODELS_PREFIX = MODELS_HEADER + "."
-_WORKFLOWS_PREFIX = "tool.comfydock.workflows."
-_MODELS_LINE = "[tool.comfydock.models]\n"
+
+class _Names:
+    """The table spellings of one dialect (`tool.comfydock` or `tool.comfygit`)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.tool = f"tool.{dialect.name}"
+        self.models_header = dialect.models_table
+        self.models_prefix = self.models_header + "."
+        self.workflows_prefix = dialect.workflows_table + "."
+        self.models_line = f"[{self.models_header}]\n"
+        self.ancestors = ("", "tool", self.tool, dialect.workflows_table)
+
+
+_NAMES = {d.name: _Names(d) for d in dialects.DIALECTS.values()}
+MODELS_HEADER = _NAMES["comfydock"].models_header
 # A table header line at the start of a piece (group 1: "[" or "[["; group 2: the dotted path).
 _KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
 _HEADER_RE = re.compile(
@@ -52,7 +67,6 @@ _MODELS_KEY_RE = re.compile(r"(?:^|\n)[ \t]*[^\n=\[#]*models[^\n=]*=")
 _REF_HASH_RE = re.compile(r"^[ \t]*hash[ \t]*=[ \t]*[\"']([^\"'\n]*)[\"']", re.MULTILINE)
 _HASH_KEY_RE = re.compile(r"^[ \t]*[\"']?hash[\"']?[ \t]*[.=]", re.MULTILINE)
 # Tables that could hold model data through dotted keys or inline arrays.
-_ANCESTORS = ("", "tool", "tool.comfydock", "tool.comfydock.workflows")
 
 
 class ChunkFallback(Exception):
@@ -96,8 +110,8 @@ def _header(piece: str) -> tuple[str, bool]:
     return path, bracket == "[["
 
 
-def _model_key(path: str) -> str:
-    rest = path[len(_MODELS_PREFIX) :]
+def _model_key(path: str, names: _Names) -> str:
+    rest = path[len(names.models_prefix) :]
     if rest[:1] in "\"'":
         quote = rest[0]
         end = rest.find(quote, 1)
@@ -112,26 +126,27 @@ def _model_key(path: str) -> str:
 class _Version:
     """One version of the document, cut but (mostly) not classified."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, names: _Names) -> None:
         parts, fast = _cut(text)
         self.parts = parts
         self.models_at: int | None = None
         self.table_models: dict[str, int] = {}  # model key -> index of its [tool.comfydock.models.<key>] piece
         tables: list[str] = []
+        models_table_prefix, workflow_table_prefix = "[" + names.models_prefix, "[" + names.workflows_prefix
         if _MODELS_KEY_RE.search(parts[0]):
             raise ChunkFallback  # model data through dotted keys at the top level
         for i in range(1, len(parts)):
             piece = parts[i]
             if piece.startswith("[["):
                 continue  # array entries are looked at when needed (odd ones just below)
-            if piece.startswith("[tool.comfydock.models."):
+            if piece.startswith(models_table_prefix):
                 path, _ = _header(piece)
-                key = _model_key(path)
+                key = _model_key(path, names)
                 if key in self.table_models:
                     raise ChunkFallback  # defined twice: let the full read report it
                 self.table_models[key] = i
                 continue
-            if piece.startswith("[tool.comfydock.workflows.") and "models" not in piece:
+            if piece.startswith(workflow_table_prefix) and "models" not in piece:
                 end = piece.find("\n")
                 tables.append(piece if end < 0 else piece[:end])
                 continue
@@ -140,23 +155,23 @@ class _Version:
                 continue
             tables.append(path)
             plain = path.replace('"', "").replace("'", "") if ('"' in path or "'" in path) else path
-            if plain == MODELS_HEADER:
+            if plain == names.models_header:
                 if path != plain:
                     raise ChunkFallback  # quoted header parts: not worth special-casing
                 self.models_at = i
-            elif plain.startswith(_MODELS_PREFIX):
-                if not path.startswith(_MODELS_PREFIX):
+            elif plain.startswith(names.models_prefix):
+                if not path.startswith(names.models_prefix):
                     raise ChunkFallback
-                key = _model_key(path)
+                key = _model_key(path, names)
                 if key in self.table_models:
                     raise ChunkFallback
                 self.table_models[key] = i
-            elif plain.startswith(_WORKFLOWS_PREFIX):
-                if not path.startswith(_WORKFLOWS_PREFIX):
+            elif plain.startswith(names.workflows_prefix):
+                if not path.startswith(names.workflows_prefix):
                     raise ChunkFallback
-                if ".models." in (path + ".")[len(_WORKFLOWS_PREFIX) - 1 :] or _MODELS_KEY_RE.search(piece):
+                if ".models." in (path + ".")[len(names.workflows_prefix) - 1 :] or _MODELS_KEY_RE.search(piece):
                     raise ChunkFallback  # model data in a sub-table or an inline array
-            elif plain in _ANCESTORS and _MODELS_KEY_RE.search(piece):
+            elif plain in names.ancestors and _MODELS_KEY_RE.search(piece):
                 raise ChunkFallback  # model data through dotted keys
         if len(set(tables)) != len(tables):
             raise ChunkFallback  # a table defined twice (say, by a merge): invalid TOML
@@ -165,13 +180,17 @@ class _Version:
             line_end = text.find("\n", match.start())
             path, _ = _header(text[match.start() : len(text) if line_end < 0 else line_end])
             plain = path.replace('"', "").replace("'", "")
-            if plain.startswith(("tool.comfydock.", "comfydock.")) or plain in _ANCESTORS:
-                if not (path.startswith(_WORKFLOWS_PREFIX) and path.endswith(".models")):
+            if plain.startswith((names.tool + ".", names.dialect.name + ".")) or plain in names.ancestors:
+                if not (path.startswith(names.workflows_prefix) and path.endswith(".models")):
                     raise ChunkFallback  # arrays of tables inside model entries, or quoted paths
         self.lines: list[str] = []  # the models table: [header and leading comments, one line per model]
         self.keys: list[str] = []  # the model key of lines[1:]
         if self.models_at is not None:
             self._split_models_table(parts[self.models_at])
+            if "criticality" in parts[self.models_at]:
+                raise ChunkFallback  # environment-level models (ComfyGit): needed with no workflow entry
+        if any("criticality" in parts[i] for i in self.table_models.values()):
+            raise ChunkFallback
 
     def _split_models_table(self, piece: str) -> None:
         if '"""' in piece or "'''" in piece:
@@ -224,8 +243,9 @@ def _parse(text: str) -> dict[str, Any]:
 class _Side:
     """Records read from some pieces of one version."""
 
-    def __init__(self, label: str) -> None:
-        self.reader = _Reader(label)
+    def __init__(self, label: str, names: _Names) -> None:
+        self.names = names
+        self.reader = _Reader(label, names.dialect)
         self.models: dict[str, ManifestModel] = {}
         self.refs: list[WorkflowModelRef] = []
 
@@ -240,9 +260,10 @@ class _Side:
             tool = doc.get("tool")
             if tool is None:
                 continue
-            if not isinstance(tool, dict) or not isinstance(tool.get("comfydock", {}), dict):
+            name = self.names.dialect.name
+            if not isinstance(tool, dict) or not isinstance(tool.get(name, {}), dict):
                 raise ChunkFallback
-            cd = tool.get("comfydock")
+            cd = tool.get(name)
             if cd is not None:
                 tables.append(cd)
         workflow_entries: dict[str, list[Any]] = {}
@@ -267,7 +288,7 @@ class _Side:
                     self.refs.append(ref)
 
     def add_line(self, line: str) -> None:
-        self.add(_MODELS_LINE + line)
+        self.add(self.names.models_line + line)
 
     def add_all(self, pieces: list[str], lines: list[str]) -> None:
         """The changed pieces and model lines of one version, read in one parse.
@@ -283,7 +304,7 @@ class _Side:
         heads = [line for line in lines if line.lstrip().startswith("[")]  # the models table's own first line
         models = [line for line in lines if not line.lstrip().startswith("[")]
         if models and not heads:
-            heads = [_MODELS_LINE[:-1]]
+            heads = [self.names.models_line[:-1]]
         if not (roots or tables or heads):
             return
         parts = roots + tables + heads + models
@@ -297,7 +318,7 @@ class _Side:
         for start in range(0, len(parts), _BATCH):
             batch = parts[start : start + _BATCH]
             if models and start >= first_model_line:
-                batch = [_MODELS_LINE[:-1], *batch]  # model lines under their table's header
+                batch = [self.names.models_line[:-1], *batch]  # model lines under their table's header
             docs.append(_parse("\n".join(batch)))
         self.add_documents(docs)
 
@@ -326,12 +347,12 @@ def _ref_hash(text: str) -> str | None:
     return None
 
 
-def _is_ref(piece: str) -> bool:
+def _is_ref(piece: str, names: _Names) -> bool:
     """Whether an array piece is a workflow model entry; unsure (quoted paths): fall back."""
     path, array = _header(piece)
-    if array and path.startswith(_WORKFLOWS_PREFIX) and path.endswith(".models"):
+    if array and path.startswith(names.workflows_prefix) and path.endswith(".models"):
         return True
-    if "comfydock" in path:
+    if names.dialect.name in path:
         raise ChunkFallback
     return False
 
@@ -341,13 +362,14 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
         old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
     except UnicodeDecodeError:
         raise ChunkFallback from None
-    old_version, new_version = _Version(old_text), _Version(new_text)
+    names = _names_of(old, new, new_label)
+    old_version, new_version = _Version(old_text, names), _Version(new_text, names)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
     old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines)
     if any("<<<<<<<" in s or ">>>>>>>" in s for s in only_new + new_lines):
         raise ChunkFallback  # let the full reader name the conflict marker
 
-    old_side, new_side = _Side(old_label), _Side(new_label)
+    old_side, new_side = _Side(old_label, names), _Side(new_label, names)
     old_side.add_all(only_old, old_lines)
     new_side.add_all(only_new, new_lines)
 
@@ -361,12 +383,12 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
                 value = _ref_hash(piece)
                 if value in candidates:
                     common_by_hash[value].append(piece)
-    common_side = _Side(new_label)
+    common_side = _Side(new_label, names)
 
     def common_refs(model_hash: str) -> list[WorkflowModelRef]:
         start = len(common_side.refs)
         for piece in common_by_hash.get(model_hash, ()):
-            if _is_ref(piece):
+            if _is_ref(piece, names):
                 common_side.add(piece)
         return common_side.refs[start:]
 
@@ -390,12 +412,13 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
 
     intents = _new_intents(old_side, new_side, common)
     models = _global_entries(set(refs_for), new_side, new_version, new_label)
+    new_manifest: Manifest
     problems = list(new_side.reader.problems)
     refs: list[WorkflowModelRef] = [r for group in refs_for.values() for r in group] + list(intents)
     for model_hash in refs_for:
         if model_hash not in models:
-            problems.append(f"{new_label}: a workflow names hash {model_hash}, which [{MODELS_HEADER}] lacks")
-    new_manifest: Manifest = partial_manifest(models, refs, problems, new_label)
+            problems.append(f"{new_label}: a workflow names hash {model_hash}, which [{names.models_header}] lacks")
+    new_manifest = partial_manifest(models, refs, problems, new_label, names.dialect.name)
     return ManifestDiff(newly, raised, intents, tuple(gone), new_manifest)
 
 
@@ -412,9 +435,9 @@ def _new_intents(old_side: _Side, new_side: _Side, common: list[str]) -> tuple[W
     if not candidates:
         return ()
     known = {r.identity for r in old_side.refs if r.status == "unresolved"}
-    unresolved_common = _Side("")
+    unresolved_common = _Side("", new_side.names)
     for piece in common:
-        if piece.startswith("[[") and "unresolved" in piece and _is_ref(piece):
+        if piece.startswith("[[") and "unresolved" in piece and _is_ref(piece, new_side.names):
             unresolved_common.add(piece)
     known |= {r.identity for r in unresolved_common.refs if r.status == "unresolved"}
     return tuple(r for r in candidates if r.identity not in known)
@@ -426,7 +449,7 @@ def _global_entries(hashes: set[str], new_side: _Side, version: _Version, label:
     wanted = hashes - set(found)
     if not wanted:
         return found
-    side = _Side(label)
+    side = _Side(label, new_side.names)
     line_of = dict(zip(version.keys, version.lines[1:]))
     for key in wanted:
         if key in line_of:
@@ -435,3 +458,14 @@ def _global_entries(hashes: set[str], new_side: _Side, version: _Version, label:
             side.add(version.parts[version.table_models[key]])
     found.update({h: m for h, m in side.models.items() if h in hashes})
     return found
+
+
+def _names_of(old: bytes, new: bytes, label: str) -> _Names:
+    """The one dialect both versions write; anything else is read in full."""
+    try:
+        found = {d.name for d in (dialects.detect(old, label), dialects.detect(new, label)) if d is not None}
+    except ManifestError:
+        raise ChunkFallback from None  # both tables: the full read says so
+    if len(found) > 1:
+        raise ChunkFallback  # the environment changed manager between the two versions
+    return _NAMES[found.pop() if found else COMFYDOCK.name]

@@ -1,4 +1,4 @@
-"""A fast reader for the TOML that ComfyDock writes; tomllib stays the definition.
+"""A fast reader for the TOML that ComfyDock and ComfyGit write; tomllib stays the definition.
 
 tomllib reads ~4.5 MB/s, and a pyproject.toml with 10,000 models and 10,000
 workflow entries is ~6 MB. Nearly all of it has two shapes: the lines of
@@ -23,12 +23,22 @@ from typing import Any
 # Anything here sends the document to tomllib (control characters would clash with the placeholders).
 _DECLINE = ('"""', "'''", "\\", "\x7f", "\x00", "\x01", "\r", "\t")
 _INDENTED_BRACKET_RE = re.compile(r"\n[ \t]+\[")
-_MODELS_HEADER = "[tool.comfydock.models]"
-_REF_PREFIX = "[[tool.comfydock.workflows."
-_REF_HEADER_RE = re.compile(r'\[\[tool\.comfydock\.workflows\.([A-Za-z0-9_-]+|"[^"\n]*")\.models\]\] *')
-_WORKFLOW_TABLE_RE = re.compile(r'\[tool\.comfydock\.workflows\.([A-Za-z0-9_-]+|"[^"\n]*")(?:\.| *\])')
+
+
+class _Shapes:
+    """The header spellings of one dialect's tables (`[tool.<name>...]`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.models_header = f"[tool.{name}.models]"
+        self.ref_prefix = f"[[tool.{name}.workflows."
+        self.ref_header_re = re.compile(rf'\[\[tool\.{name}\.workflows\.([A-Za-z0-9_-]+|"[^"\n]*")\.models\]\] *')
+        self.workflow_table_re = re.compile(rf'\[tool\.{name}\.workflows\.([A-Za-z0-9_-]+|"[^"\n]*")(?:\.| *\])')
+
+
+_SHAPES = {name: _Shapes(name) for name in ("comfydock", "comfygit")}
 # Key lines elsewhere that could define the model tables too (dotted keys, inline tables).
-_RISKY_KEY_RE = re.compile(r"(?:^|\n) *[^\n=\[#]*(?:tool|comfydock|models|workflows)[^\n=]*=")
+_RISKY_KEY_RE = re.compile(r"(?:^|\n) *[^\n=\[#]*(?:tool|comfydock|comfygit|models|workflows)[^\n=]*=")
 # The grammar of the two shapes once their strings are set aside (\x00 stands for a string,
 # \x01 separates workflow entries): one `key = value` per line; a value is a string, an
 # integer, a boolean, an array of those, an inline table of those and such arrays, or an
@@ -102,13 +112,16 @@ def loads(text: str) -> dict[str, Any] | None:
     """tomllib.loads(text) for ComfyDock's usual layout, faster; None when unsure."""
     if any(marker in text for marker in _DECLINE) or _INDENTED_BRACKET_RE.search(text):
         return None
+    shapes = _SHAPES["comfygit" if "[tool.comfygit" in text else "comfydock"]
+    if shapes.name == "comfygit" and "comfydock" in text:
+        return None  # maybe both tables: the plain reading, then the manifest reader says so
     try:
-        return _loads(text)
+        return _loads(text, shapes)
     except (_Decline, tomllib.TOMLDecodeError, RecursionError):
         return None
 
 
-def _loads(text: str) -> dict[str, Any]:
+def _loads(text: str, shapes: _Shapes) -> dict[str, Any]:
     split = ("\n" + text).split("\n[")
     rest = [split[0]]
     models_body: str | None = None
@@ -120,23 +133,23 @@ def _loads(text: str) -> dict[str, Any]:
         piece = "[" + part
         end = piece.find("\n")
         header = piece if end < 0 else piece[:end]
-        if header.startswith(_REF_PREFIX):
+        if header.startswith(shapes.ref_prefix):
             name = header_names.get(header)
             if name is None:
-                match = _REF_HEADER_RE.fullmatch(header)
+                match = shapes.ref_header_re.fullmatch(header)
                 if match is None:
                     raise _Decline
                 name = header_names[header] = _name(match.group(1))
             ref_names.append(name)
             ref_bodies.append("" if end < 0 else piece[end + 1 :].strip("\n "))
             order[name] = None
-        elif header == _MODELS_HEADER:
+        elif header == shapes.models_header:
             if models_body is not None:
                 raise _Decline  # the table twice: tomllib says how
             models_body = "" if end < 0 else piece[end + 1 :].strip("\n ")
         else:
             if "workflows" in header:
-                match = _WORKFLOW_TABLE_RE.match(header)
+                match = shapes.workflow_table_re.match(header)
                 if match is None:
                     raise _Decline  # [tool.comfydock.workflows] itself, or spelled in a way we do not read here
                 order[_name(match.group(1))] = None
@@ -148,7 +161,7 @@ def _loads(text: str) -> dict[str, Any]:
     if _RISKY_KEY_RE.search(rest_text):
         raise _Decline
     document = tomllib.loads(rest_text)
-    comfydock = _table(_table(document, "tool"), "comfydock")
+    comfydock = _table(_table(document, "tool"), shapes.name)
     if models_body is not None:
         if "models" in comfydock:
             raise _Decline  # also defined by headers elsewhere

@@ -61,7 +61,11 @@ def apply_resolutions(text: str, resolutions: Sequence[ResolvedIntent]) -> tuple
         doc = tomlkit.parse(text)
     except TOMLKitError as exc:
         raise ManifestError(f"pyproject.toml: invalid TOML: {exc}", "fix the syntax error, then run `cfd repair` again") from None
-    comfydock = doc.get("tool", {}).get("comfydock")
+    from .. import dialect as dialects
+
+    tool = doc.get("tool", {})
+    dialect = dialects.of_document(tool)  # both tables: ManifestError, nothing written
+    comfydock = tool.get(dialect.name) if dialect is not None else None
     if comfydock is None:
         return text, []
     workflows = comfydock.get("workflows", {})
@@ -95,9 +99,15 @@ def apply_resolutions(text: str, resolutions: Sequence[ResolvedIntent]) -> tuple
                 continue
             ref = resolution.ref
             fields: dict[str, Any] = {"filename": ref.filename, "size": resolution.size, "relative_path": resolution.relative_path}
-            if ref.category:
-                fields["category"] = ref.category
-            fields["sources"] = list(ref.sources)
+            if dialect is dialects.COMFYGIT:
+                # 0.7.1's ManifestModel.to_toml_dict: category always, sources only when there are some
+                fields["category"] = ref.category or "unknown"
+                if ref.sources:
+                    fields["sources"] = list(ref.sources)
+            else:
+                if ref.category:
+                    fields["category"] = ref.category
+                fields["sources"] = list(ref.sources)
             models[model_hash] = _entry_like_siblings(tomlkit, as_tables, fields)
     new_text = tomlkit.dumps(doc)
     if "\r\n" in text:  # tomlkit writes "\n" for what it adds; keep a CRLF file CRLF

@@ -1,4 +1,8 @@
-"""Reading the model tables of a ComfyDock pyproject.toml into typed records.
+"""Reading the model tables of a ComfyGit or ComfyDock pyproject.toml into typed records.
+
+Both dialects (see dialect.py) share the format; ComfyGit 0.7 adds `schema_version`,
+a model-level `criticality` (an environment-level model: needed with no workflow naming
+it) and `declared_by` on workflow entries, and may write `relative_path` with `\\`.
 
 The input is bytes, so the same code reads a working file or a git blob. A
 document that is not TOML at all raises ManifestError (with file and line); a
@@ -16,12 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fasttoml
+from .. import dialect as dialects
+from ..dialect import COMFYDOCK, Dialect
 from ..errors import ManifestError
 from ..text import sanitize
 
 CRITICALITY_RANK = {"optional": 1, "flexible": 2, "required": 3}
 DEFAULT_CRITICALITY = "flexible"
 STATUSES = ("resolved", "unresolved")
+ENVIRONMENT_CRITICALITIES = ("required", "optional")  # 0.7.1's ManifestModel accepts only these
+ENVIRONMENT = ""  # the workflow name of an environment-level model's entry (no workflow has it)
 MODELS_TABLE = "tool.comfydock.models"
 WORKFLOWS_TABLE = "tool.comfydock.workflows"
 _HASH_RE = re.compile(r"[0-9a-fA-F]{8,128}")  # fullmatch: `$` would let a trailing newline in
@@ -48,6 +56,12 @@ class ManifestModel:
     sources: tuple[str, ...] = ()
     blake3: str | None = None
     sha256: str | None = None
+    criticality: str | None = None  # ComfyGit: needed by the environment itself
+
+    @property
+    def source_set(self) -> frozenset[str]:
+        """Sources compare as a set: ComfyGit 0.3.x wrote them in unstable order."""
+        return frozenset(self.sources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,12 @@ class WorkflowModelRef:
     relative_path: str | None = None
     node_id: str | None = None
     widget_idx: int | None = None
+    declared_by: str | None = None  # ComfyGit: "manual" for a dependency no graph node names
+
+    @property
+    def is_environment(self) -> bool:
+        """Stands for an environment-level model (no workflow names it)."""
+        return self.workflow == ENVIRONMENT
 
     @property
     def is_resolved(self) -> bool:
@@ -101,7 +121,9 @@ class Manifest:
     workflows: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
     label: str = "pyproject.toml"
-    has_comfydock: bool = False
+    has_comfydock: bool = False  # has its dialect's tool table (either dialect)
+    dialect: str | None = None  # "comfygit" | "comfydock"; None: neither table
+    schema_version: int = 1  # ComfyGit's [tool.comfygit] schema_version (missing or invalid: 1)
 
     @property
     def intents(self) -> tuple[WorkflowModelRef, ...]:
@@ -153,20 +175,23 @@ def parse_manifest(data: bytes, label: str = "pyproject.toml") -> Manifest:
 def manifest_from_document(doc: Mapping[str, Any], label: str = "pyproject.toml") -> Manifest:
     reader = _Reader(label)
     tool = doc.get("tool")
-    comfydock = tool.get("comfydock") if isinstance(tool, dict) else None
-    if comfydock is None:
+    found = dialects.of_document(tool, label)
+    if found is None:
         return Manifest(label=label)
+    reader.dialect = found
+    comfydock = tool[found.name]
     if not isinstance(comfydock, dict):
-        reader.problem("tool.comfydock", "is not a table")
-        return Manifest(label=label, problems=tuple(sanitize(p) for p in reader.problems))
+        reader.problem(f"tool.{found.name}", "is not a table")
+        return Manifest(label=label, problems=tuple(sanitize(p) for p in reader.problems), dialect=found.name)
     models = reader.models(comfydock.get("models", {}))
     workflows, refs = reader.workflows(comfydock.get("workflows", {}))
     for ref in refs:
         if ref.is_resolved and ref.hash is not None and ref.hash not in models:
             reader.problems.append(
-                f"{label}: [{WORKFLOWS_TABLE}.{ref.workflow}.models] '{ref.filename}' names hash "
-                f"{ref.hash}, which [{MODELS_TABLE}] lacks"
+                f"{label}: [{found.workflows_table}.{ref.workflow}.models] '{ref.filename}' names hash "
+                f"{ref.hash}, which [{found.models_table}] lacks"
             )
+    refs.extend(environment_refs(models))
     return Manifest(
         models=models,
         refs=tuple(refs),
@@ -174,22 +199,45 @@ def manifest_from_document(doc: Mapping[str, Any], label: str = "pyproject.toml"
         problems=tuple(sanitize(p) for p in reader.problems),  # they echo keys and names: shown as text
         label=label,
         has_comfydock=True,
+        dialect=found.name,
+        schema_version=schema_version(comfydock.get("schema_version")),
     )
+
+
+def schema_version(value: Any) -> int:
+    """0.7.1 reads `int(value)`, and 1 when that fails (so "2" is 2, 2.9 is 2)."""
+    if isinstance(value, bool):
+        return int(value)
+    try:
+        return int(value) if isinstance(value, (int, float, str)) else 1
+    except (ValueError, OverflowError):
+        return 1
+
+
+def environment_refs(models: Mapping[str, ManifestModel]) -> list[WorkflowModelRef]:
+    """One resolved entry per environment-level model: needed with its own criticality,
+    whichever workflows name it (so needed(), the diff and missing-model detection see it)."""
+    return [
+        WorkflowModelRef(ENVIRONMENT, m.filename, m.category, m.criticality, "resolved", m.hash, m.sources, m.relative_path)
+        for m in models.values()
+        if m.criticality is not None
+    ]
 
 
 class _Reader:
     """Turns loosely-typed TOML values into records, collecting problems."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, dialect: Dialect = COMFYDOCK) -> None:
         self.label = label
         self.problems: list[str] = []
+        self.dialect = dialect
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{self.label}: [{where}] {what}")
 
     def models(self, table: Any) -> dict[str, ManifestModel]:
         if not isinstance(table, dict):
-            self.problem(MODELS_TABLE, "is not a table")
+            self.problem(self.dialect.models_table, "is not a table")
             return {}
         models: dict[str, ManifestModel] = {}
         for key, entry in table.items():
@@ -199,7 +247,7 @@ class _Reader:
         return models
 
     def model(self, key: str, entry: Any) -> ManifestModel | None:
-        where = f"{MODELS_TABLE}.{key}"
+        where = f"{self.dialect.models_table}.{key}"
         if not _HASH_RE.fullmatch(key):
             self.problem(where, "key is not a model hash (hex digits)")
             return None
@@ -210,9 +258,12 @@ class _Reader:
         if filename is None:
             return None
         category = self.string(entry, "category", where)
-        relative_path = self.string(entry, "relative_path", where)
+        relative_path = self.relative_path(entry, where)
         if relative_path is None:
             relative_path = f"{category}/{filename}" if category else filename
+        criticality = None
+        if self.dialect is not COMFYDOCK and "criticality" in entry:
+            criticality = self.choice(entry, "criticality", where, ENVIRONMENT_CRITICALITIES, None)
         return ManifestModel(
             hash=key,
             filename=filename,
@@ -222,18 +273,19 @@ class _Reader:
             sources=self.sources(entry, where),
             blake3=self.string(entry, "blake3", where),
             sha256=self.string(entry, "sha256", where),
+            criticality=criticality,
         )
 
     def workflows(self, table: Any) -> tuple[list[str], list[WorkflowModelRef]]:
         if not isinstance(table, dict):
-            self.problem(WORKFLOWS_TABLE, "is not a table")
+            self.problem(self.dialect.workflows_table, "is not a table")
             return [], []
         names: list[str] = []
         refs: list[WorkflowModelRef] = []
         for name, workflow in table.items():
-            where = f"{WORKFLOWS_TABLE}.{name}"
-            if _CONTROL_RE.search(name):
-                self.problem(f"{WORKFLOWS_TABLE}.{name!r}", "workflow name contains control characters (ignored)")
+            where = f"{self.dialect.workflows_table}.{name}"
+            if _CONTROL_RE.search(name) or name == ENVIRONMENT:
+                self.problem(f"{self.dialect.workflows_table}.{name!r}", "workflow name contains control characters (ignored)")
                 continue
             if not isinstance(workflow, dict):
                 self.problem(where, "is not a table")
@@ -250,7 +302,7 @@ class _Reader:
         return names, refs
 
     def ref(self, workflow: str, position: int, entry: Any) -> WorkflowModelRef | None:
-        where = f"{WORKFLOWS_TABLE}.{workflow}.models[{position}]"
+        where = f"{self.dialect.workflows_table}.{workflow}.models[{position}]"
         if not isinstance(entry, dict):
             self.problem(where, "is not a table")
             return None
@@ -271,10 +323,17 @@ class _Reader:
             status=status,
             hash=model_hash,
             sources=self.sources(entry, where),
-            relative_path=self.string(entry, "relative_path", where),
+            relative_path=self.relative_path(entry, where),
             node_id=node_id,
             widget_idx=widget_idx,
+            declared_by=self.string(entry, "declared_by", where) if self.dialect is not COMFYDOCK else None,
         )
+
+    def relative_path(self, entry: dict[str, Any], where: str) -> str | None:
+        value = self.string(entry, "relative_path", where)
+        if value is not None and self.dialect is not COMFYDOCK:
+            value = value.replace("\\", "/")  # ComfyGit normalises Windows separators on read
+        return value
 
     def first_node(self, entry: dict[str, Any], where: str) -> tuple[str | None, int | None]:
         nodes = entry.get("nodes")
@@ -302,7 +361,7 @@ class _Reader:
             return None
         return value
 
-    def choice(self, entry: dict[str, Any], key: str, where: str, allowed: tuple[str, ...], default: str) -> str:
+    def choice(self, entry: dict[str, Any], key: str, where: str, allowed: tuple[str, ...], default: Any) -> Any:
         value = entry.get(key, default)
         if value not in allowed:
             self.problem(where, f"'{key}' is {_describe(value)}; expected one of {', '.join(allowed)}")

@@ -1,6 +1,7 @@
 """The hashes a manifest entry needs for a file on disk (`cfd hash`).
 
-The short hash is the model's key in `[tool.comfydock.models]`; `blake3` and
+The short hash (the dialect's: BLAKE3 or xxh3 sample) is the model's key in
+`[tool.comfydock.models]` / `[tool.comfygit.models]`; `blake3` and
 `sha256` are the optional full digests a model entry may carry. Reading the
 whole file for them is what `--full` costs.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..errors import CfdError
 from ..download.fullhash import FullHash
-from .shorthash import short_hash_file
+from .shorthash import BLAKE3_SAMPLE, short_hash_file
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class FileHashes:
     sha256: str | None = None
 
 
-def hash_file(path: str | os.PathLike[str], full: bool = False) -> FileHashes:
+def hash_file(path: str | os.PathLike[str], full: bool = False, algorithm: str = BLAKE3_SAMPLE) -> FileHashes:
     """A regular file's size and short hash (and, with `full`, its BLAKE3 and SHA-256)."""
     path = Path(path)
     try:
@@ -42,4 +43,4 @@ def hash_file(path: str | os.PathLike[str], full: bool = False) -> FileHashes:
     except OSError as exc:
         raise CfdError(f"cannot hash {path}: {exc.strerror or exc}", "give the path of a model file") from None
     # The short hash reads only its sampled regions (a second open is cheap).
-    return FileHashes(path, info.st_size, short_hash_file(path), *digests)
+    return FileHashes(path, info.st_size, short_hash_file(path, algorithm), *digests)

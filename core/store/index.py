@@ -1,4 +1,4 @@
-"""The local model index: ComfyDock's SQLite database (schema version 9).
+"""The local model index: ComfyDock's SQLite database (schema version 9), or ComfyGit's (10).
 
 cfd reads and writes the same tables ComfyDock does, so either tool sees what
 the other indexed. Rules kept from ComfyDock: `base_directory` is the resolved
@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import index_v10
+from ..dialect import BY_SCHEMA, COMFYDOCK, COMFYGIT, Dialect
 from ..errors import IndexError_
 
 SCHEMA_VERSION = 9
@@ -54,7 +56,7 @@ CREATE TABLE IF NOT EXISTS model_sources (
     FOREIGN KEY (model_hash) REFERENCES models(hash) ON DELETE CASCADE,
     UNIQUE(model_hash, source_url)
 );
-CREATE TABLE IF NOT EXISTS schema_info (version INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS schema_info (version INTEGER PRIMARY KEY); -- v9 only
 CREATE INDEX IF NOT EXISTS idx_locations_hash ON model_locations(model_hash);
 CREATE INDEX IF NOT EXISTS idx_locations_path ON model_locations(relative_path);
 CREATE INDEX IF NOT EXISTS idx_locations_filename ON model_locations(filename);
@@ -100,8 +102,13 @@ def source_type_for(url: str) -> str:
 class ModelIndex:
     """One models directory's view of a (possibly shared) index database."""
 
-    def __init__(self, db_path: str | os.PathLike[str], models_dir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, db_path: str | os.PathLike[str], models_dir: str | os.PathLike[str], dialect: Dialect | None = None
+    ) -> None:
+        """`dialect` is the environment's: an index of the other one is refused (its hashes
+        would never match, and the other tool would drop its tables). None: the file's own."""
         self.db_path = Path(db_path)
+        self.dialect = dialect or COMFYDOCK
         from ..environment import require_models_dir
 
         self.models_dir = require_models_dir(models_dir)  # else the mkdir below would create it
@@ -111,7 +118,7 @@ class ModelIndex:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._ensure_schema()
+            self._ensure_schema(dialect)
         except sqlite3.DatabaseError as exc:
             raise IndexError_(
                 f"cannot open the model index {self.db_path}: {exc}",
@@ -120,26 +127,42 @@ class ModelIndex:
         except OSError as exc:
             raise IndexError_(f"cannot create the model index {self.db_path}: {exc.strerror}", "check cfd.index") from None
 
-    def _ensure_schema(self) -> None:
+    def _ensure_schema(self, wanted: Dialect | None) -> None:
         conn = self._conn
         existing = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "schema_info" in existing:
             row = conn.execute("SELECT version FROM schema_info LIMIT 1").fetchone()
-            if row is not None and row[0] != SCHEMA_VERSION:
-                raise IndexError_(
-                    f"the model index {self.db_path} has schema version {row[0]}; cfd understands {SCHEMA_VERSION}",
-                    "let ComfyDock upgrade it, or point cfd.index at another file",
-                )
-        if {"models", "model_locations", "model_sources", "schema_info"} <= existing:
+            if row is not None:
+                found = BY_SCHEMA.get(row[0]) if isinstance(row[0], int) else None
+                if found is None:
+                    raise IndexError_(
+                        f"the model index {self.db_path} has schema version {row[0]!r}; cfd understands 9 (ComfyDock) and 10 (ComfyGit)",
+                        "let its tool upgrade it, or point cfd.index at another file",
+                    )
+                if wanted is not None and found is not wanted:
+                    raise IndexError_(
+                        f"the model index {self.db_path} is a {found.title} index (schema {found.index_schema}) "
+                        f"but this environment is {wanted.title} (schema {wanted.index_schema}): its hashes never match",
+                        f"use the {wanted.title} workspace's index, or point cfd.index at another file",
+                    )
+                self.dialect = found
+        tables = {"models", "model_locations", "model_sources"} | ({"schema_info"} if self.dialect is COMFYDOCK else set())
+        if tables <= existing:
             self._wal()
             return
         with self.transaction():
             for statement in _SCHEMA.split(";"):
-                if statement.strip():
+                if statement.strip() and (self.dialect is COMFYDOCK or "schema_info" not in statement):
                     conn.execute(statement)
-            if conn.execute("SELECT COUNT(*) FROM schema_info").fetchone()[0] == 0:
+            fresh = "models" not in existing  # a version row goes only into an index cfd creates
+            if fresh and self.dialect is COMFYDOCK and conn.execute("SELECT COUNT(*) FROM schema_info").fetchone()[0] == 0:
                 conn.execute("INSERT INTO schema_info (version) VALUES (?)", (SCHEMA_VERSION,))
         self._wal()
+
+    @property
+    def short_hash(self) -> str:
+        """The algorithm of this index's `models.hash` keys."""
+        return self.dialect.short_hash
 
     def _wal(self) -> None:
         # WAL lets the agent write while `cfd status` and ComfyDock read.
@@ -330,8 +353,11 @@ class ModelIndex:
         self._conn.execute(
             "INSERT OR IGNORE INTO model_sources (model_hash, source_type, source_url, metadata, added_time) "
             "VALUES (?, ?, ?, ?, ?)",
-            (model_hash, source_type_for(url), url, json.dumps(metadata or {}), int(time.time())),
+            (model_hash, self._source_type(url), url, json.dumps(metadata or {}), int(time.time())),
         )
+
+    def _source_type(self, url: str) -> str:
+        return index_v10.source_type(url) if self.dialect is COMFYGIT else source_type_for(url)
 
     def record_file(
         self,

@@ -99,7 +99,7 @@ def index_file(index: ModelIndex, relative_path: str, stat: os.stat_result | Non
     """Hash one file and record it; returns its short hash."""
     path = index.models_dir / relative_path
     stat = stat or os.stat(path)
-    model_hash = short_hash_file(path)
+    model_hash = short_hash_file(path, index.short_hash)
     after = os.stat(path)
     if (after.st_size, after.st_mtime) != (stat.st_size, stat.st_mtime):
         raise OSError(f"{relative_path} changed while it was being hashed")

@@ -17,7 +17,7 @@ import os
 
 from ..errors import UnsafeManifestValue
 from ..store.index import ModelIndex
-from ..manifest.model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, stronger
+from ..manifest.model import CRITICALITY_RANK, ENVIRONMENT, Manifest, ManifestModel, WorkflowModelRef, stronger
 from ..download.safety import target_path
 
 STRATEGIES = ("all", "required", "skip")
@@ -39,6 +39,17 @@ class MissingModelInfo:
     @property
     def hash(self) -> str:
         return self.model.hash
+
+    @property
+    def named_workflows(self) -> tuple[str, ...]:
+        """The workflows needing it, without ComfyGit's environment-level entry (0.7.1's list)."""
+        return tuple(name for name in self.workflow_names if name != ENVIRONMENT)
+
+    @property
+    def needed_by(self) -> str:
+        """Who needs it, for people: the workflows, and "the environment" for an environment-level model."""
+        names = list(self.named_workflows) + (["the environment"] if ENVIRONMENT in self.workflow_names else [])
+        return ", ".join(names)
 
 
 @dataclass(frozen=True)

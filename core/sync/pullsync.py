@@ -200,7 +200,7 @@ def sync_between(
 
 
 def _plan(env: Environment, diff: ManifestDiff, strategy: str) -> _Plan:
-    with ModelIndex(env.index_path, env.models_dir) as index:
+    with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
         report = detect_missing_models(diff.new, index, diff.hashes_to_check)
     wanted = {ref.identity for ref in diff.new_intents}
     intents = [ref for ref in report.intents if ref.identity in wanted]

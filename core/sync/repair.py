@@ -78,7 +78,7 @@ def jobs_from(models: Sequence[MissingModelInfo], intents: Sequence[WorkflowMode
             blake3=info.model.blake3,
             sha256=info.model.sha256,
             criticality=info.criticality,
-            workflows=info.workflow_names,
+            workflows=info.named_workflows,
         )
         for info in models
     ]
@@ -315,7 +315,7 @@ def _missing_in_scope(report: MissingReport, strategy: str) -> list[str]:
 
 def _detect(env: Environment) -> MissingReport:
     manifest = load_working_manifest(env)
-    with ModelIndex(env.index_path, env.models_dir) as index:
+    with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
         return detect_missing_models(manifest, index)
 
 
@@ -512,7 +512,7 @@ def resolve_downloaded_intents(env: Environment, outcomes: Iterable[DownloadOutc
         path = env.models_dir / relative_path
         try:
             size = path.stat().st_size
-            short_hash = outcome.short_hash or short_hash_file(path)
+            short_hash = outcome.short_hash or short_hash_file(path, env.dialect.short_hash)
         except OSError:
             continue  # gone again: it stays an intent
         for ref in open_intents.get(outcome.job.relative_path, []):
@@ -528,7 +528,7 @@ def resolve_remembered_intents(env: Environment, refs: Sequence[WorkflowModelRef
         return []
     from ..manifest.intents import ResolvedIntent, write_resolutions
 
-    with ModelIndex(env.index_path, env.models_dir) as index:
+    with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
         found = index.present_by_source(url for ref in refs for url in ref.sources)
         locations = index.locations()
     resolutions = []

@@ -14,13 +14,14 @@ from ..errors import ManifestError
 from ..files import write_atomic
 from ..state import clone_state
 from ..store.index import ModelIndex
-from ..manifest.model import Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
+from ..manifest.model import ENVIRONMENT, Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
 from .marker import Marker, PendingEntry, intent_key, sources_gone
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import SkippedManifest, read_skipped
+from .workflowfiles import WorkflowFile, workflow_states
 from ..download.urls import redact_url
 
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3  # 3: dialect, schema_version, environment-level models
 _MODEL_FIELDS = tuple(f.name for f in fields(ManifestModel))
 _REF_FIELDS = tuple(f.name for f in fields(WorkflowModelRef))
 
@@ -60,11 +61,13 @@ def _to_cache(manifest: Manifest) -> tuple[Any, ...]:
         manifest.problems,
         manifest.label,
         manifest.has_comfydock,
+        manifest.dialect,
+        manifest.schema_version,
     )
 
 
 def _from_cache(payload: tuple[Any, ...]) -> Manifest:
-    models, refs, workflows, problems, label, has_comfydock = payload
+    models, refs, workflows, problems, label, has_comfydock, dialect, schema_version = payload
     return Manifest(
         models={values[0]: ManifestModel(*values) for values in models},
         refs=tuple(WorkflowModelRef(*values) for values in refs),
@@ -72,6 +75,8 @@ def _from_cache(payload: tuple[Any, ...]) -> Manifest:
         problems=tuple(problems),
         label=label,
         has_comfydock=has_comfydock,
+        dialect=dialect,
+        schema_version=schema_version,
     )
 
 
@@ -119,6 +124,7 @@ class StatusReport:
     workflows: tuple[WorkflowStatus, ...]
     on_disk: frozenset[str] = frozenset()  # hashes of missing models already at their path, unindexed
     skipped: SkippedManifest | None = None  # a manifest the hooks did not read (too large)
+    workflow_files: tuple[WorkflowFile, ...] = ()  # .cec workflows and their ComfyUI copies
 
     @property
     def in_sync(self) -> bool:
@@ -145,6 +151,7 @@ class StatusReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "dialect": self.manifest.dialect or self.env.dialect.name,
             "in_sync": self.in_sync,
             "environment": str(self.env.repo),
             "models_dir": str(self.env.models_dir),
@@ -166,10 +173,22 @@ class StatusReport:
                     "not_found": [r.filename for r in w.not_found],
                 }
                 for w in self.workflows
+                if w.name != ENVIRONMENT
             ],
+            **self._environment_json(),
             "bytes_to_download": self.bytes_to_download,
+            "workflow_files": [f.to_json() for f in self.workflow_files],
             "hook_skipped": None if self.skipped is None else {**asdict(self.skipped), "message": self.skipped.message()},
         }
+
+
+    def _environment_json(self) -> dict[str, Any]:
+        """ComfyGit's environment-level models (needed with no workflow), when there are any."""
+        env = next((w for w in self.workflows if w.name == ENVIRONMENT), None)
+        if env is None:
+            return {}
+        return {"environment_models": {"ok": env.ok, "missing": [m.model.hash for m in env.missing],
+                                       "criticality": dict(env.criticality)}}
 
 
 def missing_to_json(info: MissingModelInfo) -> dict[str, Any]:
@@ -180,7 +199,7 @@ def missing_to_json(info: MissingModelInfo) -> dict[str, Any]:
         "relative_path": model.relative_path,
         "size": model.size,
         "criticality": info.criticality,
-        "workflows": list(info.workflow_names),
+        "workflows": list(info.named_workflows),
         "can_download": info.can_download,
         "sources": [redact_url(url) for url in model.sources],
     }
@@ -201,7 +220,7 @@ def intent_to_json(ref: WorkflowModelRef) -> dict[str, Any]:
 
 def compute_status(env: Environment, warn: Any = None) -> StatusReport:
     manifest = load_working_manifest(env)
-    with ModelIndex(env.index_path, env.models_dir) as index:
+    with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
         report = detect_missing_models(manifest, index)
     # The marker is a hint; the truth is manifest + index. An entry for a model that is here
     # by now (placed by a run killed before it updated the marker, copied in by hand) is stale:
@@ -232,7 +251,8 @@ def compute_status(env: Environment, warn: Any = None) -> StatusReport:
             not_found=tuple(not_found_of.get(name, ())),
             criticality=own.get(name, {}),
         )
-        for name in manifest.workflows
+        for name in ((ENVIRONMENT,) if any(r.is_environment for r in manifest.refs) else ()) + manifest.workflows
     ]
     on_disk = frozenset(info.hash for info in on_disk_unindexed(env.models_dir, report.missing))
-    return StatusReport(env, manifest, report, pending, tuple(workflows), on_disk, read_skipped(env.git_dir))
+    return StatusReport(env, manifest, report, pending, tuple(workflows), on_disk, read_skipped(env.git_dir),
+                        tuple(workflow_states(env)))

@@ -13,7 +13,10 @@ from cfd.core.sync.status import compute_status
 from helpers import ManifestBuilder, make_model
 from test_agent_support import agent_env, agents, locations, make_env_repo, wait_for  # noqa: F401
 
+import pytest
+
 MIB = 1024 * 1024
+pytestmark = pytest.mark.usefixtures("both_dialects")  # the agent indexes with the environment's hash
 
 
 def pending_keys(repo: Path) -> set[str]:
@@ -62,9 +65,9 @@ def test_partially_written_file_is_not_indexed_until_complete(scenario, models_d
     wait_for(lambda: "slow.safetensors" in locations(models_dir), what="indexed after close")
     with open(models_dir / "check.bin", "wb") as handle:
         handle.write(data)
-    from cfd.core.store.shorthash import short_hash_file
+    from helpers.manifest import short_hash_for  # the environment's dialect
 
-    assert locations(models_dir)["slow.safetensors"] == short_hash_file(models_dir / "check.bin")
+    assert locations(models_dir)["slow.safetensors"] == short_hash_for(data)
     wait_for(lambda: "check.bin" in locations(models_dir), what="check.bin indexed")
     wait_for(lambda: agent.stats().get("hashed", 0) >= 3, what="the status file to count check.bin")
     assert agent.stats()["hashed"] == 3  # sentinel, slow.safetensors once, check.bin once: never the partial state

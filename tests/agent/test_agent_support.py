@@ -94,7 +94,10 @@ def make_env_repo(scenario: Scenario, manifest: str | None = None, name: str = "
 
 
 def index_of(models_dir: Path) -> ModelIndex:
-    return ModelIndex(os.environ["CFD_INDEX"], models_dir)
+    from cfd.core.dialect import DIALECTS
+    from helpers.manifest import current_dialect  # the dialect the test's manifests are written in
+
+    return ModelIndex(os.environ["CFD_INDEX"], models_dir, DIALECTS[current_dialect()])
 
 
 def locations(models_dir: Path) -> dict[str, str]:

@@ -1,4 +1,7 @@
-"""ComfyDock pyproject.toml text for tests, model files, and ComfyDock's short hash.
+"""ComfyGit / ComfyDock pyproject.toml text for tests, model files, and each dialect's short hash.
+
+Tests shared by both dialects take the `dialect` fixture (tests/conftest.py) and pass it
+to `ManifestBuilder(dialect)`, `short_hash_for(data, dialect)` and `make_model(..., dialect=)`.
 
 The TOML is written by hand, not with tomlkit: tests need exact control over layout
 (inline entries vs. full tables, keys left out) and benchmarks need 10,000 entries fast.
@@ -27,16 +30,30 @@ version = "0.1.0"
 requires-python = ">=3.11"
 dependencies = ["torch>=2.1", "safetensors==0.4.5"]
 """
+DIALECTS = ("comfydock", "comfygit")
+# The dialect the helpers write when none is given: a module parametrised over both dialects
+# as a whole (`pytestmark = pytest.mark.usefixtures("both_dialects")`) switches it per test.
+CURRENT = {"dialect": "comfydock"}
+
+
+def current_dialect() -> str:
+    return CURRENT["dialect"]
 NODES_TABLE = """\
 [tool.comfydock.nodes]
 comfyui-impact-pack = {name = "ComfyUI Impact Pack", registry_id = "comfyui-impact-pack", version = "8.8.1", source = "registry"}
 """
 
 
-def short_hash_for(data: bytes) -> str:
-    """ComfyDock's sampled BLAKE3 short hash of a file's bytes (see SPEC.md)."""
+def short_hash_for(data: bytes, dialect: str | None = None) -> str:
+    """The dialect's sampled short hash of a file's bytes: BLAKE3 (ComfyDock, see SPEC.md)
+    or xxh3_128 (ComfyGit 0.7), written out here independently of cfd's own code."""
     size = len(data)
-    h = blake3(str(size).encode())
+    if (dialect or current_dialect()) == "comfygit":
+        import xxhash
+
+        h = xxhash.xxh3_128(str(size).encode())
+    else:
+        h = blake3(str(size).encode())
     h.update(data[:_SAMPLE])
     if size > 30 * MIB:
         middle = size // 2 - _SAMPLE // 2
@@ -50,13 +67,13 @@ def model_bytes(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def make_model(models_dir: Path, relpath: str, seed: int, size: int) -> tuple[str, Path]:
+def make_model(models_dir: Path, relpath: str, seed: int, size: int, dialect: str | None = None) -> tuple[str, Path]:
     """Write a deterministic model file at models_dir/relpath; return (short hash, path)."""
     data = model_bytes(seed, size)
     path = models_dir / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    return short_hash_for(data), path
+    return short_hash_for(data, dialect), path
 
 
 # --- TOML writing -------------------------------------------------------------------
@@ -102,7 +119,8 @@ class _Workflow:
 class ManifestBuilder:
     """Builds a ComfyDock pyproject.toml. Methods chain: `ManifestBuilder().model(...).ref(...)`."""
 
-    def __init__(self) -> None:
+    def __init__(self, dialect: str | None = None) -> None:
+        self.dialect = dialect or current_dialect()
         self._models: list[tuple[str, dict[str, Any], str]] = []
         self._workflows: dict[str, _Workflow] = {}
 
@@ -175,17 +193,19 @@ class ManifestBuilder:
         return self
 
     def render(self) -> str:
-        parts = [PROJECT_TABLE, '[tool.comfydock]\ncomfyui_version = "v0.3.40"\n', NODES_TABLE]
+        tool = f"tool.{self.dialect}"
+        head = f'[{tool}]\ncomfyui_version = "v0.3.40"\n' + ("schema_version = 2\n" if self.dialect == "comfygit" else "")
+        parts = [PROJECT_TABLE, head, NODES_TABLE.replace("tool.comfydock", tool)]
         if self._models:
-            lines = ["[tool.comfydock.models]"]
+            lines = [f"[{tool}.models]"]
             lines += [f"{h} = {inline_table(e)}" for h, e, s in self._models if s == "inline"]
             parts.append("\n".join(lines) + "\n")
             for h, entry, style in self._models:
                 if style == "table":
                     body = "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in entry.items())
-                    parts.append(f"[tool.comfydock.models.{h}]\n{body}")
+                    parts.append(f"[{tool}.models.{h}]\n{body}")
         for name, wf in self._workflows.items():
-            prefix = f"tool.comfydock.workflows.{toml_key(name)}"
+            prefix = f"{tool}.workflows.{toml_key(name)}"
             parts.append(f"[{prefix}]\npath = {toml_value(wf.path)}\n")
             for ref in wf.refs:
                 body = "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in ref.items())
@@ -212,6 +232,7 @@ def big_manifest(
     refs_per_workflow: int,
     new_fraction: float = 0.0,
     seed: int = 0,
+    dialect: str = "comfydock",
 ) -> tuple[str, str]:
     """Two versions of a large manifest, as a pull would bring them: (old, new).
 
@@ -245,7 +266,7 @@ def big_manifest(
     n_old = n_models - n_new
 
     def build(include_new: bool) -> str:
-        b = ManifestBuilder()
+        b = ManifestBuilder(dialect)
         shown = models if include_new else models[:n_old]
         for h, entry in sorted(shown, key=lambda m: m[0]):
             b.model(h, **entry)

@@ -268,6 +268,7 @@ class Model:
     sources: list[str]
     style: str  # inline | table | dotted
     comment: str | None = None
+    criticality: str | None = None  # ComfyGit: an environment-level model
 
 
 @dataclass
@@ -280,13 +281,14 @@ class Doc:
     crlf: bool = False
     version: int = 1
     spaced: bool = False  # `[[ tool.comfydock.workflows.x.models ]]`
+    dialect: str = "comfydock"  # the `[tool.<dialect>]` table (ComfyGit adds environment-level models)
 
 
     def render(self) -> str:
         parts = [f'[project]\nname = "env"\nversion = "0.{self.version}"\n']
         if self.description:
             parts.append('description = """\nA team environment.\n[not.a.table]\n"""\n')
-        parts.append('\n[tool.comfydock]\ncomfyui_version = "v0.3.40"\n')
+        parts.append(f'\n[tool.{self.dialect}]\ncomfyui_version = "v0.3.40"\n')
         model_part = self._models()
         workflow_part = self._workflows()
         parts += [model_part, workflow_part] if self.models_first else [workflow_part, model_part]
@@ -296,12 +298,14 @@ class Doc:
     def _models(self) -> str:
         if not self.models:
             return ""
-        out = ["\n[tool.comfydock.models]\n"]
+        out = [f"\n[tool.{self.dialect}.models]\n"]
         tables = []
         for key, m in self.models.items():
             entry = {"filename": m.filename, "size": m.size, "relative_path": f"{m.category}/{m.filename}", "category": m.category}
             if m.sources:
                 entry["sources"] = m.sources
+            if m.criticality is not None:
+                entry["criticality"] = m.criticality
             comment = f"# {m.comment}\n" if m.comment else ""
             if m.style == "inline":
                 out.append(f"{comment}{key} = {inline_table(entry)}\n")
@@ -309,13 +313,13 @@ class Doc:
                 out.append(comment + "".join(f"{key}.{toml_key(k)} = {toml_value(v)}\n" for k, v in entry.items()))
             else:
                 body = "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in entry.items())
-                tables.append(f"\n{comment}[tool.comfydock.models.{key}]\n{body}")
+                tables.append(f"\n{comment}[tool.{self.dialect}.models.{key}]\n{body}")
         return "".join(out + tables)
 
     def _workflows(self) -> str:
         out = []
         for name, refs in self.workflows.items():
-            prefix = f"tool.comfydock.workflows.{toml_key(name)}"
+            prefix = f"tool.{self.dialect}.workflows.{toml_key(name)}"
             out.append(f"\n[{prefix}]\npath = {toml_value('workflows/' + name + '.json')}\n")
             if name in self.inline_workflows:
                 out.append("models = [\n" + "".join(f"  {inline_table(r.body())},\n" for r in refs) + "]\n")
@@ -353,7 +357,10 @@ def random_doc(rng: random.Random) -> Doc:
         models[model_hash] = Model(f"m{model_hash[-4:]}.safetensors", rng.randrange(1, 10**10), rng.choice(CATEGORIES),
                                    [] if rng.random() < 0.2 else [HF + model_hash], _style(rng),
                                    rng.choice([None, None, "note"]))
-    doc = Doc(models, {}, models_first=rng.random() < 0.5, description=rng.random() < 0.15, crlf=rng.random() < 0.1)
+    doc = Doc(models, {}, models_first=rng.random() < 0.5, description=rng.random() < 0.15, crlf=rng.random() < 0.1,
+              dialect=rng.choice(("comfydock", "comfygit")))
+    if doc.dialect == "comfygit" and models and rng.random() < 0.15:  # read in full: kept rare
+        rng.choice(list(models.values())).criticality = rng.choice(["required", "optional"])
     for name in rng.sample(WORKFLOW_NAMES, rng.randrange(0, 5)):
         doc.workflows[name] = [_ref(rng, doc, rng.random() < 0.8) for _ in range(rng.randrange(0, 4))]
         if rng.random() < 0.02:
@@ -366,7 +373,7 @@ def edit(rng: random.Random, doc: Doc) -> str:
     kind = rng.choice(
         ["add_model_and_ref", "remove_ref", "criticality", "remove_workflow", "add_workflow", "add_intent",
          "resolve_intent", "shuffle_models", "shuffle_refs", "restyle_model", "comment", "sources", "retarget_ref",
-         "remove_model", "status", "rename_workflow", "project", "spacing"]
+         "remove_model", "status", "rename_workflow", "project", "spacing", "environment_model"]
     )
     workflows = list(doc.workflows)
     refs = [(w, i) for w in workflows for i in range(len(doc.workflows[w]))]
@@ -426,6 +433,8 @@ def edit(rng: random.Random, doc: Doc) -> str:
         doc.workflows = {(n + "_renamed" if n == name else n): r for n, r in doc.workflows.items()}
     elif kind == "project":
         doc.version += 1
+    elif kind == "environment_model" and doc.models and doc.dialect == "comfygit" and rng.random() < 0.3:
+        doc.models[rng.choice(list(doc.models))].criticality = rng.choice([None, "required", "optional"])
     elif kind == "spacing":
         doc.spaced = not doc.spaced
     elif kind == "status" and refs:
@@ -481,7 +490,10 @@ def test_property_generator_covers_the_interesting_cases() -> None:
         seen |= {"raised"} if diff.criticality_raised else set()
         seen |= {"intents"} if diff.new_intents else set()
         seen |= {"gone"} if diff.no_longer_needed else set()
-    assert seen >= {"inline", "table", "dotted", "crlf", "multiline", "newly", "raised", "intents", "gone"}
+        seen |= {doc.dialect}
+        seen |= {"environment"} if any(m.criticality for m in new_doc.models.values()) else set()
+    assert seen >= {"inline", "table", "dotted", "crlf", "multiline", "newly", "raised", "intents", "gone",
+                    "comfydock", "comfygit", "environment"}
     assert differential > 0.8 * changed
 
 

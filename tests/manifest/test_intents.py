@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 from helpers import ManifestBuilder
+from helpers.manifest import current_dialect
 
 from cfd.core.errors import ManifestError
 from cfd.core.manifest.intents import ResolvedIntent, apply_resolutions, write_resolutions
 from cfd.core.manifest.model import parse_manifest
+
+pytestmark = pytest.mark.usefixtures("both_dialects")  # shared behaviour: ComfyGit and ComfyDock
 
 A = "dcf5f306c2a63465"
 NEW = "fedcba9876543210"
@@ -62,7 +65,7 @@ def test_full_table_style_is_kept() -> None:
     text = _builder(style="table").render()
     new, _ = apply_resolutions(text, [_resolution(text)])
     _, added = _changes(text, new)
-    assert f"[tool.comfydock.models.{NEW}]" in added
+    assert f"[tool.{current_dialect()}.models.{NEW}]" in added
     assert parse_manifest(new.encode()).models[NEW].relative_path == "loras/lora.safetensors"
 
 
@@ -163,6 +166,6 @@ def test_writing_back_many_intents_never_rescans_the_models_table(monkeypatch) -
     assert max(scanned) < 20, max(scanned)  # only the small entry tables, never the models table
     resolved = parse_manifest(new_text.encode())
     assert len(resolved.models) == 301 and not resolved.intents
-    after_header = new_text.split("[tool.comfydock.models]\n", 1)[1]
+    after_header = new_text.split(f"[tool.{current_dialect()}.models]\n", 1)[1]
     models_table, _, _ = after_header.partition("\n\n")  # the table ends at its blank line, as before
     assert models_table.count("\n") == 300 and after_header[len(models_table) + 2] == "["

@@ -15,11 +15,14 @@ from helpers.manifest import ManifestBuilder, make_model
 HF = "https://huggingface.co/org/repo/resolve/main/"
 CIVITAI = "https://civitai.com/api/download/models/"
 H_GHOST = "fedcba9876543210"
+pytestmark = pytest.mark.usefixtures("both_dialects")  # the same answers for ComfyGit and ComfyDock
 
 
 @pytest.fixture
-def index(tmp_path: Path, models_dir: Path):  # type: ignore[no-untyped-def]
-    with ModelIndex(tmp_path / "models.db", models_dir) as idx:
+def index(tmp_path: Path, models_dir: Path, both_dialects: str):  # type: ignore[no-untyped-def]
+    from cfd.core.dialect import DIALECTS
+
+    with ModelIndex(tmp_path / "models.db", models_dir, DIALECTS[both_dialects]) as idx:
         yield idx
 
 
@@ -197,8 +200,8 @@ def test_detection_is_read_only(index: ModelIndex, tmp_path: Path) -> None:
 
     def dump() -> list[tuple[object, ...]]:
         conn = sqlite3.connect(tmp_path / "models.db")
-        return [row for table in ("models", "model_locations", "model_sources", "schema_info")
-                for row in conn.execute(f"SELECT * FROM {table}")]
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return [(table, *row) for table in tables for row in conn.execute(f"SELECT * FROM {table}")]
 
     before = dump()
     detect_missing_models(parse_manifest(text.encode()), index)

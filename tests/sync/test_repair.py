@@ -22,11 +22,13 @@ from helpers.proxy import Proxy
 
 from cfd.demo.content import generate_model_bytes
 from cfd.core.environment import open_environment
+from cfd.core.dialect import DIALECTS
 from cfd.core.store.index import ModelIndex
+from helpers.manifest import current_dialect
 from cfd.core.sync.marker import Marker, PendingEntry
 from cfd.core.sync.repair import plan_repair, run_repair
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("both_dialects")]  # both dialects
 
 MIB = 1024 * 1024
 
@@ -202,7 +204,7 @@ def test_yes_downloads_verifies_and_status_agrees(scenario: Scenario, server: Mo
     for model in models:
         assert (models_dir / model.relative_path).read_bytes() == model.data
         assert server.bytes_sent(model.path) == model.size
-    with ModelIndex(cfd_env["CFD_INDEX"], models_dir) as index:
+    with ModelIndex(cfd_env["CFD_INDEX"], models_dir, DIALECTS[current_dialect()]) as index:
         assert set(index.present([m.hash for m in models])) == {m.hash for m in models}
     assert marker_of(clone) == {}
     assert cfd(clone, cfd_env, "status").returncode == 0
