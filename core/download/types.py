@@ -228,6 +228,9 @@ class DownloadOptions:
     # time.monotonic() after which the batch stops (a hook's time budget); None: no budget.
     deadline: float | None = None
     budget: float | None = None  # the budget's length in seconds, for the message
+    # The team mirror (core.mirror.reading.EngineMirror): tried before the manifest's sources,
+    # and fed every verified origin download. None: no mirror (boto3 never imported).
+    mirror: Any = None
 
     @classmethod
     def from_settings(cls, env: Any, **overrides: Any) -> DownloadOptions:
@@ -245,6 +248,10 @@ class DownloadOptions:
             "tokens": load_tokens(workspace_civitai_token=getattr(env, "civitai_token", None)),
             "hf_hosts": hf_hosts_from_env(),
         }
+        if s["cfd.mirror"]:
+            from ..mirror.reading import engine_mirror
+
+            values["mirror"] = engine_mirror(env)
         values.update(overrides)
         return cls(**values)
 
