@@ -203,3 +203,38 @@ def test_a_hook_without_a_mirror_does_not_import_boto3(with_mirror: bool, tmp_pa
                          text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == ["1", str(with_mirror)]  # it downloaded; boto3 only when a mirror is set
+
+
+def test_a_model_without_sources_that_the_mirror_has_is_downloadable(tmp_path: Path, scenario: Scenario,
+                                                                      origin: ModelServer, mirror: RcloneS3) -> None:
+    from helpers.manifest import ManifestBuilder
+
+    kept = serve(origin, "studio-only.safetensors", 51, 5 * MIB + 3)  # its origin took it down; the studio kept a copy
+    gone = serve(origin, "lost.safetensors", 52, MIB + 1)  # nobody kept this one
+    builder = ManifestBuilder()
+    for number, m in enumerate((kept, gone)):
+        builder.model(m.hash, m.name, m.size, m.relpath, m.category, [])
+        builder.ref("wf1", m.name, m.category, hash=m.hash, criticality="required", status="resolved", node_id=str(number))
+    carol = scenario.clone("carol")
+    carol.commit("models", {"pyproject.toml": builder.render()})
+    carol_env = machine(tmp_path, "carol", mirror.env())
+    path = models_of(carol_env) / kept.relpath
+    path.parent.mkdir(parents=True)
+    path.write_bytes(kept.data)
+    assert run_cfd("index", "scan", cwd=carol.path, env=carol_env).returncode == 0
+    pushed = run_cfd("mirror", "push", cwd=carol.path, env=carol_env)
+    assert pushed.returncode == 0 and "uploaded 1 model(s)" in pushed.stdout, pushed.stdout + pushed.stderr
+    carol.push()
+
+    bob = scenario.clone("bob")
+    bob_env = machine(tmp_path, "bob", mirror.env())
+    status = json.loads(run_cfd("status", "--json", cwd=bob.path, env=bob_env).stdout)
+    can = {m["filename"]: m["can_download"] for m in status["missing"]}
+    assert can == {kept.name: True, gone.name: False}
+    shown = json.loads(run_cfd("mirror", "status", "--json", cwd=bob.path, env=bob_env).stdout)
+    assert shown["only_in_mirror"] == [kept.relpath] and shown["missing_from_mirror"] == [gone.relpath]
+    repaired = run_cfd("repair", "--yes", cwd=bob.path, env=bob_env)
+    assert repaired.returncode == 1  # the lost model is still unavailable
+    assert_placed(bob_env, [kept], repaired.stdout + repaired.stderr)
+    assert "Still unavailable (no source): 1" in repaired.stdout and gone.relpath in repaired.stdout
+    assert origin.requests == []
