@@ -141,8 +141,8 @@ def test_push_after_a_plain_index_scan_uploads_what_is_missing_and_nothing_twice
 
     first = run_cfd("mirror", "push", "--json", cwd=clone.path, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert json.loads(first.stdout)["uploaded"] == [models[0].relpath]
-    assert len(blobs_and_aliases(mirror)[0]) == 1
+    assert json.loads(first.stdout)["uploaded"] == [models[0].relpath], first.stdout + first.stderr
+    assert len(blobs_and_aliases(mirror)[0]) == 1, blobs_and_aliases(mirror)
     blob = next(iter(p for k, p in mirror.objects().items() if "/blobs/" in k))
     stamp = blob.stat().st_mtime_ns
 
@@ -150,14 +150,15 @@ def test_push_after_a_plain_index_scan_uploads_what_is_missing_and_nothing_twice
     second = run_cfd("mirror", "push", "--json", cwd=clone.path, env=env)
     assert second.returncode == 0, second.stdout + second.stderr
     result = json.loads(second.stdout)
-    assert result["uploaded"] == [models[1].relpath] and result["present"] == [models[0].relpath]
-    assert result["bytes_uploaded"] == models[1].size
+    assert result["uploaded"] == [models[1].relpath] and result["present"] == [models[0].relpath], result
+    assert result["bytes_uploaded"] == models[1].size, result
     assert blob.stat().st_mtime_ns == stamp  # the first blob was not sent again
     blobs, aliases = blobs_and_aliases(mirror)
-    assert len(blobs) == 2 and len(aliases) == 2
+    assert len(blobs) == 2 and len(aliases) == 2, (blobs, aliases)
 
     third = run_cfd("mirror", "push", cwd=clone.path, env=env)
-    assert third.returncode == 0 and "uploaded 0 model(s)" in third.stdout and "2 already there" in third.stdout
+    assert third.returncode == 0 and "uploaded 0 model(s)" in third.stdout and "2 already there" in third.stdout, (
+        third.stdout + third.stderr)
 
 
 @pytest.mark.parametrize("trouble", ["bad credentials", "unreachable endpoint"])

@@ -43,6 +43,7 @@ from .types import (
     MIB,
     BatchDownloadCallbacks,
     OVER_BUDGET,
+    SOURCE_GONE,
     Cancelled,
     DiskError,
     DownloadCallbacks,
@@ -223,9 +224,14 @@ class _Engine:
                 result = transfer.run()
             except Failure as exc:
                 fetched += transfer.fetched
+                if checked is not job:  # the mirror's failure: never counted as a manifest source gone
+                    message = exc.message.replace(SOURCE_GONE, "the mirror lacks it (`cfd mirror push` where it is)")
+                    if origins:
+                        self.batch.note(job.filename, f"mirror copy refused ({message}); trying the manifest's sources")
+                        continue
+                    errors.append(message)
+                    continue
                 errors.append(exc.message)
-                if checked is not job and origins:
-                    self.batch.note(job.filename, f"mirror copy refused ({exc.message}); trying the manifest's sources")
                 continue
             except Cancelled:
                 return failed(job, INTERRUPTED, fetched + transfer.fetched)

@@ -83,6 +83,9 @@ class EngineMirror:
                 note(job.filename, f"mirror object {self.config.shown(key)} is not a valid alias for this model; ignored")
                 return None
             blob = blob_key(self.config.prefix, alias.blake3)
+            if client.size_of(blob) != job.size:  # pruned by hand, or half a publish: some stores answer 500, not 404
+                note(job.filename, f"the mirror's alias names a blob it does not hold ({self.config.shown(blob)}); ignored")
+                return None
             url = client.presign_get(blob)
         except MirrorError as exc:
             if exc.mirror_wide:

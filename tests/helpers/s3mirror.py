@@ -160,3 +160,12 @@ def alice_publishes(tmp_path: Path, scenario: Any, origin: Any, mirror: RcloneS3
     assert_placed(env, models)
     alice.push()
     return env
+
+
+def delete_object(mirror: RcloneS3, key: str) -> None:
+    """Delete through the S3 API (rclone caches the folder's listing: unlinking behind its back would not show)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=mirror.endpoint, aws_access_key_id=ACCESS_KEY,
+                          aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+    client.delete_object(Bucket=BUCKET, Key=key)
