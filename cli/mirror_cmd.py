@@ -42,19 +42,34 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return env, config
 
 
+class UploadLines:
+    """Push progress on stderr: a line per file, and on a terminal a live percentage."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.shown = -1
+
+    def on_file_start(self, filename: str, index: int, total: int) -> None:
+        self.shown = -1
+        print(f"[{index}/{total}] uploading {filename}", file=sys.stderr, flush=True)
+
+    def on_file_progress(self, filename: str, done: int, total: int | None) -> None:
+        percent = int(done * 100 / total) if total else 0
+        if self.live and percent != self.shown:
+            self.shown = percent
+            print(f"\r  {filename}: {percent}% of {human_size(total)}", end="", file=sys.stderr, flush=True)
+
+    def on_file_complete(self, filename: str, success: bool, error: str | None) -> None:
+        end = "\n" if self.live and self.shown >= 0 else ""
+        print(f"{end}{'uploaded' if success else 'failed'} {filename}{'' if success else ': ' + str(error)}",
+              file=sys.stderr, flush=True)
+
+
 def run_push(args: argparse.Namespace) -> int:
     from cfd.core.mirror.push import push
 
-    from .progress import make_progress
-
     env, config = _config(args)
-    cancel = threading.Event()
-    with make_progress(is_terminal(sys.stderr) and not args.json, {}) as progress:
-        try:
-            result = push(env, config, callbacks=progress, cancel=cancel)
-        except KeyboardInterrupt:
-            cancel.set()
-            raise
+    result = push(env, config, callbacks=UploadLines(is_terminal(sys.stderr)), cancel=threading.Event())
     if args.json:
         print_json({"mirror": config.url, "uploaded": result.uploaded, "present": result.present,
                     "failed": [{"relative_path": p, "error": e} for p, e in result.failed],

@@ -66,7 +66,7 @@ class EngineMirror:
             if first:
                 self._down = error.line()
         if first:
-            note(filename, f"mirror not used: {error.line()}; downloading from the origins")
+            note(filename, f"mirror not used: {error.line()}; downloading from the origins, publishing nothing this run")
 
     def locate(self, job: DownloadJob, note: Note) -> MirrorHit | None:
         """The mirror's copy of `job`, ready for the engine, or None (not there, or the mirror is out)."""
@@ -115,8 +115,7 @@ class EngineMirror:
         if not self.config.publish or not job.expected_hash or job.size is None:
             return
         if self._down is not None:
-            note(job.filename, "not published to the mirror (it is out for this run); `cfd mirror push` uploads it later")
-            return
+            return  # said once already, when the mirror went out; `cfd mirror push` uploads it later
         if deadline is not None and time.monotonic() >= deadline:
             note(job.filename, "not published to the mirror (hook time budget used up); `cfd mirror push` uploads it")
             return
