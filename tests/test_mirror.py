@@ -239,3 +239,21 @@ def test_a_model_without_sources_that_the_mirror_has_is_downloadable(tmp_path: P
     assert_placed(bob_env, [kept], repaired.stdout + repaired.stderr)
     assert "Still unavailable (no source): 1" in repaired.stdout and gone.relpath in repaired.stdout
     assert origin.requests == []
+
+
+def test_a_hook_with_refused_mirror_credentials_says_one_line_and_the_pull_gets_the_origin(
+        tmp_path: Path, scenario: Scenario, origin: ModelServer, mirror: RcloneS3) -> None:
+    models = [serve(origin, f"h{i}.safetensors", 60 + i, (i + 2) * MIB + 1) for i in range(3)]
+    scenario.seed({"pyproject.toml": manifest([]).render()})
+    bob = scenario.clone("bob")
+    env = machine(tmp_path, "bob", mirror.env(secret="wrong-secret"), {"CFD_MODELS": "all"})
+    assert run_cfd("hooks", "install", cwd=bob.path, env=env).returncode == 0
+    alice = scenario.clone("alice")
+    alice.commit("models", {"pyproject.toml": manifest(models).render()})
+    alice.push()
+    pulled = bob.pull(env=env)
+    assert pulled.returncode == 0 and bob.is_clean(), pulled.stderr  # a broken mirror never breaks git
+    assert_placed(env, models, pulled.stdout + pulled.stderr)
+    said = [line for line in (pulled.stdout + pulled.stderr).splitlines() if "mirror" in line]
+    assert len(said) == 1 and "refused the credentials" in said[0], said
+    assert "wrong-secret" not in pulled.stdout + pulled.stderr
