@@ -235,6 +235,9 @@ class BackgroundQueue:
         manifest = load_working_manifest(env)
         with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
             report = detect_missing_models(manifest, index)
+        from cfd.core.mirror.availability import mark_mirrored  # a sourceless model the team mirror has
+
+        report = mark_mirrored(report, env)
         models = [m for m in report.missing if m.hash in due and m.can_download]
         intents = [r for r in report.intents if intent_key(r) in due]
         wanted = {m.hash for m in models} | {intent_key(r) for r in intents}

@@ -21,12 +21,12 @@ from cfd.core.text import SanitizingStream
 from .common import opened, warn_unread_bad_settings
 
 # Modules under cfd.cli that add subcommands, in --help order.
-COMMAND_MODULES = ("status_cmd", "repair_cmd", "hooks_cmd", "agent_cmd", "index_cmd", "hash_cmd", "config_cmd", "demo_cmd")
+COMMAND_MODULES = ("status_cmd", "repair_cmd", "hooks_cmd", "agent_cmd", "index_cmd", "hash_cmd", "config_cmd", "mirror_cmd", "demo_cmd")
 # Which module defines each command: a command run by name imports only its own module
 # (every cfd start pays for the imports; --help and mistakes still see them all).
 MODULE_OF = {
     "status": "status_cmd", "repair": "repair_cmd", "hooks": "hooks_cmd", "hook-run": "hooks_cmd",
-    "agent": "agent_cmd", "index": "index_cmd", "hash": "hash_cmd", "config": "config_cmd", "demo": "demo_cmd",
+    "agent": "agent_cmd", "index": "index_cmd", "hash": "hash_cmd", "config": "config_cmd", "mirror": "mirror_cmd", "demo": "demo_cmd",
 }
 
 

@@ -95,6 +95,20 @@ def _limit(value: str) -> int:
         raise ValueError("expected a size like 32M (bytes) or 0") from None
 
 
+def _mirror(value: str) -> str:
+    """`s3://bucket` or `s3://bucket/prefix` (checked fully by cfd.core.mirror.config)."""
+    from .mirror.config import parse_mirror_url
+
+    bucket, prefix = parse_mirror_url(value)
+    return f"s3://{bucket}/{prefix}".rstrip("/")
+
+
+def _endpoint(value: str) -> str:
+    from .mirror.config import parse_endpoint
+
+    return parse_endpoint(value)
+
+
 def _path(value: str) -> Path:
     return Path(os.path.expanduser(value.strip()))
 
@@ -124,6 +138,10 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("cfd.retries", "CFD_RETRIES", 5, _positive_int, "attempts per source on connection errors, 5xx and 429"),
     SettingSpec("cfd.hooks.enabled", "CFD_HOOKS_ENABLED", True, _bool, "run the git hooks (CFD_SKIP=1 also turns them off)"),
     SettingSpec("cfd.maxManifestSize", "CFD_MAX_MANIFEST_SIZE", 32 * 1024 * 1024, _limit, "largest pyproject.toml a hook reads (e.g. 32M); above it the hook leaves the work to `cfd repair`; 0 = no limit"),
+    SettingSpec("cfd.mirror", "CFD_MIRROR", None, _mirror, "team mirror: s3://bucket or s3://bucket/prefix (credentials the standard AWS way); unset = none"),
+    SettingSpec("cfd.mirror.endpoint", "CFD_MIRROR_ENDPOINT", None, _endpoint, "the mirror's S3 endpoint URL when it is not AWS (MinIO, R2, rclone serve s3); default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL"),
+    SettingSpec("cfd.mirror.publish", "CFD_MIRROR_PUBLISH", True, _bool, "upload each model downloaded from an origin (and verified) to the mirror"),
+    SettingSpec("cfd.mirror.only", "CFD_MIRROR_ONLY", False, _bool, "download from the mirror only, never from the manifest's sources (offline studios)"),
     SettingSpec("cfd.agent.maxRate", "CFD_AGENT_MAX_RATE", 0, _rate, "agent download rate cap in bytes/s (e.g. 50M); 0 = unlimited"),
 )
 SPEC_BY_KEY = {spec.key.lower(): spec for spec in SPECS}

@@ -43,6 +43,7 @@ from .types import (
     MIB,
     BatchDownloadCallbacks,
     OVER_BUDGET,
+    SOURCE_GONE,
     Cancelled,
     DiskError,
     DownloadCallbacks,
@@ -202,21 +203,37 @@ class _Engine:
                             "cfd does not overwrite it: move it away, or resolve the workflow entry")
 
     def _download(self, job: DownloadJob, relpath: str, target: Path, name: str, index: ModelIndex) -> DownloadOutcome:
-        if not job.sources:
+        mirror = self.options.mirror
+        hit = mirror.locate(job, self.batch.note) if mirror is not None else None
+        origins = () if mirror is not None and mirror.only else job.sources
+        if hit is None and not origins:
+            if job.sources:
+                return failed(job, "not in the team mirror, and cfd.mirror.only forbids the manifest's sources")
             return failed(job, "no download source in the manifest; add one to the model entry in pyproject.toml")
         errors: list[str] = []
         fetched = 0
-        for source in job.sources:
-            try:
-                url = prepare_url(source, self.options.hf_hosts, self.options.civitai_hosts)
-            except UnsafeManifestValue as exc:
-                errors.append(exc.message)
-                continue
-            transfer = Transfer(self.batch, job, source, url, self.staging_dir / name)
+        for source in ([hit] if hit is not None else []) + list(origins):
+            checked = job
+            if source is hit:  # the mirror: a presigned URL under a stable name, checked against the alias's BLAKE3 too
+                source, url, checked = hit.shown, hit.url, hit.job
+            else:
+                try:
+                    url = prepare_url(source, self.options.hf_hosts, self.options.civitai_hosts)
+                except UnsafeManifestValue as exc:
+                    errors.append(exc.message)
+                    continue
+            transfer = Transfer(self.batch, checked, source, url, self.staging_dir / name)
             try:
                 result = transfer.run()
             except Failure as exc:
                 fetched += transfer.fetched
+                if checked is not job:  # the mirror's failure: never counted as a manifest source gone
+                    message = exc.message.replace(SOURCE_GONE, "the mirror lacks it (`cfd mirror push` where it is)")
+                    if origins:
+                        self.batch.note(job.filename, f"mirror copy refused ({message}); trying the manifest's sources")
+                        continue
+                    errors.append(message)
+                    continue
                 errors.append(exc.message)
                 continue
             except Cancelled:
@@ -224,7 +241,10 @@ class _Engine:
             except DiskError as exc:
                 return failed(job, str(exc), fetched + transfer.fetched)
             fetched += transfer.fetched
-            return place(job, relpath, target, transfer.file, transfer.source, result, index, fetched)
+            outcome = place(job, relpath, target, transfer.file, transfer.source, result, index, fetched)
+            if mirror is not None and outcome.success and checked is job:  # from an origin: share it with the team
+                mirror.publish(job, target, result.blake3, result.sha256, self.batch.note, self.options.deadline)
+            return outcome
         if len(errors) == 1:
             return failed(job, errors[0], fetched)
         return failed(job, f"all {len(errors)} sources failed: " + "; ".join(errors), fetched)

@@ -273,7 +273,9 @@ class HttpClient:
                 target = connect_target(url)
             except UnsafeManifestValue as exc:
                 raise Failure(exc.message if hop == 0 else f"{shown} redirected to a refused URL: {exc.message}") from None
-            self._check_address(target)
+            mirror = hop == 0 and opts.mirror is not None and opts.mirror.trusts(url)
+            if not mirror:
+                self._check_address(target)  # the configured mirror may be private; its redirects may not
             first = first or target
             # A token goes over https to its own service's host and port, and only while the
             # chain stays on the first hop's origin (requests' should_strip_auth, stricter).
@@ -292,6 +294,8 @@ class HttpClient:
                 continue
             self._check_status(resp, shown, service or service_of(target.host, opts.hf_hosts, opts.civitai_hosts),
                                token_sent=service is not None)
+            if mirror and resp.status_code == 200 and "Range" in headers and resp.headers.get("Content-Range"):
+                resp.status_code = 206  # rclone serve s3 (1.75) answers a range 200 + Content-Range; S3 says 206
             return resp
         raise Failure(f"{shown}: more than {opts.max_redirects} redirects")
 

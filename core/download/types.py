@@ -230,6 +230,9 @@ class DownloadOptions:
     deadline: float | None = None
     budget: float | None = None  # the budget's length in seconds, for the message
     short_hash: str = BLAKE3_SAMPLE  # the dialect's sampled hash: verifies downloads, keys the index
+    # The team mirror (core.mirror.reading.EngineMirror): tried before the manifest's sources,
+    # and fed every verified origin download. None: no mirror (boto3 never imported).
+    mirror: Any = None
 
     @classmethod
     def from_settings(cls, env: Any, **overrides: Any) -> DownloadOptions:
@@ -252,6 +255,10 @@ class DownloadOptions:
             "short_hash": getattr(getattr(env, "dialect", None), "short_hash", BLAKE3_SAMPLE),
             "hf_hosts": hf_hosts_from_env(),
         }
+        if s["cfd.mirror"]:
+            from ..mirror.reading import engine_mirror
+
+            values["mirror"] = engine_mirror(env)
         values.update(overrides)
         return cls(**values)
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443, "s3": 0}  # s3://bucket/key names a mirror object (no port)
 # A query parameter whose name looks like it carries a credential (S3/GCS/Azure signed URLs,
 # Hugging Face and Civitai tokens, passwords, API keys, sessions).
 _SECRET_PARAMS = re.compile(

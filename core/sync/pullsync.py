@@ -202,6 +202,9 @@ def sync_between(
 def _plan(env: Environment, diff: ManifestDiff, strategy: str) -> _Plan:
     with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
         report = detect_missing_models(diff.new, index, diff.hashes_to_check)
+    from ..mirror.availability import mark_mirrored  # no mirror configured: returns at once, imports nothing heavy
+
+    report = mark_mirrored(report, env)
     wanted = {ref.identity for ref in diff.new_intents}
     intents = [ref for ref in report.intents if ref.identity in wanted]
     scoped = MissingReport(report.missing, tuple(intents), (), report.problems)

@@ -316,7 +316,10 @@ def _missing_in_scope(report: MissingReport, strategy: str) -> list[str]:
 def _detect(env: Environment) -> MissingReport:
     manifest = load_working_manifest(env)
     with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
-        return detect_missing_models(manifest, index)
+        report = detect_missing_models(manifest, index)
+    from ..mirror.availability import mark_mirrored  # no mirror configured: returns at once
+
+    return mark_mirrored(report, env)
 
 
 def _keys(report: MissingReport) -> set[str]:

@@ -222,6 +222,9 @@ def compute_status(env: Environment, warn: Any = None) -> StatusReport:
     manifest = load_working_manifest(env)
     with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
         report = detect_missing_models(manifest, index)
+    from ..mirror.availability import mark_mirrored  # sourceless models the team mirror has
+
+    report = mark_mirrored(report, env)
     # The marker is a hint; the truth is manifest + index. An entry for a model that is here
     # by now (placed by a run killed before it updated the marker, copied in by hand) is stale:
     # not shown, and `cfd repair` drops it.

@@ -1,0 +1,1 @@
+"""Team mirror: an S3 bucket shared by a studio (issue 14)."""
