@@ -33,7 +33,7 @@ def forge(mirror: RcloneS3, short: str, size: int, data: bytes, alias: bytes | N
     (base / "blobs" / "blake3" / digest).write_bytes(data)
     (base / "aliases" / "comfydock").mkdir(parents=True, exist_ok=True)
     body = alias if alias is not None else json.dumps({
-        "format": "cfd-mirror-alias/1", "short_hash": short, "size": size, "blake3": digest, "sha256": None,
+        "format": "cfd-mirror-alias/1", "dialect": "comfydock", "short_hash": short, "size": size, "blake3": digest, "sha256": None,
         "blob": f"blobs/blake3/{digest}", "filenames": ["x"], "sources": []}).encode()
     (base / "aliases" / "comfydock" / f"{short}-{size}.json").write_bytes(body)
 
@@ -52,11 +52,19 @@ def test_a_consistent_forgery_is_refused_and_the_origin_used(tmp_path: Path, sce
     assert origin.bytes_sent() >= m.size
 
 
+OTHER_DIALECT = b"other dialect"  # a well-formed alias, but it says its key is a ComfyGit (xxh3) one
+
+
 @pytest.mark.parametrize("alias", [b"not json", b"{" + b" " * (200 * 1024) + b"}", b'{"format": "cfd-mirror-alias/1"}',
-                                   b'{"format": "cfd-mirror-alias/1", "blake3": "../../etc/passwd"}'])
+                                   b'{"format": "cfd-mirror-alias/1", "blake3": "../../etc/passwd"}', OTHER_DIALECT])
 def test_a_malformed_alias_is_ignored(alias: bytes, tmp_path: Path, scenario: Scenario, origin: ModelServer,
                                       mirror: RcloneS3) -> None:
     m = serve(origin, "real.safetensors", 6, 2 * MIB + 5)
+    if alias == OTHER_DIALECT:
+        digest = blake3(m.data).hexdigest()
+        alias = json.dumps({"format": "cfd-mirror-alias/1", "dialect": "comfygit", "short_hash": m.hash, "size": m.size,
+                            "blake3": digest, "sha256": None, "blob": f"blobs/blake3/{digest}", "filenames": ["x"],
+                            "sources": []}).encode()
     forge(mirror, m.hash, m.size, m.data, alias=alias)
     clone = scenario.clone("bob")
     clone.commit("models", {"pyproject.toml": manifest([m]).render()})

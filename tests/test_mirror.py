@@ -34,7 +34,8 @@ def three_models(origin: ModelServer) -> list[Served]:
 
 
 def test_alice_publishes_and_bob_pulls_everything_from_the_mirror_with_the_origin_stopped(
-        tmp_path: Path, scenario: Scenario, origin: ModelServer, mirror: RcloneS3) -> None:
+        tmp_path: Path, scenario: Scenario, origin: ModelServer, mirror: RcloneS3, both_dialects: str) -> None:
+    """In both dialects: each keys its aliases by its own short hash (blake3 or xxh3 samples)."""
     models = three_models(origin)
     scenario.seed({"pyproject.toml": manifest([]).render()})
     bob = scenario.clone("bob")
@@ -52,8 +53,8 @@ def test_alice_publishes_and_bob_pulls_everything_from_the_mirror_with_the_origi
         from blake3 import blake3
 
         assert (mirror.objects()[f"{PREFIX}/blobs/blake3/{blake3(m.data).hexdigest()}"]).read_bytes() == m.data
-        alias = json.loads(mirror.objects()[f"{PREFIX}/aliases/comfydock/{m.hash}-{m.size}.json"].read_text())
-        assert alias["size"] == m.size and m.name in alias["filenames"] and m.url in alias["sources"]
+        alias = json.loads(mirror.objects()[f"{PREFIX}/aliases/{both_dialects}/{m.hash}-{m.size}.json"].read_text())
+        assert alias["dialect"] == both_dialects and alias["size"] == m.size and m.name in alias["filenames"] and m.url in alias["sources"]
 
     origin.stop()  # from here on, only the mirror can serve anything
     pulled = bob.pull(env=bob_env)

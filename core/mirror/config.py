@@ -55,6 +55,7 @@ class MirrorConfig:
     endpoint: str | None  # None: AWS itself
     publish: bool
     only: bool
+    dialect: str = "comfydock"  # the environment's: which short hashes its aliases are keyed by
 
     @property
     def url(self) -> str:
@@ -94,4 +95,5 @@ def mirror_config(env: Any, environ: Mapping[str, str] | None = None) -> MirrorC
     except ValueError as exc:
         raise ConfigError(f"AWS_ENDPOINT_URL(_S3) is not valid: {exc}", "fix it, or set cfd.mirror.endpoint") from None
     bucket, prefix = parse_mirror_url(url)
-    return MirrorConfig(bucket, prefix, endpoint, bool(settings["cfd.mirror.publish"]), bool(settings["cfd.mirror.only"]))
+    dialect = getattr(getattr(env, "dialect", None), "name", "comfydock")
+    return MirrorConfig(bucket, prefix, endpoint, bool(settings["cfd.mirror.publish"]), bool(settings["cfd.mirror.only"]), dialect)

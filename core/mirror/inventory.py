@@ -23,7 +23,7 @@ def read_inventory(client: MirrorClient) -> Inventory:
     prefix = client.config.prefix
     aliases = set()
     for key, _size in client.keys(f"{prefix}aliases/", MAX_KEYS):
-        parsed = parse_alias_key(prefix, key)
+        parsed = parse_alias_key(prefix, key, client.config.dialect)
         if parsed is not None:
             aliases.add(parsed)
     blobs = dict(client.keys(f"{prefix}blobs/", MAX_KEYS))

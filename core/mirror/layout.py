@@ -4,8 +4,8 @@
     <prefix>aliases/<dialect>/<short hash>-<size>.json  which blob a manifest's key means
 
 A manifest names a model by a sampled short hash whose recipe depends on the tool
-(ComfyDock: BLAKE3 of samples, "comfydock"; ComfyGit's xxh3 sample would be another
-dialect), so the same file gets one blob and one small alias per dialect. An alias
+(ComfyDock: BLAKE3 of samples, "comfydock"; ComfyGit: xxh3 of the same samples,
+"comfygit"), so the same file gets one blob and one small alias per dialect. An alias
 holds the blob's full hashes, size, the filenames and (credential-free) sources it
 was published under. Blob first, then alias; neither is ever overwritten. Nothing
 read from the bucket is trusted: an alias must parse, be small, and name the blob
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..download.urls import has_credentials, redact_url
 
-DIALECT = "comfydock"  # the short hash cfd computes (store/shorthash.py)
+DIALECT = "comfydock"  # aliases of a mirror configured without an environment (MirrorConfig.dialect)
 ALIAS_FORMAT = "cfd-mirror-alias/1"
 MAX_ALIAS_BYTES = 64 * 1024  # an alias is a few hundred bytes; a bigger object is not one
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
@@ -54,11 +54,12 @@ class Alias:
     sha256: str | None
     filenames: tuple[str, ...]
     sources: tuple[str, ...]
+    dialect: str = DIALECT  # whose short hash `short_hash` is
 
     def to_bytes(self) -> bytes:
         return json.dumps({
             "format": ALIAS_FORMAT,
-            "dialect": DIALECT,
+            "dialect": self.dialect,
             "short_hash": self.short_hash,
             "size": self.size,
             "blake3": self.blake3,
@@ -74,15 +75,16 @@ def public_sources(urls: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(url for url in urls if not has_credentials(url) and redact_url(url) == url))[:20]
 
 
-def parse_alias(data: bytes, short_hash: str, size: int) -> Alias | None:
-    """The alias object's content, or None if it is not a well-formed alias for (short_hash, size)."""
+def parse_alias(data: bytes, short_hash: str, size: int, dialect: str = DIALECT) -> Alias | None:
+    """The alias object's content, or None if it is not a well-formed alias for (short_hash, size)
+    in `dialect` (the two dialects' short hashes of one file differ)."""
     if len(data) > MAX_ALIAS_BYTES:
         return None
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None
-    if not isinstance(raw, dict) or raw.get("format") != ALIAS_FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != ALIAS_FORMAT or raw.get("dialect") != dialect:
         return None
     blake3, sha256 = raw.get("blake3"), raw.get("sha256")
     if not (isinstance(blake3, str) and _HEX64.match(blake3)):
@@ -96,4 +98,4 @@ def parse_alias(data: bytes, short_hash: str, size: int) -> Alias | None:
         value = raw.get(name)
         return tuple(str(v)[:500] for v in value[:20] if isinstance(v, str)) if isinstance(value, list) else ()
 
-    return Alias(short_hash.lower(), size, blake3, sha256, strings("filenames"), strings("sources"))
+    return Alias(short_hash.lower(), size, blake3, sha256, strings("filenames"), strings("sources"), dialect)

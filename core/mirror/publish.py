@@ -41,7 +41,7 @@ def publish_file(client: MirrorClient, path: Path, *, short_hash: str, size: int
                  progress: Callable[[int], None] | None = None) -> Published:
     """Upload `path` (already verified as `short_hash`/`size`) unless the mirror has it."""
     prefix = client.config.prefix
-    akey = alias_key(prefix, short_hash, size)
+    akey = alias_key(prefix, short_hash, size, client.config.dialect)
     digest = blake3.lower() if blake3 else None
     if client.size_of(akey) is not None and digest is not None and client.size_of(blob_key(prefix, digest)) == size:
         return Published(PRESENT, 0, digest)
@@ -54,7 +54,7 @@ def publish_file(client: MirrorClient, path: Path, *, short_hash: str, size: int
         sent = size
     if client.size_of(akey) is None:
         alias = Alias(short_hash.lower(), size, digest, sha256, tuple(dict.fromkeys(filenames))[:20],
-                      public_sources(sources))
+                      public_sources(sources), client.config.dialect)
         client.put_bytes(akey, alias.to_bytes())
     elif not sent:
         return Published(PRESENT, 0, digest)

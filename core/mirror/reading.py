@@ -72,13 +72,13 @@ class EngineMirror:
         """The mirror's copy of `job`, ready for the engine, or None (not there, or the mirror is out)."""
         if self._down is not None or not job.expected_hash or job.size is None:
             return None
-        key = alias_key(self.config.prefix, job.expected_hash, job.size)
+        key = alias_key(self.config.prefix, job.expected_hash, job.size, self.config.dialect)
         try:
             client = self.client()
             data = client.get_small(key, MAX_ALIAS_BYTES)
             if data is None:
                 return None
-            alias = parse_alias(data, job.expected_hash, job.size)
+            alias = parse_alias(data, job.expected_hash, job.size, self.config.dialect)
             if alias is None or (job.blake3 and job.blake3.lower() != alias.blake3):
                 note(job.filename, f"mirror object {self.config.shown(key)} is not a valid alias for this model; ignored")
                 return None
@@ -102,7 +102,7 @@ class EngineMirror:
         if self._down is not None:
             return False
         try:
-            return self.client().size_of(alias_key(self.config.prefix, short_hash, size)) is not None
+            return self.client().size_of(alias_key(self.config.prefix, short_hash, size, self.config.dialect)) is not None
         except MirrorError as exc:
             if exc.mirror_wide:
                 with self._lock:

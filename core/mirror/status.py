@@ -73,8 +73,8 @@ def mirror_status(env: Environment, config: MirrorConfig) -> MirrorStatus:
     def check(model: Any) -> MirroredModel:
         in_mirror, problem = False, None
         if model.size is not None and inventory.has_alias(model.hash, model.size):
-            data = client.get_small(alias_key(config.prefix, model.hash, model.size), MAX_ALIAS_BYTES)
-            alias = parse_alias(data or b"", model.hash, model.size)
+            data = client.get_small(alias_key(config.prefix, model.hash, model.size, config.dialect), MAX_ALIAS_BYTES)
+            alias = parse_alias(data or b"", model.hash, model.size, config.dialect)
             if alias is None:
                 problem = "its alias is not valid (a download would ignore it)"
             elif inventory.blobs.get(blob_key(config.prefix, alias.blake3)) != model.size:
