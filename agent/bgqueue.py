@@ -228,7 +228,7 @@ class BackgroundQueue:
     def _download(self, env: Environment, due: dict[str, PendingEntry]) -> None:
         from cfd.core.sync.missing import detect_missing_models
         from cfd.core.sync.repair import intent_key, sync_models
-        from cfd.core.sync.status import load_working_manifest
+        from cfd.core.sync.working import load_working_manifest
 
         manifest = load_working_manifest(env)
         with ModelIndex(env.index_path, env.models_dir) as index:

@@ -130,7 +130,7 @@ class Agent:
     def _remember_intent_sources(env: Environment, index: ModelIndex, arrived: list[tuple[str, str]]) -> None:
         """Intents' files that appeared by hand: the index remembers them by the intents' URLs,
         the way a download would, so `cfd status` no longer counts them missing."""
-        from cfd.core.sync.status import load_working_manifest
+        from cfd.core.sync.working import load_working_manifest
 
         try:
             intents = load_working_manifest(env).intents  # once for the whole batch

@@ -31,7 +31,7 @@ from .missing import (
     select_for_download,
 )
 from .skipped import clear_skipped
-from .status import load_working_manifest
+from .working import load_working_manifest
 from ..download.urls import redact_urls_in
 
 if TYPE_CHECKING:

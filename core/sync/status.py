@@ -2,88 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import pickle
-from dataclasses import asdict, dataclass, field, fields
-from operator import attrgetter
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..environment import Environment
-from ..errors import ManifestError
 from ..store.index import ModelIndex
-from ..manifest.model import Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
+from ..manifest.model import Manifest, WorkflowModelRef, stronger
 from .marker import Marker, PendingEntry, intent_key, sources_gone
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import SkippedManifest, read_skipped
 from ..download.urls import redact_url
-
-_CACHE_NAME = "manifest-cache.pickle"
-_CACHE_FORMAT = 2
-_MODEL_FIELDS = tuple(f.name for f in fields(ManifestModel))
-_REF_FIELDS = tuple(f.name for f in fields(WorkflowModelRef))
-
-
-def load_working_manifest(env: Environment) -> Manifest:
-    """The work tree's pyproject.toml, parsed (cached per content in the git dir).
-
-    A 10,000-model manifest takes ~0.3 s to parse even on the fast path; status
-    runs often and the file rarely changes, so the parsed records are kept, as
-    plain tuples (unpickling 20,000 frozen dataclasses alone took ~0.3 s), keyed
-    by a digest of the bytes.
-    """
-    try:
-        data = env.pyproject.read_bytes()
-    except OSError as exc:
-        raise ManifestError(f"cannot read {env.pyproject}: {exc.strerror}", "check the environment path") from None
-    digest = hashlib.sha1(data).hexdigest()
-    cache = env.state_dir / _CACHE_NAME
-    try:
-        version, cached_digest, payload = pickle.loads(cache.read_bytes())
-        if version == _CACHE_FORMAT and cached_digest == digest:
-            return _from_cache(payload)
-    except Exception:  # noqa: BLE001 - any unreadable cache is simply rebuilt
-        pass
-    manifest = parse_manifest(data, str(env.pyproject))
-    if len(data) > 64 * 1024:
-        _store_cache(cache, digest, manifest)
-    return manifest
-
-
-def _to_cache(manifest: Manifest) -> tuple[Any, ...]:
-    model_values, ref_values = attrgetter(*_MODEL_FIELDS), attrgetter(*_REF_FIELDS)
-    return (
-        [model_values(model) for model in manifest.models.values()],
-        [ref_values(ref) for ref in manifest.refs],
-        manifest.workflows,
-        manifest.problems,
-        manifest.label,
-        manifest.has_comfydock,
-    )
-
-
-def _from_cache(payload: tuple[Any, ...]) -> Manifest:
-    models, refs, workflows, problems, label, has_comfydock = payload
-    return Manifest(
-        models={values[0]: ManifestModel(*values) for values in models},
-        refs=tuple(WorkflowModelRef(*values) for values in refs),
-        workflows=tuple(workflows),
-        problems=tuple(problems),
-        label=label,
-        has_comfydock=has_comfydock,
-    )
-
-
-def _store_cache(cache: Path, digest: str, manifest: Manifest) -> None:
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temp = cache.with_name(f".{_CACHE_NAME}.{os.getpid()}")
-        with open(temp, "wb") as handle:
-            pickle.dump((_CACHE_FORMAT, digest, _to_cache(manifest)), handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(temp, cache)
-    except OSError:
-        pass  # a cache is an optimisation only
+from .working import load_working_manifest
 
 
 @dataclass(frozen=True)
