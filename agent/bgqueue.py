@@ -4,7 +4,7 @@ Taken from each environment's marker: reason `background` (a hook in background
 mode, or our own HEAD sync), `interrupted` and `failed` (retried with
 exponential backoff). What to fetch is re-derived from the working manifest, so
 sources are the real URLs (the marker keeps redacted ones). Downloads go
-through `core.repair.sync_models` (the engine runs `cfd.jobs` at a time and
+through `core.sync.fetch.sync_models` (the engine runs `cfd.jobs` at a time and
 resumes `.part` files, so a restart resumes); `cfd.agent.maxRate` is handed to
 the engine's own rate limiter. A marker write (from a hook, or
 `cfd repair`) wakes the queue through a watch on `<git_dir>/cfd`.
@@ -227,7 +227,7 @@ class BackgroundQueue:
 
     def _download(self, env: Environment, due: dict[str, PendingEntry]) -> None:
         from cfd.core.sync.missing import detect_missing_models
-        from cfd.core.sync.repair import intent_key, sync_models
+        from cfd.core.sync.fetch import intent_key, sync_models
         from cfd.core.sync.working import load_working_manifest
 
         manifest = load_working_manifest(env)

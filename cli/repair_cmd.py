@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from cfd.core.sync.marker import PendingEntry
-from cfd.core.sync.repair import RepairPlan, RepairResult, intent_groups, intent_key, plan_repair, run_repair
+from cfd.core.sync.fetch import intent_groups
+from cfd.core.sync.marker import PendingEntry, intent_key
+from cfd.core.sync.repair import RepairPlan, RepairResult, plan_repair, run_repair
 from cfd.core.download.urls import host_of, redact_url
 
 from .common import add_env_argument, environment, human_size, is_terminal, print_json, warn

@@ -8,7 +8,7 @@ from typing import Any
 
 from cfd.core.manifest.model import CRITICALITY_RANK
 from cfd.core.sync.marker import intent_key, reason_text
-from cfd.core.sync.repair import intent_groups
+from cfd.core.sync.fetch import intent_groups
 from cfd.core.sync.status import StatusReport, WorkflowStatus, compute_status
 
 from .common import add_env_argument, agent_download_figures, environment, human_size, is_terminal, print_json, warn

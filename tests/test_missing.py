@@ -222,7 +222,7 @@ def _hook_path(tmp_path: Path, models_dir: Path, n: int) -> None:
     """What a hook and `cfd status` do with n new intents, half of them already downloaded."""
     from cfd.core.manifest.diff import diff_manifest_bytes
     from cfd.core.sync.marker import Marker, intent_key
-    from cfd.core.sync.repair import pending_entries
+    from cfd.core.sync.fetch import pending_entries
 
     old, new = _intents_manifest(n)
     db = tmp_path / f"idx{n}.db"

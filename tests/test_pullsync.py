@@ -134,12 +134,12 @@ def test_diff_starts_from_last_synced(bob):
 
 
 def test_interrupted_download_is_recorded_before_it_starts(bob, monkeypatch):
-    from cfd.core.sync import repair
+    from cfd.core.sync import fetch
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(repair, "sync_models", interrupted)
+    monkeypatch.setattr(fetch, "sync_models", interrupted)
     a = M(16)
     start = bob.head()
     bob.commit("a", {"pyproject.toml": manifest(a)})
@@ -150,15 +150,15 @@ def test_interrupted_download_is_recorded_before_it_starts(bob, monkeypatch):
 
 
 def test_download_mode_passes_the_selection_to_sync_models(bob, monkeypatch):
-    from cfd.core.sync import repair
+    from cfd.core.sync import fetch
 
     calls = []
 
     def fake(env, models, intents, *, callbacks=None, cancel=None, trigger="", deadline=None):
         calls.append(([m.hash for m in models], trigger))
-        return repair.SyncResult([m.model.filename for m in models], [], [])
+        return fetch.SyncResult([m.model.filename for m in models], [], [])
 
-    monkeypatch.setattr(repair, "sync_models", fake)
+    monkeypatch.setattr(fetch, "sync_models", fake)
     req, opt = M(17), M(18, "optional")
     start = bob.head()
     bob.commit("a", {"pyproject.toml": manifest(req, opt)})

@@ -103,7 +103,7 @@ def _pending_entries(
 ) -> list[PendingEntry]:
     if not models and not intents:
         return []  # nothing to convert: spare the hook importing core.repair
-    from .repair import pending_entries  # the canonical conversion; not imported when nothing is pending
+    from .fetch import pending_entries  # the canonical conversion; not imported when nothing is pending
 
     return list(pending_entries(models, intents, reason, trigger))
 
@@ -261,7 +261,7 @@ def _download(
     deadline: float | None = None,
 ) -> PullSyncOutcome:
     try:
-        from .repair import sync_models
+        from .fetch import sync_models
     except ImportError:  # a build without the download engine: leave them recorded
         marker.merge(_pending_entries(plan.selected, plan.selected_intents, "deferred", out.trigger))
         return out

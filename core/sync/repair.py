@@ -1,26 +1,23 @@
-"""Sync and repair: turn "what is missing" into downloads, and keep the marker true.
+"""`cfd repair`: plan from the truth, run, and rewrite the marker to what is still missing.
 
-`sync_models` is the shared entry of hooks and agent: download what they picked,
-then merge failures and interruptions into the pending marker and drop what
-arrived. `plan_repair` / `run_repair` back `cfd repair`: the plan recomputes the
-truth from the working manifest and the index (the marker is only a hint), and
-the run rewrites the marker to exactly what is still missing afterwards.
-
-The download engine (and with it `requests`) is imported only when something
-is downloaded, so a hook that merely records pending models stays light.
+`plan_repair` recomputes the truth from the working manifest and the index (the
+marker is only a hint); `run_repair` indexes what is already on disk, downloads
+the rest through fetch.py, writes downloaded intents into pyproject.toml, and
+rewrites the marker to exactly what is still missing afterwards.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..environment import Environment
-from ..errors import CfdError, ConfigError, disk_message
+from ..errors import CfdError, disk_message
 from ..store.index import ModelIndex
-from ..manifest.model import WorkflowModelRef, stronger
+from ..manifest.model import WorkflowModelRef
+from .fetch import Warn, adopt, intent_groups, jobs_from, pending_entries, run_jobs, sort_outcomes
 from .marker import Marker, PendingEntry, intent_key
 from .missing import (
     STRATEGIES,
@@ -32,226 +29,9 @@ from .missing import (
 )
 from .skipped import clear_skipped
 from .working import load_working_manifest
-from ..download.urls import redact_urls_in
 
 if TYPE_CHECKING:
-    from ..download.engine import DownloadCallbacks, DownloadJob, DownloadOutcome
-
-Warn = Callable[[str], None]
-BUDGET_REASON = "hook-time-budget"  # the marker's reason for what a hook's time budget left
-
-
-def scrub(text: str | None) -> str | None:
-    """Error text with every URL in it redacted (errors end up in the marker and JSON)."""
-    return None if text is None else redact_urls_in(text)
-
-
-def intent_groups(intents: Iterable[WorkflowModelRef]) -> dict[str, list[WorkflowModelRef]]:
-    """Intents by target path: two entries asking for the same file make one download."""
-    groups: dict[str, list[WorkflowModelRef]] = {}
-    for ref in intents:
-        groups.setdefault(ref.target_path, []).append(ref)
-    return groups
-
-
-def _group_facts(group: Sequence[WorkflowModelRef]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    criticality = group[0].criticality
-    for ref in group[1:]:
-        criticality = stronger(criticality, ref.criticality)
-    sources = tuple(dict.fromkeys(url for ref in group for url in ref.sources))
-    workflows = tuple(dict.fromkeys(ref.workflow for ref in group))
-    return criticality, sources, workflows
-
-
-def jobs_from(models: Sequence[MissingModelInfo], intents: Sequence[WorkflowModelRef]) -> list[DownloadJob]:
-    from ..download.types import DownloadJob  # the value types only: no requests import
-
-    jobs = [
-        DownloadJob(
-            key=info.hash,
-            filename=info.model.filename,
-            relative_path=info.model.relative_path,
-            size=info.model.size,
-            sources=info.model.sources,
-            expected_hash=info.hash,
-            blake3=info.model.blake3,
-            sha256=info.model.sha256,
-            criticality=info.criticality,
-            workflows=info.workflow_names,
-        )
-        for info in models
-    ]
-    for target, group in intent_groups(intents).items():
-        criticality, sources, workflows = _group_facts(group)
-        jobs.append(
-            DownloadJob(
-                key=intent_key(group[0]),
-                filename=group[0].filename,
-                relative_path=target,
-                size=None,
-                sources=sources,
-                expected_hash=None,
-                criticality=criticality,
-                workflows=workflows,
-            )
-        )
-    return jobs
-
-
-def pending_entries(
-    models: Iterable[MissingModelInfo],
-    intents: Iterable[WorkflowModelRef],
-    reason: str,
-    trigger: str,
-    errors: Mapping[str, str] | None = None,
-) -> list[PendingEntry]:
-    """Marker entries for models and intents (one per download job); `errors` maps a key to its last error."""
-    errors = errors or {}
-    return [
-        PendingEntry(
-            key=job.key,
-            filename=job.filename,
-            relative_path=job.relative_path,
-            size=job.size,
-            sources=job.sources,
-            criticality=job.criticality,
-            workflows=job.workflows,
-            reason=reason,
-            error=scrub(errors.get(job.key)),
-            trigger=trigger,
-            hash=job.expected_hash,
-        )
-        for job in jobs_from(list(models), list(intents))
-    ]
-
-
-# -- downloading -----------------------------------------------------------------
-
-
-def _download(
-    env: Environment,
-    jobs: list[DownloadJob],
-    callbacks: DownloadCallbacks | None,
-    cancel: threading.Event | None,
-    max_rate: int = 0,
-    deadline: float | None = None,
-) -> list[DownloadOutcome]:
-    from ..download.engine import DownloadOptions, DownloadOutcome, download_models
-
-    # A bad setting (cfd.jobs = lots) is the command's error, not every file's failure.
-    overrides: dict[str, object] = {"max_rate": max_rate} if max_rate else {}
-    if deadline is not None:
-        overrides.update(deadline=deadline, budget=env.settings["cfd.hookTimeBudget"])
-    options = DownloadOptions.from_settings(env, **overrides)
-    try:
-        return download_models(
-            jobs,
-            models_dir=env.models_dir,
-            index_path=env.index_path,
-            options=options,
-            callbacks=callbacks,
-            cancel=cancel,
-        )
-    except CfdError as exc:  # refused as a whole (e.g. no room on disk): every job failed, for this reason
-        return [DownloadOutcome(job, False, None, None, str(exc), None) for job in jobs]
-
-
-@dataclass(frozen=True)
-class _Sorted:
-    succeeded: list[DownloadOutcome]
-    failed: dict[str, str]  # key -> error
-    interrupted: dict[str, str]  # key -> error (or "interrupted")
-
-
-def _sort_outcomes(jobs: Sequence[DownloadJob], outcomes: Sequence[DownloadOutcome], cancelled: bool) -> _Sorted:
-    by_key = {outcome.job.key: outcome for outcome in outcomes}
-    succeeded: list[DownloadOutcome] = []
-    failed: dict[str, str] = {}
-    interrupted: dict[str, str] = {}
-    for job in jobs:
-        outcome = by_key.get(job.key)
-        if outcome is not None and outcome.success:
-            succeeded.append(outcome)
-        elif outcome is None:
-            (interrupted if cancelled else failed)[job.key] = "interrupted" if cancelled else "no result from the downloader"
-        elif outcome.interrupted or (cancelled and not outcome.error):
-            interrupted[job.key] = scrub(outcome.error) or "interrupted"
-        else:  # a real failure stays a failure even if Ctrl-C came later
-            failed[job.key] = scrub(outcome.error) or "failed"
-    return _Sorted(succeeded, failed, interrupted)
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    models_downloaded: list[str]  # filenames
-    models_failed: list[tuple[str, str]]  # (filename, error)
-    outcomes: list[DownloadOutcome]
-    interrupted: bool = False
-    models_found: list[str] = field(default_factory=list)  # already on disk: checked and indexed, not downloaded
-
-
-def _adopt(env: Environment, models: Sequence[MissingModelInfo], cancel: threading.Event | None) -> tuple[list[DownloadJob], list[DownloadOutcome]]:
-    """Check (short hash) and index model files already at their path, through the engine's own
-    check but without callbacks: nothing is downloaded, so nothing is shown as downloading."""
-    jobs = jobs_from(models, ())
-    return jobs, (_download(env, jobs, None, cancel) if jobs else [])
-
-
-def sync_models(
-    env: Environment,
-    models: Sequence[MissingModelInfo],
-    intents: Sequence[WorkflowModelRef],
-    *,
-    callbacks: DownloadCallbacks | None = None,
-    cancel: threading.Event | None = None,
-    trigger: str = "",
-    warn: Warn | None = None,
-    max_rate: int = 0,
-    deadline: float | None = None,
-) -> SyncResult:
-    """Download `models` and `intents`; failures and interruptions go to the marker, successes leave it.
-
-    `max_rate` (bytes/s over all files, 0 = unlimited) is the agent's `cfd.agent.maxRate`;
-    `deadline` (time.monotonic()) is a hook's time budget: what is left then is pending
-    with reason "hook-time-budget"."""
-    if not (models or intents):
-        return SyncResult([], [], [])
-    on_disk = on_disk_unindexed(env.models_dir, models)
-    found = {info.hash for info in on_disk}
-    to_fetch = [info for info in models if info.hash not in found]
-    jobs = jobs_from(to_fetch, intents)
-    marker = Marker(env.git_dir, warn)
-    base = {entry.key: entry for entry in pending_entries(models, intents, "failed", trigger)}
-    try:
-        adopt_jobs, adoptions = _adopt(env, on_disk, cancel)
-        outcomes = _download(env, jobs, callbacks, cancel, max_rate, deadline) if jobs else []
-    except KeyboardInterrupt:
-        marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
-        raise
-    except ConfigError as exc:  # a bad download setting stops the batch; what it was for stays pending, with why
-        marker.merge(replace(entry, reason="failed", error=exc.message) for entry in base.values())
-        raise
-    cancelled = cancel is not None and cancel.is_set()
-    adopted = _sort_outcomes(adopt_jobs, adoptions, cancelled)
-    result = _sort_outcomes(jobs, outcomes, cancelled)
-    failed_all = {**adopted.failed, **result.failed}
-    interrupted_all = {**adopted.interrupted, **result.interrupted}
-    over_budget = {outcome.job.key for outcome in outcomes if outcome.over_budget}
-    entries = [replace(base[key], reason=BUDGET_REASON if key in over_budget else "failed", error=error)
-               for key, error in failed_all.items()]
-    entries += [replace(base[key], reason="interrupted", error=error) for key, error in interrupted_all.items()]
-    marker.merge(entries, drop=[outcome.job.key for outcome in (*adopted.succeeded, *result.succeeded)])
-    filenames = {job.key: job.filename for job in (*adopt_jobs, *jobs)}
-    return SyncResult(
-        models_downloaded=[outcome.job.filename for outcome in result.succeeded],
-        models_failed=[(filenames[key], error) for key, error in {**failed_all, **interrupted_all}.items()],
-        outcomes=[*adoptions, *outcomes],
-        interrupted=bool(interrupted_all),
-        models_found=[outcome.job.filename for outcome in adopted.succeeded],
-    )
-
-
-# -- repair ----------------------------------------------------------------------
+    from ..download.engine import DownloadCallbacks, DownloadOutcome
 
 
 def in_scope(criticality: str, strategy: str) -> bool:
@@ -438,16 +218,16 @@ def run_repair(
     jobs = jobs_from(plan.models, plan.intents) if (plan.models or plan.intents) else []
     marker = Marker(env.git_dir, warn)
     try:
-        adopt_jobs, adoptions = _adopt(env, plan.on_disk, cancel)
-        outcomes = _download(env, jobs, callbacks, cancel) if jobs else []
+        adopt_jobs, adoptions = adopt(env, plan.on_disk, cancel)
+        outcomes = run_jobs(env, jobs, callbacks, cancel) if jobs else []
     except KeyboardInterrupt:
         # Not cooperative (a second Ctrl-C): still leave a marker that says what happened.
         base = pending_entries(plan.models, plan.intents, "interrupted", "repair")
         marker.merge((replace(entry, error="interrupted") for entry in base), drop=plan.stale)
         raise
     cancelled = cancel is not None and cancel.is_set()
-    adopted = _sort_outcomes(adopt_jobs, adoptions, cancelled)
-    sorted_ = _sort_outcomes(jobs, outcomes, cancelled)
+    adopted = sort_outcomes(adopt_jobs, adoptions, cancelled)
+    sorted_ = sort_outcomes(jobs, outcomes, cancelled)
     failed_all = {**adopted.failed, **sorted_.failed}
     interrupted_all = {**adopted.interrupted, **sorted_.interrupted}
     resolved: list[str] = []
