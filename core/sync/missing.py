@@ -20,9 +20,6 @@ from ..store.index import ModelIndex
 from ..manifest.model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, stronger
 from ..download.safety import target_path
 
-STRATEGIES = ("all", "required", "skip")
-
-
 @dataclass(frozen=True)
 class MissingModelInfo:
     """ComfyDock's record of a missing model: the global entry and who needs it."""
@@ -113,15 +110,6 @@ def detect_missing_models(
         if ref.status == "unresolved" and not ref.sources and ref.criticality != "optional"
     )
     return MissingReport(tuple(missing), tuple(open_intents), not_found, manifest.problems, tuple(satisfied))
-
-
-def select_for_download(report: MissingReport, strategy: str) -> tuple[list[MissingModelInfo], list[WorkflowModelRef]]:
-    """The downloadable models and intents a strategy (all|required|skip) picks."""
-    if strategy == "skip":
-        return [], []
-    if strategy == "required":
-        return [m for m in report.downloadable if m.is_required], [r for r in report.intents if r.criticality == "required"]
-    return list(report.downloadable), list(report.intents)
 
 
 def on_disk_unindexed(models_dir: str | os.PathLike[str], missing: Iterable[MissingModelInfo]) -> tuple[MissingModelInfo, ...]:

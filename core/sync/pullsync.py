@@ -30,8 +30,9 @@ from ..git import MANIFEST_PATH, GitRepo, open_repo
 from ..store.index import ModelIndex
 from ..manifest.model import WorkflowModelRef
 from .marker import Marker, PendingEntry, intent_key
-from .missing import MissingModelInfo, MissingReport, detect_missing_models, select_for_download
+from .missing import MissingModelInfo, MissingReport, detect_missing_models
 from .skipped import clear_skipped, record_skipped
+from .strategy import Selection, select_for_download
 
 LAST_SYNCED = "last-synced"
 MODES = ("download", "background", "defer")
@@ -111,14 +112,10 @@ def _pending_entries(
 # -- the sync -----------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Plan:
-    report: MissingReport
-    intents: list[WorkflowModelRef]
-    selected: list[MissingModelInfo] = field(default_factory=list)
-    selected_intents: list[WorkflowModelRef] = field(default_factory=list)
-    filtered: list[MissingModelInfo] = field(default_factory=list)
-    filtered_intents: list[WorkflowModelRef] = field(default_factory=list)
+    report: MissingReport  # narrowed to what the pull changed (its intents: the new ones)
+    selection: Selection
     satisfied_keys: list[str] = field(default_factory=list)
 
 
@@ -205,17 +202,10 @@ def _plan(env: Environment, diff: ManifestDiff, strategy: str) -> _Plan:
     wanted = {ref.identity for ref in diff.new_intents}
     intents = [ref for ref in report.intents if ref.identity in wanted]
     scoped = MissingReport(report.missing, tuple(intents), (), report.problems)
-    selected, selected_intents = select_for_download(scoped, strategy)
-    chosen = {m.hash for m in selected}
-    chosen_intents = {r.identity for r in selected_intents}
     missing = {m.hash for m in report.missing}
     return _Plan(
         report=scoped,
-        intents=intents,
-        selected=selected,
-        selected_intents=selected_intents,
-        filtered=[m for m in report.downloadable if m.hash not in chosen],
-        filtered_intents=[r for r in intents if r.identity not in chosen_intents],
+        selection=select_for_download(scoped, strategy),
         satisfied_keys=[h for h in diff.hashes_to_check if h not in missing]
         + [intent_key(r) for r in report.satisfied_intents if r.identity in wanted],
     )
@@ -232,10 +222,11 @@ def _act(
     deadline: float | None = None,
 ) -> PullSyncOutcome:
     trigger, mode = out.trigger, out.mode
+    selection = plan.selection
     selected_reason = {"download": "interrupted", "background": "background", "defer": "deferred"}[mode]
     entries = (
-        _pending_entries(plan.selected, plan.selected_intents, selected_reason, trigger)
-        + _pending_entries(plan.filtered, plan.filtered_intents, "filtered", trigger)
+        _pending_entries(selection.models, selection.intents, selected_reason, trigger)
+        + _pending_entries(selection.filtered_models, selection.filtered_intents, "filtered", trigger)
         + _pending_entries(plan.report.unavailable, (), "no-source", trigger)
     )
     # Recorded before any download: a kill or Ctrl-C leaves the marker saying what is left.
@@ -243,9 +234,9 @@ def _act(
     marker = Marker(env.git_dir, notes.append)
     marker.merge(entries, drop=[*plan.satisfied_keys, *diff.no_longer_needed])
     write_last_synced(env.git_dir, new_blob)
-    out = replace(out, missing=plan.report.missing, intents=tuple(plan.intents), checked=len(diff.hashes_to_check))
+    out = replace(out, missing=plan.report.missing, intents=plan.report.intents, checked=len(diff.hashes_to_check))
 
-    chosen = len(plan.selected) + len(plan.selected_intents)
+    chosen = selection.count
     if mode == "download" and chosen:
         out = _download(env, plan, marker, out, callbacks, cancel, deadline)
     elif mode == "background" and chosen:
@@ -263,10 +254,10 @@ def _download(
     try:
         from .fetch import sync_models
     except ImportError:  # a build without the download engine: leave them recorded
-        marker.merge(_pending_entries(plan.selected, plan.selected_intents, "deferred", out.trigger))
+        marker.merge(_pending_entries(plan.selection.models, plan.selection.intents, "deferred", out.trigger))
         return out
     synced = sync_models(
-        env, plan.selected, plan.selected_intents, callbacks=callbacks, cancel=cancel, trigger=out.trigger,
+        env, plan.selection.models, plan.selection.intents, callbacks=callbacks, cancel=cancel, trigger=out.trigger,
         deadline=deadline,
     )
     return replace(out, downloaded=tuple(synced.models_downloaded), found=tuple(synced.models_found),

@@ -19,24 +19,13 @@ from ..store.index import ModelIndex
 from ..manifest.model import WorkflowModelRef
 from .fetch import Warn, adopt, intent_groups, jobs_from, pending_entries, run_jobs, sort_outcomes
 from .marker import Marker, PendingEntry, intent_key
-from .missing import (
-    STRATEGIES,
-    MissingModelInfo,
-    MissingReport,
-    detect_missing_models,
-    on_disk_unindexed,
-    select_for_download,
-)
+from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import clear_skipped
+from .strategy import STRATEGIES, in_scope, missing_in_scope, select_for_download
 from .working import load_working_manifest
 
 if TYPE_CHECKING:
     from ..download.engine import DownloadCallbacks, DownloadOutcome
-
-
-def in_scope(criticality: str, strategy: str) -> bool:
-    """Whether a strategy asks for a model of this criticality."""
-    return strategy == "all" or (strategy == "required" and criticality == "required")
 
 
 @dataclass(frozen=True)
@@ -82,14 +71,7 @@ class RepairPlan:
     @property
     def complete(self) -> bool:
         """Nothing the strategy asks for is missing (so there is nothing to do)."""
-        return not _missing_in_scope(self.report, self.strategy)
-
-
-def _missing_in_scope(report: MissingReport, strategy: str) -> list[str]:
-    keys = [info.hash for info in report.missing if in_scope(info.criticality, strategy)]
-    keys += [intent_key(ref) for ref in report.intents if in_scope(ref.criticality, strategy)]
-    keys += [intent_key(ref) for ref in report.not_found if in_scope(ref.criticality, strategy)]
-    return keys
+        return not missing_in_scope(self.report, self.strategy)
 
 
 def _detect(env: Environment) -> MissingReport:
@@ -109,24 +91,22 @@ def plan_repair(env: Environment, strategy: str = "all", warn: Warn | None = Non
     if strategy not in STRATEGIES:
         raise CfdError(f"unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
     report = _detect(env)
-    models, intents = select_for_download(report, strategy)
-    chosen = {info.hash for info in models}
-    chosen_intents = {ref.identity for ref in intents}
+    selection = select_for_download(report, strategy)
     needed = _keys(report)
     previous = {entry.key: entry for entry in Marker(env.git_dir, warn).read()}
-    in_scope_unavailable = [info for info in report.unavailable if strategy != "skip" and in_scope(info.criticality, strategy)]
-    on_disk = on_disk_unindexed(env.models_dir, [*models, *in_scope_unavailable])
-    adopt = {info.hash for info in on_disk}
-    models = [info for info in models if info.hash not in adopt]
+    in_scope_unavailable = [info for info in report.unavailable if in_scope(info.criticality, strategy)]
+    on_disk = on_disk_unindexed(env.models_dir, [*selection.models, *in_scope_unavailable])
+    here = {info.hash for info in on_disk}
+    models = [info for info in selection.models if info.hash not in here]
     return RepairPlan(
         strategy=strategy,
         report=report,
         models=tuple(models),
-        intents=tuple(intents),
+        intents=selection.intents,
         on_disk=on_disk,
         staged=_staged(env, models),
-        filtered_models=tuple(info for info in report.downloadable if info.hash not in chosen),
-        filtered_intents=tuple(ref for ref in report.intents if ref.identity not in chosen_intents),
+        filtered_models=selection.filtered_models,
+        filtered_intents=selection.filtered_intents,
         previous={key: entry for key, entry in previous.items() if key in needed},
         stale=tuple(key for key in previous if key not in needed),
     )
@@ -175,7 +155,7 @@ class RepairResult:
     @property
     def complete(self) -> bool:
         """Every model the strategy asked for is present now."""
-        return not self.interrupted and not self.resolve_error and not _missing_in_scope(self.after, self.plan.strategy)
+        return not self.interrupted and not self.resolve_error and not missing_in_scope(self.after, self.plan.strategy)
 
 
 def _marker_entries(
