@@ -28,7 +28,7 @@ from typing import Any
 from . import fasttoml
 from .fasttoml import BATCH as _BATCH
 from .diff import ManifestDiff, partial_manifest
-from .model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, stronger
+from .model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, strongest
 
 MODELS_HEADER = "tool.comfydock.models"
 _MODELS_PREFIX = MODELS_HEADER + "."
@@ -400,11 +400,8 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
 
 
 def _strongest(refs: list[WorkflowModelRef]) -> str | None:
-    result: str | None = None
-    for ref in refs:
-        if ref.is_resolved:
-            result = ref.criticality if result is None else stronger(result, ref.criticality)
-    return result
+    resolved = [ref.criticality for ref in refs if ref.is_resolved]
+    return strongest(*resolved) if resolved else None
 
 
 def _new_intents(old_side: _Side, new_side: _Side, common: list[str]) -> tuple[WorkflowModelRef, ...]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..environment import Environment
 from ..errors import CfdError, ConfigError
-from ..manifest.model import WorkflowModelRef, stronger
+from ..manifest.model import WorkflowModelRef, strongest
 from .marker import Marker, PendingEntry, intent_key
 from .missing import MissingModelInfo, on_disk_unindexed
 from ..download.urls import redact_urls_in
@@ -45,9 +45,7 @@ def intent_groups(intents: Iterable[WorkflowModelRef]) -> dict[str, list[Workflo
 
 
 def _group_facts(group: Sequence[WorkflowModelRef]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    criticality = group[0].criticality
-    for ref in group[1:]:
-        criticality = stronger(criticality, ref.criticality)
+    criticality = strongest(*(ref.criticality for ref in group))
     sources = tuple(dict.fromkeys(url for ref in group for url in ref.sources))
     workflows = tuple(dict.fromkeys(ref.workflow for ref in group))
     return criticality, sources, workflows

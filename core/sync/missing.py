@@ -17,7 +17,7 @@ import os
 
 from ..errors import UnsafeManifestValue
 from ..store.index import ModelIndex
-from ..manifest.model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, stronger
+from ..manifest.model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, strongest
 from ..download.safety import target_path
 
 @dataclass(frozen=True)
@@ -89,9 +89,7 @@ def detect_missing_models(
         if model_hash in present:
             continue
         model = manifest.models.get(model_hash) or _described_by_workflows(model_hash, refs)
-        criticality = refs[0].criticality
-        for ref in refs[1:]:
-            criticality = stronger(criticality, ref.criticality)
+        criticality = strongest(*(ref.criticality for ref in refs))
         workflows = tuple(dict.fromkeys(ref.workflow for ref in refs))
         missing.append(MissingModelInfo(model, workflows, criticality, bool(model.sources)))
     missing.sort(key=_order)

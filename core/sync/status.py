@@ -7,7 +7,7 @@ from typing import Any
 
 from ..environment import Environment
 from ..store.index import ModelIndex
-from ..manifest.model import Manifest, WorkflowModelRef, stronger
+from ..manifest.model import Manifest, WorkflowModelRef, strongest
 from .marker import Marker, PendingEntry, intent_key, sources_gone
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import SkippedManifest, read_skipped
@@ -154,7 +154,7 @@ def compute_status(env: Environment, warn: Any = None) -> StatusReport:
     for ref in manifest.refs:
         if ref.hash is not None and ref.hash in needed:
             mine = own.setdefault(ref.workflow, {})
-            mine[ref.hash] = stronger(mine[ref.hash], ref.criticality) if ref.hash in mine else ref.criticality
+            mine[ref.hash] = strongest(mine[ref.hash], ref.criticality) if ref.hash in mine else ref.criticality
     workflows = [
         WorkflowStatus(
             name=name,
