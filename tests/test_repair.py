@@ -520,7 +520,7 @@ def test_skip_says_nothing_was_requested(scenario: Scenario, server: ModelServer
 
 
 def test_preview_subtracts_bytes_already_staged(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
-    from cfd.cli.common import human_size
+    from cfd.core.units import human_size
     from cfd.core.download.types import DownloadJob
     from cfd.core.download.staging import partial_bytes
 

@@ -30,7 +30,8 @@ from .session import (
     parse_content_range,
     with_retries,
 )
-from .staging import Result, StagingFile, State, size_text
+from .staging import Result, StagingFile, State
+from ..units import human_size
 from .urls import host_of, redact_url
 
 
@@ -272,7 +273,7 @@ class Transfer:
             self._check_validator(resp)
             self._check_body(resp, total, size)
             if size is None and total is not None and total > self.options.max_unknown_size:
-                raise self._too_big(f"announces {size_text(total)}")
+                raise self._too_big(f"announces {human_size(total)}")
             self.chunked = "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
             if size is None and total is not None:
                 self.file.learn_size(total)
@@ -283,7 +284,7 @@ class Transfer:
 
     def _too_big(self, what: str) -> Failure:
         self.file.discard()
-        return Failure(f"{self.shown} {what}, more than cfd.maxUnknownSize ({size_text(self.options.max_unknown_size)}) "
+        return Failure(f"{self.shown} {what}, more than cfd.maxUnknownSize ({human_size(self.options.max_unknown_size)}) "
                        "allows for a model whose size the manifest does not give; refused (raise the setting if it is right)")
 
     def _check_range_length(self, length: int | None, parsed: tuple[int, int, int | None]) -> None:
@@ -420,7 +421,7 @@ class Transfer:
             self.file.store(index, offset, data)
             offset += len(data)
             if slow.too_slow(len(data)):
-                raise Failure(f"{host}: slower than {size_text(slow.limit)}/s for {slow.window:g} s "
+                raise Failure(f"{host}: slower than {human_size(slow.limit)}/s for {slow.window:g} s "
                               f"at byte {offset} of {end or '?'} (cfd.lowSpeedLimit)", retry=True)
             if limiter is not None:
                 waited = time.monotonic()

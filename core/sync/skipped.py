@@ -15,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..units import human_size
+
 RECORD_NAME = "skipped-manifest.json"
 
 
@@ -28,13 +30,9 @@ class SkippedManifest:
 
     def message(self) -> str:
         return (
-            f"pyproject.toml is {_mib(self.size)}, over cfd.maxManifestSize ({_mib(self.limit)}): "
+            f"pyproject.toml is {human_size(self.size)}, over cfd.maxManifestSize ({human_size(self.limit)}): "
             f"the {self.trigger or 'hook'} did not read it; run `cfd repair` to sync models"
         )
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MiB"
 
 
 def _path(git_dir: Path) -> Path:
