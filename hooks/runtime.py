@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")
+HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")  # the hooks cfd installs and handles
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ def _say(stream: TextIO, message: str) -> None:
 def summary(outcome: object) -> str | None:
     """The one line a hook prints after acting (None when there is nothing to say)."""
     from cfd.core.download.types import OVER_BUDGET
+    from cfd.core.sync.marker import reason_label
     from cfd.core.sync.pullsync import SYNCED, PullSyncOutcome
 
     assert isinstance(outcome, PullSyncOutcome)
@@ -88,14 +89,7 @@ def summary(outcome: object) -> str | None:
         reasons: dict[str, int] = {}
         for entry in left:
             reasons[entry.reason] = reasons.get(entry.reason, 0) + 1
-        labels = {
-            "filtered": f"not selected by cfd.models={outcome.strategy}",
-            "no-source": "without a source",
-            "deferred": "deferred by cfd.onPull=defer",
-            "background": "for the agent",
-            "hook-time-budget": "left by the hook time budget (cfd.hookTimeBudget)",
-        }
-        detail = ", ".join(f"{n} {labels.get(reason, reason)}" for reason, n in sorted(reasons.items()))
+        detail = ", ".join(f"{n} {reason_label(reason, outcome.strategy)}" for reason, n in sorted(reasons.items()))
         return "; ".join(parts) + f"; {len(left)} pending ({detail}): run `cfd repair`"
     return "; ".join(parts)
 

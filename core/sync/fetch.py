@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ..environment import Environment
 from ..errors import CfdError, ConfigError
 from ..manifest.model import WorkflowModelRef, strongest
-from .marker import Marker, PendingEntry, intent_key
+from .marker import BUDGET_REASON, Marker, PendingEntry, intent_key
 from .missing import MissingModelInfo, on_disk_unindexed
 from ..download.urls import redact_urls_in
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from ..download.engine import DownloadCallbacks, DownloadJob, DownloadOutcome
 
 Warn = Callable[[str], None]
-BUDGET_REASON = "hook-time-budget"  # the marker's reason for what a hook's time budget left
 
 
 def scrub(text: str | None) -> str | None:
