@@ -14,7 +14,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from cfd.core.environment import Environment
 
 HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")  # the hooks cfd installs and handles
 
@@ -136,7 +139,7 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
     from .progress import HookProgress
 
     outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=HookProgress(err), repo=repo,
-                           time_budget=env.settings["cfd.hookTimeBudget"])
+                           time_budget=env.settings["cfd.hookTimeBudget"], start_agent=_start_agent)
     for warning in outcome.warnings[:3]:
         _say(err, f"warning: {warning}")
     if len(outcome.warnings) > 3:
@@ -144,6 +147,12 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
     line = summary(outcome)
     if line:
         _say(err, line)
+
+
+def _start_agent(env: Environment) -> bool:
+    from cfd.agent.control import start_in_background  # only when a pull hands models to the agent
+
+    return start_in_background(env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

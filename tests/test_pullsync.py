@@ -8,7 +8,6 @@ import pytest
 from helpers import Clone, Scenario
 from test_hooks_runtime import M, manifest, pending
 
-from cfd.core.sync import pullsync
 from cfd.core.environment import open_environment
 from cfd.core.errors import CfdError
 from cfd.core.git import GitRepo, is_null_commit
@@ -168,11 +167,11 @@ def test_download_mode_passes_the_selection_to_sync_models(bob, monkeypatch):
 
 
 def test_the_agent_does_not_start_another_agent(bob, monkeypatch):
-    monkeypatch.setattr(pullsync, "start_agent", lambda env: pytest.fail("spawned an agent"))
     a = M(19)
     start = bob.head()
     bob.commit("a", {"pyproject.toml": manifest(a)})
-    outcome = sync_between(open_environment(bob.path), start, "HEAD", trigger="agent", mode="background")
+    outcome = sync_between(open_environment(bob.path), start, "HEAD", trigger="agent", mode="background",
+                           start_agent=lambda env: pytest.fail("spawned an agent"))
     assert outcome.handed_to_agent == 1 and outcome.agent_started
     assert pending(bob)[a.hash]["reason"] == "background"
     assert not outcome.needs_repair

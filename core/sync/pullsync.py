@@ -14,11 +14,9 @@ several hooks firing for one operation (or a hook and the agent) act once.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,10 @@ from .marker import Marker, PendingEntry, intent_key
 from .missing import MissingModelInfo, MissingReport, detect_missing_models
 from .skipped import clear_skipped, record_skipped
 from .strategy import Selection, select_for_download
+
+# How a front end starts the agent for an environment (the hooks pass the agent package's
+# start_in_background); True when it is (being) started. Core cannot do it: it imports no agent.
+AgentStarter = Callable[[Environment], bool]
 
 LAST_SYNCED = "last-synced"
 MODES = ("download", "background", "defer")
@@ -135,6 +137,7 @@ def sync_between(
     cancel: threading.Event | None = None,
     repo: GitRepo | None = None,
     time_budget: float | None = None,
+    start_agent: AgentStarter | None = None,
 ) -> PullSyncOutcome:
     """Sync models after HEAD moved from `old_commit` to `new_commit`.
 
@@ -193,7 +196,7 @@ def sync_between(
         notes = _drop_from_marker(env, diff.no_longer_needed) if diff.no_longer_needed else []
         write_last_synced(env.git_dir, new_blob)
         return replace(out, warnings=(*notes, *out.warnings))
-    return _act(env, diff, _plan(env, diff, out.strategy), out, new_blob, callbacks, cancel, deadline)
+    return _act(env, diff, _plan(env, diff, out.strategy), out, new_blob, callbacks, cancel, deadline, start_agent)
 
 
 def _plan(env: Environment, diff: ManifestDiff, strategy: str) -> _Plan:
@@ -220,6 +223,7 @@ def _act(
     callbacks: Any,
     cancel: threading.Event | None,
     deadline: float | None = None,
+    start_agent: AgentStarter | None = None,
 ) -> PullSyncOutcome:
     trigger, mode = out.trigger, out.mode
     selection = plan.selection
@@ -241,7 +245,8 @@ def _act(
         out = _download(env, plan, marker, out, callbacks, cancel, deadline)
     elif mode == "background" and chosen:
         # The agent itself syncs with trigger "agent": it must not spawn another.
-        out = replace(out, handed_to_agent=chosen, agent_started=trigger == "agent" or start_agent(env))
+        started = trigger == "agent" or (start_agent is not None and start_agent(env))
+        out = replace(out, handed_to_agent=chosen, agent_started=started)
     keys = {e.key for e in entries}
     pending = tuple(e for e in marker.read() if e.key in keys)
     return replace(out, pending=pending, warnings=(*dict.fromkeys(notes), *out.warnings))
@@ -270,35 +275,3 @@ def _drop_from_marker(env: Environment, keys: Sequence[str]) -> list[str]:
     if marker.path.exists():
         marker.merge((), drop=keys)
     return notes
-
-
-def start_agent(env: Environment) -> bool:
-    """Spawn `cfd agent start` detached and return at once; False if this build has no agent.
-
-    `agent start` itself returns when an agent already serves the models dir
-    (core cannot look: it imports no agent code).
-    """
-    import importlib.util
-
-    try:
-        if importlib.util.find_spec("cfd.cli.agent_cmd") is None:
-            return False
-    except ImportError:
-        return False
-    # The hook's GIT_DIR/GIT_INDEX_FILE must not leak into a long-lived process.
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    try:
-        subprocess.Popen(
-            [sys.executable, "-m", "cfd.cli.main", "--env", str(env.repo), "agent", "start"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=child_env,
-            cwd="/",  # keep no directory busy
-            start_new_session=True,
-            close_fds=True,
-        )
-    except OSError:
-        return False
-    return True
-
