@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from cfd.core.environment import Environment
+    from cfd.core.sync.pullsync import PullSyncOutcome
 
 HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")  # the hooks cfd installs and handles
 
@@ -64,13 +65,11 @@ def _say(stream: TextIO, message: str) -> None:
     stream.flush()
 
 
-def summary(outcome: object) -> str | None:
+def summary(outcome: PullSyncOutcome) -> str | None:
     """The one line a hook prints after acting (None when there is nothing to say)."""
-    from cfd.core.download.types import OVER_BUDGET
     from cfd.core.sync.marker import reason_label
-    from cfd.core.sync.pullsync import SYNCED, PullSyncOutcome
+    from cfd.core.sync.pullsync import SYNCED
 
-    assert isinstance(outcome, PullSyncOutcome)
     if outcome.action != SYNCED:
         return None
     needed = len(outcome.missing) + len(outcome.intents)
@@ -81,9 +80,9 @@ def summary(outcome: object) -> str | None:
         parts.append(f"{len(outcome.downloaded)} downloaded")
     if outcome.found:
         parts.append(f"{len(outcome.found)} found on disk, indexed")
-    failed = [name for name, error in outcome.failed if not error.startswith(OVER_BUDGET)]
+    failed = len(outcome.failed) - len(outcome.over_budget)
     if failed:  # those the budget stopped are said below, as pending
-        parts.append(f"{len(failed)} failed")
+        parts.append(f"{failed} failed")
     if outcome.handed_to_agent:
         where = "downloading in the background" if outcome.agent_started else "recorded for the agent (not available)"
         parts.append(f"{outcome.handed_to_agent} {where}")

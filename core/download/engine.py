@@ -49,10 +49,12 @@ from .types import (
     DownloadJob,
     DownloadOptions,
     DownloadOutcome,
+    Ending,
     Failure,
     as_callbacks,
     clean,
     failed,
+    interrupted,
 )
 from ..errors import CfdError, UnsafeManifestValue
 from .session import prepare_url, storable_url
@@ -115,7 +117,7 @@ class _Engine:
     def run_job(self, job: DownloadJob, number: int, total: int, space_error: str | None) -> DownloadOutcome:
         self.callbacks.on_file_start(job.filename, number, total)
         if self.cancel.is_set():
-            outcome = failed(job, INTERRUPTED)
+            outcome = interrupted(job)
         else:
             try:
                 outcome = self._job(job, space_error)
@@ -127,7 +129,8 @@ class _Engine:
             # Stopped by the deadline, or failed at it (a socket timeout cut short to end by then).
             last = "" if outcome.interrupted else f" (last error: {outcome.error})"
             outcome = failed(job, f"{OVER_BUDGET} ({self.options.budget or 0:g} s, cfd.hookTimeBudget) used up; "
-                                  f"what arrived is kept: run `cfd repair` to finish{last}", outcome.bytes_fetched)
+                                  f"what arrived is kept: run `cfd repair` to finish{last}", outcome.bytes_fetched,
+                             Ending.OVER_BUDGET)
         self.callbacks.on_file_complete(job.filename, outcome.success, outcome.error)
         return outcome
 
@@ -147,7 +150,7 @@ class _Engine:
 
         with held_lock(self.locks_dir / f"{name}.lock", self.cancel, waiting) as held:
             if not held:
-                return failed(job, INTERRUPTED)
+                return interrupted(job)
             with ModelIndex(self.index_path, self.models_dir) as index:
                 present = self._already_there(job, relpath, target, index)
                 if present is not None:
@@ -178,13 +181,14 @@ class _Engine:
         if job.expected_hash:
             found = index.present([job.expected_hash]).get(job.expected_hash)
             if found:
-                return DownloadOutcome(job, True, found, None, None, job.expected_hash)
+                return DownloadOutcome(job, True, found, None, None, job.expected_hash, ending=Ending.FOUND)
         else:
             by_source = index.present_by_source([storable_url(u) for u in job.sources])
             for url in job.sources:
                 found = by_source.get(storable_url(url))
                 if found:
-                    return DownloadOutcome(job, True, found, redact_url(url), None, short_hash_file(self.models_dir / found))
+                    return DownloadOutcome(job, True, found, redact_url(url), None, short_hash_file(self.models_dir / found),
+                                           ending=Ending.FOUND)
         if not os.path.lexists(target):
             return None
         if job.expected_hash and target.is_file():
@@ -192,7 +196,7 @@ class _Engine:
             short = short_hash_file(target)
             if short == job.expected_hash.lower() and (job.size is None or stat.st_size == job.size):
                 index.record_file(short, relpath, size=stat.st_size, mtime=stat.st_mtime)
-                return DownloadOutcome(job, True, relpath, None, None, short)
+                return DownloadOutcome(job, True, relpath, None, None, short, ending=Ending.FOUND)
             return failed(job, f"{relpath} already exists with different content (short hash {short}, manifest expects "
                                 f"{job.expected_hash}); cfd does not overwrite it: move it away and run `cfd repair` again")
         return failed(job, f"{relpath} already exists and cannot be checked against this unresolved entry; "
@@ -202,6 +206,7 @@ class _Engine:
         if not job.sources:
             return failed(job, "no download source in the manifest; add one to the model entry in pyproject.toml")
         errors: list[str] = []
+        gone = 0  # sources that answered 404/410
         fetched = 0
         for source in job.sources:
             try:
@@ -215,16 +220,18 @@ class _Engine:
             except Failure as exc:
                 fetched += transfer.fetched
                 errors.append(exc.message)
+                gone += exc.gone
                 continue
             except Cancelled:
-                return failed(job, INTERRUPTED, fetched + transfer.fetched)
+                return interrupted(job, fetched + transfer.fetched)
             except DiskError as exc:
                 return failed(job, str(exc), fetched + transfer.fetched)
             fetched += transfer.fetched
             return place(job, relpath, target, transfer.file, transfer.source, result, index, fetched)
+        ending = Ending.SOURCE_GONE if gone == len(errors) else Ending.FAILED
         if len(errors) == 1:
-            return failed(job, errors[0], fetched)
-        return failed(job, f"all {len(errors)} sources failed: " + "; ".join(errors), fetched)
+            return failed(job, errors[0], fetched, ending)
+        return failed(job, f"all {len(errors)} sources failed: " + "; ".join(errors), fetched, ending)
 
 
 def download_models(

@@ -307,5 +307,5 @@ class HttpClient:
             hint = token_hint(self.options.tokens, service, code, sent=token_sent)
             raise Failure(f"{host} refused access to {shown} ({code}); {hint}")
         if code in (404, 410):
-            raise Failure(f"{shown} was not found ({code}); {SOURCE_GONE}")
+            raise Failure(f"{shown} was not found ({code}); {SOURCE_GONE}", gone=True)
         raise Failure(f"{host} answered {code} for {shown}")

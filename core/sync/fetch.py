@@ -123,7 +123,8 @@ def run_jobs(
     max_rate: int = 0,
     deadline: float | None = None,
 ) -> list[DownloadOutcome]:
-    from ..download.engine import DownloadOptions, DownloadOutcome, download_models
+    from ..download.engine import DownloadOptions, download_models
+    from ..download.types import failed
 
     # A bad setting (cfd.jobs = lots) is the command's error, not every file's failure.
     overrides: dict[str, object] = {"max_rate": max_rate} if max_rate else {}
@@ -140,7 +141,7 @@ def run_jobs(
             cancel=cancel,
         )
     except CfdError as exc:  # refused as a whole (e.g. no room on disk): every job failed, for this reason
-        return [DownloadOutcome(job, False, None, None, str(exc), None) for job in jobs]
+        return [failed(job, str(exc)) for job in jobs]
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class SyncResult:
     outcomes: list[DownloadOutcome]
     interrupted: bool = False
     models_found: list[str] = field(default_factory=list)  # already on disk: checked and indexed, not downloaded
+    models_over_budget: list[str] = field(default_factory=list)  # of models_failed, those a hook's time budget stopped
 
 
 def adopt(env: Environment, models: Sequence[MissingModelInfo], cancel: threading.Event | None) -> tuple[list[DownloadJob], list[DownloadOutcome]]:
@@ -235,4 +237,5 @@ def sync_models(
         outcomes=[*adoptions, *outcomes],
         interrupted=bool(interrupted_all),
         models_found=[outcome.job.filename for outcome in adopted.succeeded],
+        models_over_budget=[filenames[key] for key in failed_all if key in over_budget],
     )

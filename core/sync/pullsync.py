@@ -62,6 +62,7 @@ class PullSyncOutcome:
     downloaded: tuple[str, ...] = ()  # filenames
     found: tuple[str, ...] = ()  # filenames already on disk: checked and indexed, not downloaded
     failed: tuple[tuple[str, str], ...] = ()  # (filename, error)
+    over_budget: tuple[str, ...] = ()  # filenames, of `failed`, that a hook's time budget stopped (pending)
     pending: tuple[PendingEntry, ...] = ()  # what this run left in the marker
     handed_to_agent: int = 0
     agent_started: bool = False
@@ -266,7 +267,7 @@ def _download(
         deadline=deadline,
     )
     return replace(out, downloaded=tuple(synced.models_downloaded), found=tuple(synced.models_found),
-                   failed=tuple(synced.models_failed))
+                   failed=tuple(synced.models_failed), over_budget=tuple(synced.models_over_budget))
 
 
 def _drop_from_marker(env: Environment, keys: Sequence[str]) -> list[str]:
