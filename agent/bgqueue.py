@@ -17,17 +17,20 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from cfd.core.environment import Environment
 from cfd.core.store.index import ModelIndex
-from cfd.core.sync.marker import MARKER_NAME, Marker, PendingEntry
+from cfd.core.sync.marker import MARKER_NAME, Marker, PendingEntry, intent_key
 
 from .lock import is_locked
 from .statusfile import StatusBoard
+
+if TYPE_CHECKING:
+    from cfd.core.sync.fetch import SyncResult
 
 log = logging.getLogger("cfd.agent")
 
@@ -135,7 +138,7 @@ class BackgroundQueue:
         retry_base: float = 60.0,
         retry_max: float = 3600.0,
         debounce: float = 0.5,
-        sync: Callable[..., Any] | None = None,
+        sync: Callable[..., SyncResult] | None = None,  # tests stand in for fetch.sync_models
     ) -> None:
         self.envs = envs
         self.board = board
@@ -227,7 +230,7 @@ class BackgroundQueue:
 
     def _download(self, env: Environment, due: dict[str, PendingEntry]) -> None:
         from cfd.core.sync.missing import detect_missing_models
-        from cfd.core.sync.fetch import intent_key, sync_models
+        from cfd.core.sync.fetch import sync_models
         from cfd.core.sync.working import load_working_manifest
 
         manifest = load_working_manifest(env)

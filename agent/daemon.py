@@ -172,8 +172,8 @@ class Agent:
         # rate-limited, cfd.jobs at a time); `defer` stays defer.
         mode = "defer" if env.settings["cfd.onPull"] == "defer" else "background"
         outcome = sync_between(env, old, new, trigger="agent", mode=mode, cancel=self._cancel)
-        log.info("sync %s..%s in %s: %s", (old or "-")[:10], new[:10], env.repo, getattr(outcome, "action", outcome))
-        for warning in getattr(outcome, "warnings", ()) or ():
+        log.info("sync %s..%s in %s: %s", (old or "-")[:10], new[:10], env.repo, outcome.action)
+        for warning in outcome.warnings:
             log.warning("%s", warning)
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -10,13 +10,14 @@ import sys
 import time
 from typing import TextIO
 
+from cfd.core.download.types import DownloadCallbacks
 from cfd.core.text import sanitize, unsanitized
 from cfd.core.units import human_size
 
 _INTERVAL = 0.25
 
 
-class HookProgress:
+class HookProgress(DownloadCallbacks):
     """ComfyDock's BatchDownloadCallbacks shape, rendered for a hook."""
 
     def __init__(self, stream: TextIO | None = None) -> None:

@@ -13,21 +13,20 @@ is downloaded, so a hook that merely records pending models stays light.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..environment import Environment
 from ..errors import CfdError, ConfigError
 from ..manifest.model import WorkflowModelRef, strongest
-from .marker import BUDGET_REASON, Marker, PendingEntry, intent_key
+from .marker import BUDGET_REASON, Marker, PendingEntry, Warn, intent_key
 from .missing import MissingModelInfo, on_disk_unindexed
 from ..download.urls import redact_urls_in
 
 if TYPE_CHECKING:
     from ..download.engine import DownloadCallbacks, DownloadJob, DownloadOutcome
 
-Warn = Callable[[str], None]
 
 
 def scrub(text: str | None) -> str | None:

@@ -21,6 +21,8 @@ from ..download.types import SOURCE_GONE
 from ..manifest.model import WorkflowModelRef
 from ..download.urls import redact_url
 
+Warn = Callable[[str], None]  # where a reader's one-line warnings go (a corrupt marker set aside)
+
 MARKER_NAME = "pending.json"
 MARKER_VERSION = 1
 BUDGET_REASON = "hook-time-budget"  # what a hook's time budget left
@@ -108,7 +110,7 @@ def intent_key(ref: WorkflowModelRef) -> str:
 
 
 class Marker:
-    def __init__(self, git_dir: Path, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, git_dir: Path, warn: Warn | None = None) -> None:
         self.path = git_dir / "cfd" / MARKER_NAME
         self._warn = warn or (lambda message: None)
 

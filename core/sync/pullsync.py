@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..manifest.diff import ManifestDiff, diff_manifest_bytes
 from ..environment import Environment
@@ -35,6 +35,9 @@ from .strategy import Selection, select_for_download
 # How a front end starts the agent for an environment (the hooks pass the agent package's
 # start_in_background); True when it is (being) started. Core cannot do it: it imports no agent.
 AgentStarter = Callable[[Environment], bool]
+
+if TYPE_CHECKING:
+    from ..download.types import DownloadCallbacks
 
 LAST_SYNCED = "last-synced"
 MODES = ("download", "background", "defer")
@@ -134,7 +137,7 @@ def sync_between(
     trigger: str,
     mode: str | None = None,
     strategy: str | None = None,
-    callbacks: Any = None,
+    callbacks: DownloadCallbacks | None = None,
     cancel: threading.Event | None = None,
     repo: GitRepo | None = None,
     time_budget: float | None = None,
@@ -221,7 +224,7 @@ def _act(
     plan: _Plan,
     out: PullSyncOutcome,
     new_blob: str,
-    callbacks: Any,
+    callbacks: DownloadCallbacks | None,
     cancel: threading.Event | None,
     deadline: float | None = None,
     start_agent: AgentStarter | None = None,
@@ -254,14 +257,11 @@ def _act(
 
 
 def _download(
-    env: Environment, plan: _Plan, marker: Marker, out: PullSyncOutcome, callbacks: Any, cancel: threading.Event | None,
+    env: Environment, plan: _Plan, marker: Marker, out: PullSyncOutcome, callbacks: DownloadCallbacks | None, cancel: threading.Event | None,
     deadline: float | None = None,
 ) -> PullSyncOutcome:
-    try:
-        from .fetch import sync_models
-    except ImportError:  # a build without the download engine: leave them recorded
-        marker.merge(_pending_entries(plan.selection.models, plan.selection.intents, "deferred", out.trigger))
-        return out
+    from .fetch import sync_models  # the engine's value types only; requests comes when something downloads
+
     synced = sync_models(
         env, plan.selection.models, plan.selection.intents, callbacks=callbacks, cancel=cancel, trigger=out.trigger,
         deadline=deadline,

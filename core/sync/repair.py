@@ -17,8 +17,8 @@ from ..environment import Environment
 from ..errors import CfdError, disk_message
 from ..store.index import ModelIndex
 from ..manifest.model import WorkflowModelRef
-from .fetch import Warn, adopt, intent_groups, jobs_from, pending_entries, run_jobs, sort_outcomes
-from .marker import Marker, PendingEntry, intent_key
+from .fetch import adopt, intent_groups, jobs_from, pending_entries, run_jobs, sort_outcomes
+from .marker import Marker, PendingEntry, Warn, intent_key
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import clear_skipped
 from .strategy import STRATEGIES, in_scope, missing_in_scope, select_for_download

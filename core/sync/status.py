@@ -8,7 +8,7 @@ from typing import Any
 from ..environment import Environment
 from ..store.index import ModelIndex
 from ..manifest.model import Manifest, WorkflowModelRef, strongest
-from .marker import Marker, PendingEntry, intent_key, sources_gone
+from .marker import Marker, PendingEntry, Warn, intent_key, sources_gone
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import SkippedManifest, read_skipped
 from ..download.urls import redact_url
@@ -130,7 +130,7 @@ def intent_to_json(ref: WorkflowModelRef) -> dict[str, Any]:
     }
 
 
-def compute_status(env: Environment, warn: Any = None) -> StatusReport:
+def compute_status(env: Environment, warn: Warn | None = None) -> StatusReport:
     manifest = load_working_manifest(env)
     with ModelIndex(env.index_path, env.models_dir) as index:
         report = detect_missing_models(manifest, index)
