@@ -4,7 +4,7 @@
 into marker entries. `sync_models` is the shared entry of hooks and agent:
 download what they picked, then merge failures and interruptions into the
 pending marker and drop what arrived. `cfd repair` (repair.py) runs its plan
-through `run_jobs`, `adopt` and `sort_outcomes`.
+through `run_batch` (files found on disk are checked and indexed, the rest downloaded).
 
 The download engine (and with it `requests`) is imported only when something
 is downloaded, so a hook that merely records pending models stays light.
@@ -114,7 +114,7 @@ def pending_entries(
 # -- downloading -----------------------------------------------------------------
 
 
-def run_jobs(
+def _run_jobs(
     env: Environment,
     jobs: list[DownloadJob],
     callbacks: DownloadCallbacks | None,
@@ -144,13 +144,13 @@ def run_jobs(
 
 
 @dataclass(frozen=True)
-class SortedOutcomes:
+class _Sorted:
     succeeded: list[DownloadOutcome]
     failed: dict[str, str]  # key -> error
     interrupted: dict[str, str]  # key -> error (or "interrupted")
 
 
-def sort_outcomes(jobs: Sequence[DownloadJob], outcomes: Sequence[DownloadOutcome], cancelled: bool) -> SortedOutcomes:
+def _sort_outcomes(jobs: Sequence[DownloadJob], outcomes: Sequence[DownloadOutcome], cancelled: bool) -> _Sorted:
     by_key = {outcome.job.key: outcome for outcome in outcomes}
     succeeded: list[DownloadOutcome] = []
     failed: dict[str, str] = {}
@@ -165,7 +165,7 @@ def sort_outcomes(jobs: Sequence[DownloadJob], outcomes: Sequence[DownloadOutcom
             interrupted[job.key] = scrub(outcome.error) or "interrupted"
         else:  # a real failure stays a failure even if Ctrl-C came later
             failed[job.key] = scrub(outcome.error) or "failed"
-    return SortedOutcomes(succeeded, failed, interrupted)
+    return _Sorted(succeeded, failed, interrupted)
 
 
 @dataclass(frozen=True)
@@ -178,11 +178,47 @@ class SyncResult:
     models_over_budget: list[str] = field(default_factory=list)  # of models_failed, those a hook's time budget stopped
 
 
-def adopt(env: Environment, models: Sequence[MissingModelInfo], cancel: threading.Event | None) -> tuple[list[DownloadJob], list[DownloadOutcome]]:
-    """Check (short hash) and index model files already at their path, through the engine's own
-    check but without callbacks: nothing is downloaded, so nothing is shown as downloading."""
-    jobs = jobs_from(models, ())
-    return jobs, (run_jobs(env, jobs, None, cancel) if jobs else [])
+@dataclass(frozen=True)
+class Batch:
+    """One run's work, sorted: files found at their path (checked, indexed) and files downloaded."""
+
+    adopt_jobs: list[DownloadJob]
+    adoptions: list[DownloadOutcome]
+    jobs: list[DownloadJob]
+    outcomes: list[DownloadOutcome]  # of the downloads
+    adopted: _Sorted
+    fetched: _Sorted
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {**self.adopted.failed, **self.fetched.failed}
+
+    @property
+    def interrupted(self) -> dict[str, str]:
+        return {**self.adopted.interrupted, **self.fetched.interrupted}
+
+    @property
+    def job_of(self) -> dict[str, DownloadJob]:
+        return {job.key: job for job in (*self.adopt_jobs, *self.jobs)}
+
+
+def run_batch(
+    env: Environment,
+    on_disk: Sequence[MissingModelInfo],
+    jobs: list[DownloadJob],
+    callbacks: DownloadCallbacks | None,
+    cancel: threading.Event | None,
+    max_rate: int = 0,
+    deadline: float | None = None,
+) -> Batch:
+    """Check (short hash) and index the `on_disk` files through the engine's own check, without
+    callbacks (nothing is downloaded, so nothing is shown as downloading); then download `jobs`."""
+    adopt_jobs = jobs_from(on_disk, ())
+    adoptions = _run_jobs(env, adopt_jobs, None, cancel) if adopt_jobs else []
+    outcomes = _run_jobs(env, jobs, callbacks, cancel, max_rate, deadline) if jobs else []
+    cancelled = cancel is not None and cancel.is_set()
+    return Batch(adopt_jobs, adoptions, jobs, outcomes,
+                 _sort_outcomes(adopt_jobs, adoptions, cancelled), _sort_outcomes(jobs, outcomes, cancelled))
 
 
 def sync_models(
@@ -211,30 +247,25 @@ def sync_models(
     marker = Marker(env.git_dir, warn)
     base = {entry.key: entry for entry in pending_entries(models, intents, "failed", trigger)}
     try:
-        adopt_jobs, adoptions = adopt(env, on_disk, cancel)
-        outcomes = run_jobs(env, jobs, callbacks, cancel, max_rate, deadline) if jobs else []
+        batch = run_batch(env, on_disk, jobs, callbacks, cancel, max_rate, deadline)
     except KeyboardInterrupt:
         marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
         raise
     except ConfigError as exc:  # a bad download setting stops the batch; what it was for stays pending, with why
         marker.merge(replace(entry, reason="failed", error=exc.message) for entry in base.values())
         raise
-    cancelled = cancel is not None and cancel.is_set()
-    adopted = sort_outcomes(adopt_jobs, adoptions, cancelled)
-    result = sort_outcomes(jobs, outcomes, cancelled)
-    failed_all = {**adopted.failed, **result.failed}
-    interrupted_all = {**adopted.interrupted, **result.interrupted}
-    over_budget = {outcome.job.key for outcome in outcomes if outcome.over_budget}
+    failed_all, interrupted_all = batch.failed, batch.interrupted
+    over_budget = {outcome.job.key for outcome in batch.outcomes if outcome.over_budget}
     entries = [replace(base[key], reason=BUDGET_REASON if key in over_budget else "failed", error=error)
                for key, error in failed_all.items()]
     entries += [replace(base[key], reason="interrupted", error=error) for key, error in interrupted_all.items()]
-    marker.merge(entries, drop=[outcome.job.key for outcome in (*adopted.succeeded, *result.succeeded)])
-    filenames = {job.key: job.filename for job in (*adopt_jobs, *jobs)}
+    marker.merge(entries, drop=[outcome.job.key for outcome in (*batch.adopted.succeeded, *batch.fetched.succeeded)])
+    job_of = batch.job_of
     return SyncResult(
-        models_downloaded=[outcome.job.filename for outcome in result.succeeded],
-        models_failed=[(filenames[key], error) for key, error in {**failed_all, **interrupted_all}.items()],
-        outcomes=[*adoptions, *outcomes],
+        models_downloaded=[outcome.job.filename for outcome in batch.fetched.succeeded],
+        models_failed=[(job_of[key].filename, error) for key, error in {**failed_all, **interrupted_all}.items()],
+        outcomes=[*batch.adoptions, *batch.outcomes],
         interrupted=bool(interrupted_all),
-        models_found=[outcome.job.filename for outcome in adopted.succeeded],
-        models_over_budget=[filenames[key] for key in failed_all if key in over_budget],
+        models_found=[outcome.job.filename for outcome in batch.adopted.succeeded],
+        models_over_budget=[job_of[key].filename for key in failed_all if key in over_budget],
     )

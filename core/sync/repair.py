@@ -17,7 +17,7 @@ from ..environment import Environment
 from ..errors import CfdError, disk_message
 from ..store.index import ModelIndex
 from ..manifest.model import WorkflowModelRef
-from .fetch import adopt, intent_groups, jobs_from, pending_entries, run_jobs, sort_outcomes
+from .fetch import intent_groups, jobs_from, pending_entries, run_batch
 from .marker import Marker, PendingEntry, Warn, intent_key
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import clear_skipped
@@ -198,36 +198,31 @@ def run_repair(
     jobs = jobs_from(plan.models, plan.intents) if (plan.models or plan.intents) else []
     marker = Marker(env.git_dir, warn)
     try:
-        adopt_jobs, adoptions = adopt(env, plan.on_disk, cancel)
-        outcomes = run_jobs(env, jobs, callbacks, cancel) if jobs else []
+        batch = run_batch(env, plan.on_disk, jobs, callbacks, cancel)
     except KeyboardInterrupt:
         # Not cooperative (a second Ctrl-C): still leave a marker that says what happened.
         base = pending_entries(plan.models, plan.intents, "interrupted", "repair")
         marker.merge((replace(entry, error="interrupted") for entry in base), drop=plan.stale)
         raise
-    cancelled = cancel is not None and cancel.is_set()
-    adopted = sort_outcomes(adopt_jobs, adoptions, cancelled)
-    sorted_ = sort_outcomes(jobs, outcomes, cancelled)
-    failed_all = {**adopted.failed, **sorted_.failed}
-    interrupted_all = {**adopted.interrupted, **sorted_.interrupted}
+    failed_all, interrupted_all, downloaded = batch.failed, batch.interrupted, batch.fetched.succeeded
     resolved: list[str] = []
     resolve_error = None
     try:
-        resolved = resolve_downloaded_intents(env, sorted_.succeeded)
+        resolved = resolve_downloaded_intents(env, downloaded)
         resolved += resolve_remembered_intents(env, plan.report.satisfied_intents)
     except CfdError as exc:
         resolve_error = str(exc)
     after = _detect(env)
     pending = _marker_entries(plan, after, failed_all, interrupted_all)
     if resolve_error:  # downloaded but not written back: the marker says so until a run finishes it
-        pending += _unwritten(plan, after, sorted_.succeeded, resolve_error)
+        pending += _unwritten(plan, after, downloaded, resolve_error)
     try:
         marker.write(pending)
     except OSError as exc:
         if warn is not None:
             warn(f"{disk_message(exc, 'the pending marker')}; `cfd status` still shows what is missing")
     clear_skipped(env.git_dir)  # repair read the whole manifest: what a hook skipped is done
-    by_key = {job.key: job for job in (*adopt_jobs, *jobs)}
+    by_key = batch.job_of
 
     def failure(key: str, error: str) -> FailedModel:
         job = by_key[key]
@@ -235,15 +230,15 @@ def run_repair(
 
     return RepairResult(
         plan=plan,
-        outcomes=list(outcomes),
-        downloaded=sorted_.succeeded,
+        outcomes=list(batch.outcomes),
+        downloaded=downloaded,
         failed=[failure(key, error) for key, error in failed_all.items()],
         interrupted=[failure(key, error) for key, error in interrupted_all.items()],
         pending=pending,
         after=after,
         resolved=resolved,
         resolve_error=resolve_error,
-        adopted=adopted.succeeded,
+        adopted=batch.adopted.succeeded,
     )
 
 
