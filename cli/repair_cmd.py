@@ -20,6 +20,7 @@ from typing import Any
 from cfd.core.sync.fetch import intent_groups
 from cfd.core.sync.marker import PendingEntry, intent_key
 from cfd.core.sync.repair import RepairPlan, RepairResult, plan_repair, run_repair
+from cfd.core.sync.strategy import STRATEGIES
 from cfd.core.download.urls import host_of, redact_url
 from cfd.core.units import human_size
 
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument(
         "--models",
-        choices=("all", "required", "skip"),
+        choices=STRATEGIES,
         default="all",
         help="which missing models to download: all (default) | required (criticality required) | skip (record only)",
     )

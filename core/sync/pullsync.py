@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from ..download.types import DownloadCallbacks
 
 LAST_SYNCED = "last-synced"
-MODES = ("download", "background", "defer")
 
 # Outcome actions.
 ALREADY_SYNCED = "already-synced"  # last-synced == the new blob: another hook did it

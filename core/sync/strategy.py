@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from .marker import intent_key
 from .missing import MissingModelInfo, MissingReport
 from ..manifest.model import WorkflowModelRef
+from ..settings import STRATEGIES
 
-STRATEGIES = ("all", "required", "skip")
+__all__ = ["STRATEGIES", "Selection", "in_scope", "missing_in_scope", "select_for_download"]
 
 
 def in_scope(criticality: str, strategy: str) -> bool:
