@@ -10,11 +10,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .tokens import CIVITAI_HOSTS, HF_HOSTS, Tokens, hf_hosts_from_env, load_tokens
 from ..text import sanitize
 from .urls import redact_urls_in
+
+if TYPE_CHECKING:
+    from ..environment import Environment
 
 MIB = 1 << 20
 INTERRUPTED = "interrupted; the partial download is kept and the next run resumes it"
@@ -251,7 +254,7 @@ class DownloadOptions:
     budget: float | None = None  # the budget's length in seconds, for the message
 
     @classmethod
-    def from_settings(cls, env: Any, **overrides: Any) -> DownloadOptions:
+    def from_settings(cls, env: Environment, **overrides: Any) -> DownloadOptions:
         """Options from an Environment's resolved settings plus HF/Civitai tokens."""
         s = env.settings
         values: dict[str, Any] = {
