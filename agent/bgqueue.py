@@ -4,7 +4,7 @@ Taken from each environment's marker: reason `background` (a hook in background
 mode, or our own HEAD sync), `interrupted` and `failed` (retried with
 exponential backoff). What to fetch is re-derived from the working manifest, so
 sources are the real URLs (the marker keeps redacted ones). Downloads go
-through `core.repair.sync_models` (the engine runs `cfd.jobs` at a time and
+through `core.sync.fetch.sync_models` (the engine runs `cfd.jobs` at a time and
 resumes `.part` files, so a restart resumes); `cfd.agent.maxRate` is handed to
 the engine's own rate limiter. A marker write (from a hook, or
 `cfd repair`) wakes the queue through a watch on `<git_dir>/cfd`.
@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -25,10 +25,13 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from cfd.core.environment import Environment
 from cfd.core.store.index import ModelIndex
 from cfd.core.state import MARKER, clone_state, models_state
-from cfd.core.sync.marker import Marker, PendingEntry
+from cfd.core.sync.marker import Marker, PendingEntry, intent_key
 
 from .lock import is_locked
 from .statusfile import StatusBoard
+
+if TYPE_CHECKING:
+    from cfd.core.sync.fetch import SyncResult
 
 log = logging.getLogger("cfd.agent")
 
@@ -136,7 +139,7 @@ class BackgroundQueue:
         retry_base: float = 60.0,
         retry_max: float = 3600.0,
         debounce: float = 0.5,
-        sync: Callable[..., Any] | None = None,
+        sync: Callable[..., SyncResult] | None = None,  # tests stand in for fetch.sync_models
     ) -> None:
         self.envs = envs
         self.board = board
@@ -229,8 +232,8 @@ class BackgroundQueue:
 
     def _download(self, env: Environment, due: dict[str, PendingEntry]) -> None:
         from cfd.core.sync.missing import detect_missing_models
-        from cfd.core.sync.repair import intent_key, sync_models
-        from cfd.core.sync.status import load_working_manifest
+        from cfd.core.sync.fetch import sync_models
+        from cfd.core.sync.working import load_working_manifest
 
         manifest = load_working_manifest(env)
         with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:

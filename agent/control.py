@@ -109,7 +109,9 @@ class StartResult:
     info: AgentInfo
 
 
-def start_agent(config: AgentConfig, timeout: float = 30.0) -> StartResult:
+def start_agent(config: AgentConfig, timeout: float = 30.0, wait: bool = True) -> StartResult:
+    """Spawn `cfd agent run` detached; with `wait`, return once it reports ready (AgentError if
+    it does not), else at once (a hook must not wait: the agent's own lock settles races)."""
     paths = config.state_paths()
     if is_locked(paths.lock):
         return StartResult(False, agent_info(paths))
@@ -125,6 +127,8 @@ def start_agent(config: AgentConfig, timeout: float = 30.0) -> StartResult:
             start_new_session=True,  # no terminal: Ctrl-C in the caller's shell does not reach it
             close_fds=True,
         )
+    if not wait:
+        return StartResult(True, agent_info(paths))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code = child.poll()
@@ -137,6 +141,16 @@ def start_agent(config: AgentConfig, timeout: float = 30.0) -> StartResult:
             return StartResult(True, agent_info(paths))
         time.sleep(0.05)
     raise AgentError(f"the agent did not report ready within {timeout:.0f} s (pid {child.pid})", f"see {paths.log}")
+
+
+def start_in_background(env: Environment) -> bool:
+    """How a hook starts the agent for `env` (pullsync's `start_agent` callback): without
+    waiting for it; False when it cannot start (no models directory, cannot spawn)."""
+    try:
+        start_agent(make_config([env]), wait=False)
+    except (CfdError, OSError):
+        return False
+    return True
 
 
 def stop_agent(paths: AgentPaths, timeout: float = 20.0) -> bool:

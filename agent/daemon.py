@@ -130,7 +130,7 @@ class Agent:
     def _remember_intent_sources(env: Environment, index: ModelIndex, arrived: list[tuple[str, str]]) -> None:
         """Intents' files that appeared by hand: the index remembers them by the intents' URLs,
         the way a download would, so `cfd status` no longer counts them missing."""
-        from cfd.core.sync.status import load_working_manifest
+        from cfd.core.sync.working import load_working_manifest
 
         try:
             intents = load_working_manifest(env).intents  # once for the whole batch
@@ -172,8 +172,8 @@ class Agent:
         # rate-limited, cfd.jobs at a time); `defer` stays defer.
         mode = "defer" if env.settings["cfd.onPull"] == "defer" else "background"
         outcome = sync_between(env, old, new, trigger="agent", mode=mode, cancel=self._cancel)
-        log.info("sync %s..%s in %s: %s", (old or "-")[:10], new[:10], env.repo, getattr(outcome, "action", outcome))
-        for warning in getattr(outcome, "warnings", ()) or ():
+        log.info("sync %s..%s in %s: %s", (old or "-")[:10], new[:10], env.repo, outcome.action)
+        for warning in outcome.warnings:
             log.warning("%s", warning)
 
     # -- lifecycle ----------------------------------------------------------------------------

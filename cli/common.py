@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from cfd.core.environment import Environment, open_environment
+from cfd.core.units import human_size
 
 
 # Environments this command opened: after it ran, main() warns about bad settings it never read.
@@ -42,17 +43,6 @@ def is_terminal(stream: Any = None) -> bool:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "size unknown"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def agent_download_figures(item: dict[str, Any], now: float) -> str:

@@ -18,7 +18,7 @@ from cfd.hooks.install import (
     uninstall_global,
     uninstall_hooks,
 )
-from cfd.hooks.shim import HOOK_NAMES
+from cfd.hooks.runtime import HOOK_NAMES
 
 from .common import add_env_argument, environment, print_json, warn
 

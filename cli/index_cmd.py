@@ -10,8 +10,9 @@ from cfd.core.errors import CfdError
 from cfd.core.store.index import IndexedModel, ModelIndex
 from cfd.core.store.scan import scan_models
 from cfd.core.download.urls import redact_url
+from cfd.core.units import human_size
 
-from .common import add_env_argument, environment, human_size, is_terminal, print_json
+from .common import add_env_argument, environment, is_terminal, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

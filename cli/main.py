@@ -69,13 +69,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = (MODULE_OF[only],) if only in MODULE_OF else COMMAND_MODULES
     for name in modules:
-        try:
-            module = importlib.import_module(f"cfd.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cfd.cli.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"cfd.cli.{name}").register(subparsers)
     return parser
 
 

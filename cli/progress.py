@@ -18,8 +18,7 @@ from contextlib import AbstractContextManager
 from typing import Any, TextIO
 
 from cfd.core.text import sanitize, unsanitized
-
-from .common import human_size
+from cfd.core.units import human_size
 
 
 class LineProgress(AbstractContextManager["LineProgress"]):

@@ -17,11 +17,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from cfd.core.sync.marker import PendingEntry
-from cfd.core.sync.repair import RepairPlan, RepairResult, intent_groups, intent_key, plan_repair, run_repair
+from cfd.core.sync.fetch import intent_groups
+from cfd.core.sync.marker import PendingEntry, intent_key
+from cfd.core.sync.repair import RepairPlan, RepairResult, plan_repair, run_repair
+from cfd.core.sync.strategy import STRATEGIES
 from cfd.core.download.urls import host_of, redact_url
+from cfd.core.units import human_size
 
-from .common import add_env_argument, environment, human_size, is_terminal, print_json, warn
+from .common import add_env_argument, environment, is_terminal, print_json, warn
 from .progress import make_progress
 
 SHOW = 5  # entries listed per section before "... and N more" (as ComfyDock's repair does; --json has all)
@@ -47,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument(
         "--models",
-        choices=("all", "required", "skip"),
+        choices=STRATEGIES,
         default="all",
         help="which missing models to download: all (default) | required (criticality required) | skip (record only)",
     )

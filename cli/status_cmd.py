@@ -8,12 +8,13 @@ from typing import Any
 
 from cfd.core.manifest.model import CRITICALITY_RANK, ENVIRONMENT
 from cfd.core.sync.marker import intent_key, reason_text
-from cfd.core.sync.repair import intent_groups
+from cfd.core.sync.fetch import intent_groups
 from cfd.core.sync.status import StatusReport, WorkflowStatus, compute_status
 from cfd.core.sync.workflowfiles import MODIFIED
 from cfd.core.text import sanitize
+from cfd.core.units import human_size
 
-from .common import add_env_argument, agent_download_figures, environment, human_size, is_terminal, print_json, warn
+from .common import add_env_argument, agent_download_figures, environment, is_terminal, print_json, warn
 
 SHOW_PER_WORKFLOW = 10  # model lines per workflow before "… and N more"
 SHOW_LIST = 10

@@ -22,6 +22,11 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+# The values of cfd.models (core/sync/strategy.py says what each picks) and cfd.onPull.
+STRATEGIES = ("all", "required", "skip")
+ON_PULL_MODES = ("download", "background", "defer")
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def convert(value: str) -> str:
         lowered = value.strip().lower()
@@ -125,8 +130,8 @@ class SettingSpec:
 SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("cfd.modelsDir", "CFD_MODELS_DIR", None, _path, "models directory (default: the ComfyGit / ComfyDock workspace's)"),
     SettingSpec("cfd.index", "CFD_INDEX", None, _path, "SQLite model index (default: the workspace's comfygit_cache/ or comfydock_cache/models.db, else under <modelsDir>/.cfd/)"),
-    SettingSpec("cfd.models", "CFD_MODELS", "required", _choice("all", "required", "skip"), "which missing models a hook downloads: all | required | skip"),
-    SettingSpec("cfd.onPull", "CFD_ON_PULL", "download", _choice("download", "background", "defer"), "what a hook does: download now | background (agent) | defer (record only)"),
+    SettingSpec("cfd.models", "CFD_MODELS", "required", _choice(*STRATEGIES), "which missing models a hook downloads: all | required | skip"),
+    SettingSpec("cfd.onPull", "CFD_ON_PULL", "download", _choice(*ON_PULL_MODES), "what a hook does: download now | background (agent) | defer (record only)"),
     SettingSpec("cfd.jobs", "CFD_JOBS", 4, _positive_int, "files downloaded at once"),
     SettingSpec("cfd.connections", "CFD_CONNECTIONS", 4, _positive_int, "connections per large file when the server supports ranges"),
     SettingSpec("cfd.allowPrivateNetworks", "CFD_ALLOW_PRIVATE_NETWORKS", False, _bool, "allow downloads from loopback/private/link-local addresses"),

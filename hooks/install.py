@@ -35,7 +35,8 @@ from .location import (
     owning_tool,
     user_hook_file,
 )
-from .shim import HOOK_NAMES, read_shim, render_shim
+from .runtime import HOOK_NAMES
+from .shim import read_shim, render_shim
 
 if TYPE_CHECKING:
     from cfd.core.environment import Environment

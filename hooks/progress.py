@@ -10,20 +10,14 @@ import sys
 import time
 from typing import TextIO
 
+from cfd.core.download.types import DownloadCallbacks
 from cfd.core.text import sanitize, unsanitized
+from cfd.core.units import human_size
 
 _INTERVAL = 0.25
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-class HookProgress:
+class HookProgress(DownloadCallbacks):
     """ComfyDock's BatchDownloadCallbacks shape, rendered for a hook."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
@@ -57,7 +51,7 @@ class HookProgress:
             return
         self._last = now
         share = f" {100 * downloaded // total}%" if total else ""
-        self._write(f"cfd: {filename} {_size(downloaded)}{share}", end="")
+        self._write(f"cfd: {filename} {human_size(downloaded)}{share}", end="")
 
     def on_file_retry(self, filename: str, delay: float, reason: str) -> None:
         self._write(f"cfd: {filename}: {reason}; retrying in {delay:.0f} s")

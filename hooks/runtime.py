@@ -14,9 +14,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")
+if TYPE_CHECKING:
+    from cfd.core.environment import Environment
+    from cfd.core.sync.pullsync import PullSyncOutcome
+
+HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")  # the hooks cfd installs and handles
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,11 @@ def _say(stream: TextIO, message: str) -> None:
     stream.flush()
 
 
-def summary(outcome: object) -> str | None:
+def summary(outcome: PullSyncOutcome) -> str | None:
     """The one line a hook prints after acting (None when there is nothing to say)."""
-    from cfd.core.download.types import OVER_BUDGET
-    from cfd.core.sync.pullsync import SYNCED, PullSyncOutcome
+    from cfd.core.sync.marker import reason_label
+    from cfd.core.sync.pullsync import SYNCED
 
-    assert isinstance(outcome, PullSyncOutcome)
     if outcome.action != SYNCED:
         return None
     needed = len(outcome.missing) + len(outcome.intents)
@@ -77,9 +80,9 @@ def summary(outcome: object) -> str | None:
         parts.append(f"{len(outcome.downloaded)} downloaded")
     if outcome.found:
         parts.append(f"{len(outcome.found)} found on disk, indexed")
-    failed = [name for name, error in outcome.failed if not error.startswith(OVER_BUDGET)]
+    failed = len(outcome.failed) - len(outcome.over_budget)
     if failed:  # those the budget stopped are said below, as pending
-        parts.append(f"{len(failed)} failed")
+        parts.append(f"{failed} failed")
     if outcome.handed_to_agent:
         where = "downloading in the background" if outcome.agent_started else "recorded for the agent (not available)"
         parts.append(f"{outcome.handed_to_agent} {where}")
@@ -88,14 +91,7 @@ def summary(outcome: object) -> str | None:
         reasons: dict[str, int] = {}
         for entry in left:
             reasons[entry.reason] = reasons.get(entry.reason, 0) + 1
-        labels = {
-            "filtered": f"not selected by cfd.models={outcome.strategy}",
-            "no-source": "without a source",
-            "deferred": "deferred by cfd.onPull=defer",
-            "background": "for the agent",
-            "hook-time-budget": "left by the hook time budget (cfd.hookTimeBudget)",
-        }
-        detail = ", ".join(f"{n} {labels.get(reason, reason)}" for reason, n in sorted(reasons.items()))
+        detail = ", ".join(f"{n} {reason_label(reason, outcome.strategy)}" for reason, n in sorted(reasons.items()))
         return "; ".join(parts) + f"; {len(left)} pending ({detail}): run `cfd repair`"
     return "; ".join(parts)
 
@@ -142,7 +138,7 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
     from .progress import HookProgress
 
     outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=HookProgress(err), repo=repo,
-                           time_budget=env.settings["cfd.hookTimeBudget"])
+                           time_budget=env.settings["cfd.hookTimeBudget"], start_agent=_start_agent)
     for warning in outcome.warnings[:3]:
         _say(err, f"warning: {warning}")
     if len(outcome.warnings) > 3:
@@ -155,6 +151,12 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
     line = summary_line(sync_workflow_files(env, previous_from_git(repo, event.old)))
     if line:
         _say(err, line)
+
+
+def _start_agent(env: Environment) -> bool:
+    from cfd.agent.control import start_in_background  # only when a pull hands models to the agent
+
+    return start_in_background(env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

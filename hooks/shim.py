@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")
+from .runtime import HOOK_NAMES
+
 SHIM_VERSION = 2  # 2: the fast path checks git's output (a newline in the repository path)
 CURRENT_ID = "4b1d7c2e-cfd-model-sync"
 PRIOR_IDS: tuple[str, ...] = ()

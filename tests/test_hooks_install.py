@@ -13,7 +13,8 @@ import pytest
 from helpers import Clone, Scenario
 from test_hooks_runtime import M, cfd, manifest, pending, publish
 
-from cfd.hooks.shim import HOOK_NAMES, SHIM_VERSION, read_shim, render_shim
+from cfd.hooks.runtime import HOOK_NAMES
+from cfd.hooks.shim import SHIM_VERSION, read_shim, render_shim
 
 PY = sys.executable
 

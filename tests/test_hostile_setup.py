@@ -186,7 +186,7 @@ def test_a_manifest_over_the_ceiling_is_left_to_repair(scenario: Scenario, serve
     pulled = bob.pull()
     assert pulled.returncode == 0 and bob.is_clean()
     lines = [line for line in pulled.stderr.splitlines() if line.startswith("cfd:")]
-    assert len(lines) == 1 and "over cfd.maxManifestSize (0.1 MiB)" in lines[0] and "cfd repair" in lines[0], pulled.stderr
+    assert len(lines) == 1 and "over cfd.maxManifestSize (100.0 KiB)" in lines[0] and "cfd repair" in lines[0], pulled.stderr
     assert server.requests == []
     status = run_cfd("status", cwd=bob.path, env=dict(os.environ))
     assert "over cfd.maxManifestSize" in status.stdout and "model(s) need downloading" in status.stdout, status.stdout

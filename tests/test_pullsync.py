@@ -8,7 +8,6 @@ import pytest
 from helpers import Clone, Scenario
 from test_hooks_runtime import M, manifest, pending
 
-from cfd.core.sync import pullsync
 from cfd.core.environment import open_environment
 from cfd.core.errors import CfdError
 from cfd.core.gitobjects import GitRepo, is_null_commit
@@ -139,12 +138,12 @@ def test_diff_starts_from_last_synced(bob):
 
 
 def test_interrupted_download_is_recorded_before_it_starts(bob, monkeypatch):
-    from cfd.core.sync import repair
+    from cfd.core.sync import fetch
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(repair, "sync_models", interrupted)
+    monkeypatch.setattr(fetch, "sync_models", interrupted)
     a = M(16)
     start = bob.head()
     bob.commit("a", {"pyproject.toml": manifest(a)})
@@ -155,15 +154,15 @@ def test_interrupted_download_is_recorded_before_it_starts(bob, monkeypatch):
 
 
 def test_download_mode_passes_the_selection_to_sync_models(bob, monkeypatch):
-    from cfd.core.sync import repair
+    from cfd.core.sync import fetch
 
     calls = []
 
     def fake(env, models, intents, *, callbacks=None, cancel=None, trigger="", deadline=None):
         calls.append(([m.hash for m in models], trigger))
-        return repair.SyncResult([m.model.filename for m in models], [], [])
+        return fetch.SyncResult([m.model.filename for m in models], [], [])
 
-    monkeypatch.setattr(repair, "sync_models", fake)
+    monkeypatch.setattr(fetch, "sync_models", fake)
     req, opt = M(17), M(18, "optional")
     start = bob.head()
     bob.commit("a", {"pyproject.toml": manifest(req, opt)})
@@ -173,11 +172,11 @@ def test_download_mode_passes_the_selection_to_sync_models(bob, monkeypatch):
 
 
 def test_the_agent_does_not_start_another_agent(bob, monkeypatch):
-    monkeypatch.setattr(pullsync, "start_agent", lambda env: pytest.fail("spawned an agent"))
     a = M(19)
     start = bob.head()
     bob.commit("a", {"pyproject.toml": manifest(a)})
-    outcome = sync_between(open_environment(bob.path), start, "HEAD", trigger="agent", mode="background")
+    outcome = sync_between(open_environment(bob.path), start, "HEAD", trigger="agent", mode="background",
+                           start_agent=lambda env: pytest.fail("spawned an agent"))
     assert outcome.handed_to_agent == 1 and outcome.agent_started
     assert pending(bob)[a.hash]["reason"] == "background"
     assert not outcome.needs_repair

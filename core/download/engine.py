@@ -50,19 +50,21 @@ from .types import (
     DownloadJob,
     DownloadOptions,
     DownloadOutcome,
+    Ending,
     Failure,
     as_callbacks,
     clean,
     failed,
+    interrupted,
 )
 from ..errors import CfdError, UnsafeManifestValue
-from .session import prepare_url, storable_url
+from .session import HttpClient, RateLimiter, prepare_url, storable_url
 from ..state import models_state
 from ..dialect import BY_SHORT_HASH
 from ..store.index import ModelIndex
 from .placement import place, space_errors
 from .safety import safe_relative_path, target_path
-from .segments import Batch, Transfer, plan_segments
+from .segments import Transfer, plan_segments
 from ..store.shorthash import short_hash_file
 from .staging import discard_staging, held_lock, staging_name
 from .urls import redact_url
@@ -80,6 +82,40 @@ __all__ = [
     "prepare_url",
     "staging_name",
 ]
+
+
+class Batch:
+    """What the transfers of one `download_models` call share, and which of them are running."""
+
+    def __init__(self, options: DownloadOptions, callbacks: DownloadCallbacks, cancel: threading.Event) -> None:
+        self.options, self.callbacks, self.cancel = options, callbacks, cancel
+        self.limiter = RateLimiter(options.max_rate) if options.max_rate > 0 else None
+        self.client = HttpClient(options)
+        self._transfers: set[Transfer] = set()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def register(self, transfer: Transfer) -> None:
+        with self._lock:
+            self._transfers.add(transfer)
+
+    def unregister(self, transfer: Transfer) -> None:
+        with self._lock:
+            self._transfers.discard(transfer)
+
+    def note(self, filename: str, message: str) -> None:
+        """A one-line note for the user (callbacks written for ComfyDock's shape may not take it)."""
+        hook = getattr(self.callbacks, "on_file_note", None)
+        if hook is not None:
+            hook(filename, message)
+
+    def abort_all(self) -> None:
+        with self._lock:
+            transfers = list(self._transfers)
+        for transfer in transfers:
+            transfer.abort()
 
 
 class _Engine:
@@ -119,7 +155,7 @@ class _Engine:
     def run_job(self, job: DownloadJob, number: int, total: int, space_error: str | None) -> DownloadOutcome:
         self.callbacks.on_file_start(job.filename, number, total)
         if self.cancel.is_set():
-            outcome = failed(job, INTERRUPTED)
+            outcome = interrupted(job)
         else:
             try:
                 outcome = self._job(job, space_error)
@@ -131,7 +167,8 @@ class _Engine:
             # Stopped by the deadline, or failed at it (a socket timeout cut short to end by then).
             last = "" if outcome.interrupted else f" (last error: {outcome.error})"
             outcome = failed(job, f"{OVER_BUDGET} ({self.options.budget or 0:g} s, cfd.hookTimeBudget) used up; "
-                                  f"what arrived is kept: run `cfd repair` to finish{last}", outcome.bytes_fetched)
+                                  f"what arrived is kept: run `cfd repair` to finish{last}", outcome.bytes_fetched,
+                             Ending.OVER_BUDGET)
         self.callbacks.on_file_complete(job.filename, outcome.success, outcome.error)
         return outcome
 
@@ -151,7 +188,7 @@ class _Engine:
 
         with held_lock(self.layout.download_lock(name), self.cancel, waiting) as held:
             if not held:
-                return failed(job, INTERRUPTED)
+                return interrupted(job)
             with ModelIndex(self.index_path, self.models_dir, self.dialect) as index:
                 present = self._already_there(job, relpath, target, index)
                 if present is not None:
@@ -182,13 +219,14 @@ class _Engine:
         if job.expected_hash:
             found = index.present([job.expected_hash]).get(job.expected_hash)
             if found:
-                return DownloadOutcome(job, True, found, None, None, job.expected_hash)
+                return DownloadOutcome(job, True, found, None, None, job.expected_hash, ending=Ending.FOUND)
         else:
             by_source = index.present_by_source([storable_url(u) for u in job.sources])
             for url in job.sources:
                 found = by_source.get(storable_url(url))
                 if found:
-                    return DownloadOutcome(job, True, found, redact_url(url), None, short_hash_file(self.models_dir / found, index.short_hash))
+                    return DownloadOutcome(job, True, found, redact_url(url), None, short_hash_file(self.models_dir / found, index.short_hash),
+                                           ending=Ending.FOUND)
         if not os.path.lexists(target):
             return None
         if job.expected_hash and target.is_file():
@@ -196,7 +234,7 @@ class _Engine:
             short = short_hash_file(target, index.short_hash)
             if short == job.expected_hash.lower() and (job.size is None or stat.st_size == job.size):
                 index.record_file(short, relpath, size=stat.st_size, mtime=stat.st_mtime)
-                return DownloadOutcome(job, True, relpath, None, None, short)
+                return DownloadOutcome(job, True, relpath, None, None, short, ending=Ending.FOUND)
             return failed(job, f"{relpath} already exists with different content (short hash {short}, manifest expects "
                                 f"{job.expected_hash}); cfd does not overwrite it: move it away and run `cfd repair` again")
         return failed(job, f"{relpath} already exists and cannot be checked against this unresolved entry; "
@@ -211,6 +249,7 @@ class _Engine:
                 return failed(job, "not in the team mirror, and cfd.mirror.only forbids the manifest's sources")
             return failed(job, "no download source in the manifest; add one to the model entry in pyproject.toml")
         errors: list[str] = []
+        gone = 0  # sources that answered 404/410
         fetched = 0
         for source in ([hit] if hit is not None else []) + list(origins):
             checked = job
@@ -235,9 +274,10 @@ class _Engine:
                     errors.append(message)
                     continue
                 errors.append(exc.message)
+                gone += exc.gone
                 continue
             except Cancelled:
-                return failed(job, INTERRUPTED, fetched + transfer.fetched)
+                return interrupted(job, fetched + transfer.fetched)
             except DiskError as exc:
                 return failed(job, str(exc), fetched + transfer.fetched)
             fetched += transfer.fetched
@@ -245,9 +285,10 @@ class _Engine:
             if mirror is not None and outcome.success and checked is job:  # from an origin: share it with the team
                 mirror.publish(job, target, result.blake3, result.sha256, self.batch.note, self.options.deadline)
             return outcome
+        ending = Ending.SOURCE_GONE if gone == len(errors) else Ending.FAILED
         if len(errors) == 1:
-            return failed(job, errors[0], fetched)
-        return failed(job, f"all {len(errors)} sources failed: " + "; ".join(errors), fetched)
+            return failed(job, errors[0], fetched, ending)
+        return failed(job, f"all {len(errors)} sources failed: " + "; ".join(errors), fetched, ending)
 
 
 def download_models(

@@ -19,7 +19,8 @@ from .session import storable_url
 from ..store.index import ModelIndex
 from .safety import target_path
 from ..store.shorthash import short_hash_file
-from .staging import Result, StagingFile, partial_bytes, size_text
+from .staging import Result, StagingFile, partial_bytes
+from ..units import human_size
 from .urls import redact_url
 
 
@@ -72,8 +73,8 @@ def space_errors(jobs: Sequence[DownloadJob], models_dir: Path, staging_dir: Pat
             continue  # reported by the job itself
         need = max(0, job.size - partial_bytes(staging_dir, job))
         if need > free:
-            errors[i] = (f"not enough disk space for {job.filename}: it needs {size_text(need)} more, "
-                         f"{size_text(free)} free in {models_dir}; free some space and run `cfd repair` again")
+            errors[i] = (f"not enough disk space for {job.filename}: it needs {human_size(need)} more, "
+                         f"{human_size(free)} free in {models_dir}; free some space and run `cfd repair` again")
         else:
             free -= need
     return errors

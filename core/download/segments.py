@@ -16,22 +16,26 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 import urllib3
 
-from .types import MIB, Cancelled, DiskError, DownloadCallbacks, DownloadJob, DownloadOptions, Failure
+from .types import MIB, Cancelled, DiskError, DownloadJob, Failure
 from .session import (
-    HttpClient,
-    RateLimiter,
+    LowSpeed,
     abort_response,
     content_length,
     network_reason,
     parse_content_range,
     with_retries,
 )
-from .staging import Result, StagingFile, State, size_text
+from .staging import Result, StagingFile, State
+from ..units import human_size
 from .urls import host_of, redact_url
+
+if TYPE_CHECKING:
+    from .engine import Batch
 
 
 class _Restart(Exception):
@@ -50,28 +54,6 @@ class _Stopped(Exception):
     """A sibling segment failed; this one stops quietly."""
 
 
-class _LowSpeed:
-    """curl's --speed-limit/--speed-time for one connection: fewer than `limit` bytes/s over `window` s."""
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
-        self.restart()
-
-    def restart(self) -> None:
-        self.start, self.bytes = time.monotonic(), 0
-
-    def too_slow(self, n: int) -> bool:
-        if self.limit <= 0:
-            return False
-        self.bytes += n
-        elapsed = time.monotonic() - self.start
-        if elapsed < self.window:
-            return False
-        slow = self.bytes < self.limit * elapsed
-        self.restart()
-        return slow
-
-
 def plan_segments(size: int | None, connections: int, segment_min: int) -> list[list[int]]:
     if size is None:
         return [[0, -1, 0]]
@@ -79,40 +61,6 @@ def plan_segments(size: int | None, connections: int, segment_min: int) -> list[
     step = -(-size // count // MIB) * MIB  # MiB-aligned
     bounds = [min(i * step, size) for i in range(count)] + [size]
     return [[bounds[i], bounds[i + 1], 0] for i in range(count) if bounds[i] < bounds[i + 1]]
-
-
-class Batch:
-    """What the transfers of one `download_models` call share, and which of them are running."""
-
-    def __init__(self, options: DownloadOptions, callbacks: DownloadCallbacks, cancel: threading.Event) -> None:
-        self.options, self.callbacks, self.cancel = options, callbacks, cancel
-        self.limiter = RateLimiter(options.max_rate) if options.max_rate > 0 else None
-        self.client = HttpClient(options)
-        self._transfers: set[Transfer] = set()
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self.client.close()
-
-    def register(self, transfer: Transfer) -> None:
-        with self._lock:
-            self._transfers.add(transfer)
-
-    def unregister(self, transfer: Transfer) -> None:
-        with self._lock:
-            self._transfers.discard(transfer)
-
-    def note(self, filename: str, message: str) -> None:
-        """A one-line note for the user (callbacks written for ComfyDock's shape may not take it)."""
-        hook = getattr(self.callbacks, "on_file_note", None)
-        if hook is not None:
-            hook(filename, message)
-
-    def abort_all(self) -> None:
-        with self._lock:
-            transfers = list(self._transfers)
-        for transfer in transfers:
-            transfer.abort()
 
 
 class Transfer:
@@ -272,7 +220,7 @@ class Transfer:
             self._check_validator(resp)
             self._check_body(resp, total, size)
             if size is None and total is not None and total > self.options.max_unknown_size:
-                raise self._too_big(f"announces {size_text(total)}")
+                raise self._too_big(f"announces {human_size(total)}")
             self.chunked = "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
             if size is None and total is not None:
                 self.file.learn_size(total)
@@ -283,7 +231,7 @@ class Transfer:
 
     def _too_big(self, what: str) -> Failure:
         self.file.discard()
-        return Failure(f"{self.shown} {what}, more than cfd.maxUnknownSize ({size_text(self.options.max_unknown_size)}) "
+        return Failure(f"{self.shown} {what}, more than cfd.maxUnknownSize ({human_size(self.options.max_unknown_size)}) "
                        "allows for a model whose size the manifest does not give; refused (raise the setting if it is right)")
 
     def _check_range_length(self, length: int | None, parsed: tuple[int, int, int | None]) -> None:
@@ -398,7 +346,7 @@ class Transfer:
         limiter, cancel = self.batch.limiter, self.batch.cancel
         host = host_of(resp.url) or "the server"
         ceiling = self.options.max_unknown_size if end is None else None
-        slow = _LowSpeed(self.options.low_speed_limit, self.options.low_speed_time)
+        slow = LowSpeed(self.options.low_speed_limit, self.options.low_speed_time)
         while True:
             if shrinks and segment[1] < end:  # type: ignore[operator]
                 end = segment[1]
@@ -420,7 +368,7 @@ class Transfer:
             self.file.store(index, offset, data)
             offset += len(data)
             if slow.too_slow(len(data)):
-                raise Failure(f"{host}: slower than {size_text(slow.limit)}/s for {slow.window:g} s "
+                raise Failure(f"{host}: slower than {human_size(slow.limit)}/s for {slow.window:g} s "
                               f"at byte {offset} of {end or '?'} (cfd.lowSpeedLimit)", retry=True)
             if limiter is not None:
                 waited = time.monotonic()

@@ -30,6 +30,7 @@ from .fullhash import FullHash
 from ..store.shorthash import StreamingShortHasher, short_hash_file
 from .tensorfile import declared_length, is_safetensors_name
 from .writeback import Flusher
+from ..units import human_size
 
 _HEX16 = re.compile(r"^[0-9a-f]{16}\Z")
 
@@ -82,14 +83,6 @@ def held_lock(path: Path, cancel: threading.Event, on_wait: Callable[[], None] |
         yield True
     finally:
         lock.release()
-
-
-def size_text(n: float) -> str:
-    """Bytes for a message, in the binary unit that suits them."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.{2 if unit == 'GiB' else 1}f} {unit}"
-    return f"{n:.0f} B"
 
 
 def _boot_id() -> str | None:
@@ -249,8 +242,8 @@ class StagingFile:
             free = need
         if need > free:
             self.discard()
-            raise DiskError(f"not enough disk space for {self.job.filename}: the server announces {size_text(total)}, "
-                            f"{size_text(free)} free; free some space and run `cfd repair` again")
+            raise DiskError(f"not enough disk space for {self.job.filename}: the server announces {human_size(total)}, "
+                            f"{human_size(free)} free; free some space and run `cfd repair` again")
         self.state.size = total
         self.state.segments = [[0, total, self.state.segments[0][2]]]
         try:

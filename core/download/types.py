@@ -9,22 +9,41 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 from ..store.shorthash import BLAKE3_SAMPLE
 from .tokens import CIVITAI_HOSTS, HF_HOSTS, Tokens, hf_hosts_from_env, load_tokens
 from ..text import sanitize
 from .urls import redact_urls_in
 
+if TYPE_CHECKING:
+    from ..environment import Environment
+
 MIB = 1 << 20
 INTERRUPTED = "interrupted; the partial download is kept and the next run resumes it"
 # Ends the error of a source that answered 404/410: retrying will not help, the manifest must change.
 SOURCE_GONE = "fix or replace this source in pyproject.toml"
-OVER_BUDGET = "hook time budget"  # how an outcome stopped by DownloadOptions.deadline begins
+OVER_BUDGET = "hook time budget"  # how the error of an outcome stopped by DownloadOptions.deadline begins
 GIB = 1 << 30
 
 
 # --------------------------------------------------------------------------- public types
+
+
+class Ending(Enum):
+    """How a download ended: what callers decide on (the error text is for people)."""
+
+    DONE = "done"  # downloaded, verified, placed and indexed
+    FOUND = "found"  # already here (indexed, or at its path with the right hash): nothing fetched
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # cancelled (Ctrl-C, agent stop): the partial is kept for a resume
+    OVER_BUDGET = "over budget"  # a hook's time budget ran out (DownloadOptions.deadline)
+    SOURCE_GONE = "source gone"  # every source answered 404/410: only a fix to pyproject.toml helps
+
+    @property
+    def success(self) -> bool:
+        return self in (Ending.DONE, Ending.FOUND)
 
 
 @dataclass(frozen=True)
@@ -186,14 +205,19 @@ class DownloadOutcome:
     error: str | None  # one line, secrets removed
     short_hash: str | None  # computed (intents too)
     bytes_fetched: int = 0
+    ending: Ending | None = None  # None: DONE or FAILED, from `success`
+
+    def __post_init__(self) -> None:
+        if self.ending is None:
+            object.__setattr__(self, "ending", Ending.DONE if self.success else Ending.FAILED)
 
     @property
     def interrupted(self) -> bool:
-        return not self.success and (self.error or "").startswith("interrupted")
+        return self.ending is Ending.INTERRUPTED
 
     @property
     def over_budget(self) -> bool:
-        return not self.success and (self.error or "").startswith(OVER_BUDGET)
+        return self.ending is Ending.OVER_BUDGET
 
 
 @dataclass(frozen=True)
@@ -235,7 +259,7 @@ class DownloadOptions:
     mirror: Any = None
 
     @classmethod
-    def from_settings(cls, env: Any, **overrides: Any) -> DownloadOptions:
+    def from_settings(cls, env: Environment, **overrides: Any) -> DownloadOptions:
         """Options from an Environment's resolved settings plus HF/Civitai tokens."""
         s = env.settings
         values: dict[str, Any] = {
@@ -263,8 +287,12 @@ class DownloadOptions:
         return cls(**values)
 
 
-def failed(job: DownloadJob, error: str, fetched: int = 0) -> DownloadOutcome:
-    return DownloadOutcome(job, False, None, None, error, None, fetched)
+def failed(job: DownloadJob, error: str, fetched: int = 0, ending: Ending = Ending.FAILED) -> DownloadOutcome:
+    return DownloadOutcome(job, False, None, None, error, None, fetched, ending)
+
+
+def interrupted(job: DownloadJob, fetched: int = 0) -> DownloadOutcome:
+    return failed(job, INTERRUPTED, fetched, Ending.INTERRUPTED)
 
 
 def clean(text: str) -> str:
@@ -278,11 +306,12 @@ def clean(text: str) -> str:
 class Failure(Exception):
     """This source failed. `message` is one line and safe to show."""
 
-    def __init__(self, message: str, *, retry: bool = False, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry: bool = False, retry_after: float | None = None, gone: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.retry = retry
         self.retry_after = retry_after
+        self.gone = gone  # the source answered 404/410
 
 
 class DiskError(Exception):

@@ -28,7 +28,7 @@ from typing import Any
 from . import fasttoml
 from .fasttoml import BATCH as _BATCH
 from .diff import ManifestDiff, partial_manifest
-from .model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, stronger
+from .model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, strongest
 from .. import dialect as dialects
 from ..dialect import COMFYDOCK, Dialect
 from ..errors import ManifestError
@@ -426,7 +426,7 @@ def _strongest(refs: list[WorkflowModelRef]) -> str | None:
     result: str | None = None
     for ref in refs:
         if ref.is_resolved:
-            result = ref.criticality if result is None else stronger(result, ref.criticality)
+            result = ref.criticality if result is None else strongest(result, ref.criticality)
     return result
 
 

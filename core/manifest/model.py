@@ -39,9 +39,11 @@ _CONFLICT_RE = re.compile(rb"^(<{7}|={7}|>{7})(?: |\r?$)", re.MULTILINE)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def stronger(a: str, b: str) -> str:
-    """The stronger of two criticalities (required > flexible > optional)."""
-    return a if CRITICALITY_RANK.get(a, 0) >= CRITICALITY_RANK.get(b, 0) else b
+def strongest(*criticalities: str) -> str:
+    """The strongest criticality given (required > flexible > optional; the first of equals).
+
+    The one rule wherever several workflow entries need one model."""
+    return max(criticalities, key=lambda value: CRITICALITY_RANK.get(value, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,7 @@ class Manifest:
         for ref in self.refs:
             if ref.is_resolved and ref.hash is not None:
                 previous = needed.get(ref.hash)
-                needed[ref.hash] = ref.criticality if previous is None else stronger(previous, ref.criticality)
+                needed[ref.hash] = ref.criticality if previous is None else strongest(previous, ref.criticality)
         return needed
 
 

@@ -23,8 +23,21 @@ from ..state import MARKER as MARKER_NAME, clone_state
 from ..manifest.model import WorkflowModelRef
 from ..download.urls import redact_url
 
+Warn = Callable[[str], None]  # where a reader's one-line warnings go (a corrupt marker set aside)
 MARKER_VERSION = 1
-REASONS = ("deferred", "filtered", "no-source", "failed", "interrupted", "background")
+BUDGET_REASON = "hook-time-budget"  # what a hook's time budget left
+# Why an entry is pending, in a user's words: the one set of labels (`cfd status`, the hooks).
+REASON_LABELS = {
+    "deferred": "left for later (cfd.onPull=defer)",
+    "filtered": "skipped by the strategy (cfd.models)",
+    "no-source": "without a source",
+    "failed": "failed",
+    "interrupted": "interrupted; `cfd repair` resumes it",
+    "background": "queued for the background agent",
+    BUDGET_REASON: "left by the hook time budget (cfd.hookTimeBudget)",
+    "write-back": "downloaded, not yet written into pyproject.toml",
+}
+REASONS = tuple(REASON_LABELS)
 
 
 @dataclass(frozen=True)
@@ -66,19 +79,20 @@ class PendingEntry:
         )
 
 
+def reason_label(reason: str, strategy: str | None = None) -> str:
+    """A stored reason code as REASON_LABELS words (`strategy`: the one that filtered, when known)."""
+    if reason == "filtered" and strategy:
+        return f"skipped by cfd.models={strategy}"
+    return REASON_LABELS.get(reason, reason)
+
+
 def reason_text(entry: PendingEntry) -> str:
-    """Why a model is still pending, in a user's words (the stored reasons are short codes)."""
+    """Why this model is still pending: its label, with the last error or the strategy it implies."""
     if entry.reason == "failed":
         return f"last attempt failed: {entry.error or 'unknown error'}"
-    if entry.reason == "interrupted":
-        return "interrupted; `cfd repair` resumes it"
-    if entry.reason == "filtered":
-        return "skipped (--models skip)" if entry.criticality == "required" else "skipped by cfd.models=required"
-    return {
-        "deferred": "left for later (cfd.onPull=defer)",
-        "no-source": "no source",
-        "background": "queued for the background agent",
-    }.get(entry.reason, entry.reason)
+    if entry.reason == "filtered" and entry.criticality == "required":
+        return "skipped (--models skip)"  # only `skip` leaves a required model out
+    return reason_label(entry.reason, "required" if entry.reason == "filtered" else None)
 
 
 def sources_gone(entry: PendingEntry) -> bool:
@@ -96,7 +110,7 @@ def intent_key(ref: WorkflowModelRef) -> str:
 
 
 class Marker:
-    def __init__(self, git_dir: Path, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, git_dir: Path, warn: Warn | None = None) -> None:
         self.path = clone_state(git_dir).marker
         self._warn = warn or (lambda message: None)
 

@@ -17,11 +17,8 @@ import os
 
 from ..errors import UnsafeManifestValue
 from ..store.index import ModelIndex
-from ..manifest.model import CRITICALITY_RANK, ENVIRONMENT, Manifest, ManifestModel, WorkflowModelRef, stronger
+from ..manifest.model import CRITICALITY_RANK, ENVIRONMENT, Manifest, ManifestModel, WorkflowModelRef, strongest
 from ..download.safety import target_path
-
-STRATEGIES = ("all", "required", "skip")
-
 
 @dataclass(frozen=True)
 class MissingModelInfo:
@@ -103,9 +100,7 @@ def detect_missing_models(
         if model_hash in present:
             continue
         model = manifest.models.get(model_hash) or _described_by_workflows(model_hash, refs)
-        criticality = refs[0].criticality
-        for ref in refs[1:]:
-            criticality = stronger(criticality, ref.criticality)
+        criticality = strongest(*(ref.criticality for ref in refs))
         workflows = tuple(dict.fromkeys(ref.workflow for ref in refs))
         missing.append(MissingModelInfo(model, workflows, criticality, bool(model.sources)))
     missing.sort(key=_order)
@@ -124,15 +119,6 @@ def detect_missing_models(
         if ref.status == "unresolved" and not ref.sources and ref.criticality != "optional"
     )
     return MissingReport(tuple(missing), tuple(open_intents), not_found, manifest.problems, tuple(satisfied))
-
-
-def select_for_download(report: MissingReport, strategy: str) -> tuple[list[MissingModelInfo], list[WorkflowModelRef]]:
-    """The downloadable models and intents a strategy (all|required|skip) picks."""
-    if strategy == "skip":
-        return [], []
-    if strategy == "required":
-        return [m for m in report.downloadable if m.is_required], [r for r in report.intents if r.criticality == "required"]
-    return list(report.downloadable), list(report.intents)
 
 
 def on_disk_unindexed(models_dir: str | os.PathLike[str], missing: Iterable[MissingModelInfo]) -> tuple[MissingModelInfo, ...]:

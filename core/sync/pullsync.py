@@ -13,29 +13,33 @@ several hooks firing for one operation (or a hook and the agent) act once.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..manifest.diff import ManifestDiff, diff_manifest_bytes
 from ..environment import Environment
 from ..errors import ManifestError
 from ..files import write_atomic
-from ..state import clone_state
-from ..git import no_git_env
 from ..gitobjects import MANIFEST_PATH, GitRepo, open_repo
+from ..state import clone_state
 from ..store.index import ModelIndex
 from ..manifest.model import WorkflowModelRef
 from .marker import Marker, PendingEntry, intent_key
-from .missing import MissingModelInfo, MissingReport, detect_missing_models, select_for_download
+from .missing import MissingModelInfo, MissingReport, detect_missing_models
 from .skipped import clear_skipped, record_skipped
+from .strategy import Selection, select_for_download
 
-MODES = ("download", "background", "defer")
+# How a front end starts the agent for an environment (the hooks pass the agent package's
+# start_in_background); True when it is (being) started. Core cannot do it: it imports no agent.
+AgentStarter = Callable[[Environment], bool]
+
+if TYPE_CHECKING:
+    from ..download.types import DownloadCallbacks
+
 
 # Outcome actions.
 ALREADY_SYNCED = "already-synced"  # last-synced == the new blob: another hook did it
@@ -60,6 +64,7 @@ class PullSyncOutcome:
     downloaded: tuple[str, ...] = ()  # filenames
     found: tuple[str, ...] = ()  # filenames already on disk: checked and indexed, not downloaded
     failed: tuple[tuple[str, str], ...] = ()  # (filename, error)
+    over_budget: tuple[str, ...] = ()  # filenames, of `failed`, that a hook's time budget stopped (pending)
     pending: tuple[PendingEntry, ...] = ()  # what this run left in the marker
     handed_to_agent: int = 0
     agent_started: bool = False
@@ -103,7 +108,7 @@ def _pending_entries(
 ) -> list[PendingEntry]:
     if not models and not intents:
         return []  # nothing to convert: spare the hook importing core.repair
-    from .repair import pending_entries  # the canonical conversion; not imported when nothing is pending
+    from .fetch import pending_entries  # the canonical conversion; not imported when nothing is pending
 
     return list(pending_entries(models, intents, reason, trigger))
 
@@ -111,14 +116,10 @@ def _pending_entries(
 # -- the sync -----------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Plan:
-    report: MissingReport
-    intents: list[WorkflowModelRef]
-    selected: list[MissingModelInfo] = field(default_factory=list)
-    selected_intents: list[WorkflowModelRef] = field(default_factory=list)
-    filtered: list[MissingModelInfo] = field(default_factory=list)
-    filtered_intents: list[WorkflowModelRef] = field(default_factory=list)
+    report: MissingReport  # narrowed to what the pull changed (its intents: the new ones)
+    selection: Selection
     satisfied_keys: list[str] = field(default_factory=list)
 
 
@@ -134,10 +135,11 @@ def sync_between(
     trigger: str,
     mode: str | None = None,
     strategy: str | None = None,
-    callbacks: Any = None,
+    callbacks: DownloadCallbacks | None = None,
     cancel: threading.Event | None = None,
     repo: GitRepo | None = None,
     time_budget: float | None = None,
+    start_agent: AgentStarter | None = None,
 ) -> PullSyncOutcome:
     """Sync models after HEAD moved from `old_commit` to `new_commit`.
 
@@ -196,7 +198,7 @@ def sync_between(
         notes = _drop_from_marker(env, diff.no_longer_needed) if diff.no_longer_needed else []
         write_last_synced(env.git_dir, new_blob)
         return replace(out, warnings=(*notes, *out.warnings))
-    return _act(env, diff, _plan(env, diff, out.strategy), out, new_blob, callbacks, cancel, deadline)
+    return _act(env, diff, _plan(env, diff, out.strategy), out, new_blob, callbacks, cancel, deadline, start_agent)
 
 
 def _plan(env: Environment, diff: ManifestDiff, strategy: str) -> _Plan:
@@ -208,17 +210,10 @@ def _plan(env: Environment, diff: ManifestDiff, strategy: str) -> _Plan:
     wanted = {ref.identity for ref in diff.new_intents}
     intents = [ref for ref in report.intents if ref.identity in wanted]
     scoped = MissingReport(report.missing, tuple(intents), (), report.problems)
-    selected, selected_intents = select_for_download(scoped, strategy)
-    chosen = {m.hash for m in selected}
-    chosen_intents = {r.identity for r in selected_intents}
     missing = {m.hash for m in report.missing}
     return _Plan(
         report=scoped,
-        intents=intents,
-        selected=selected,
-        selected_intents=selected_intents,
-        filtered=[m for m in report.downloadable if m.hash not in chosen],
-        filtered_intents=[r for r in intents if r.identity not in chosen_intents],
+        selection=select_for_download(scoped, strategy),
         satisfied_keys=[h for h in diff.hashes_to_check if h not in missing]
         + [intent_key(r) for r in report.satisfied_intents if r.identity in wanted],
     )
@@ -230,15 +225,17 @@ def _act(
     plan: _Plan,
     out: PullSyncOutcome,
     new_blob: str,
-    callbacks: Any,
+    callbacks: DownloadCallbacks | None,
     cancel: threading.Event | None,
     deadline: float | None = None,
+    start_agent: AgentStarter | None = None,
 ) -> PullSyncOutcome:
     trigger, mode = out.trigger, out.mode
+    selection = plan.selection
     selected_reason = {"download": "interrupted", "background": "background", "defer": "deferred"}[mode]
     entries = (
-        _pending_entries(plan.selected, plan.selected_intents, selected_reason, trigger)
-        + _pending_entries(plan.filtered, plan.filtered_intents, "filtered", trigger)
+        _pending_entries(selection.models, selection.intents, selected_reason, trigger)
+        + _pending_entries(selection.filtered_models, selection.filtered_intents, "filtered", trigger)
         + _pending_entries(plan.report.unavailable, (), "no-source", trigger)
     )
     # Recorded before any download: a kill or Ctrl-C leaves the marker saying what is left.
@@ -246,34 +243,32 @@ def _act(
     marker = Marker(env.git_dir, notes.append)
     marker.merge(entries, drop=[*plan.satisfied_keys, *diff.no_longer_needed])
     write_last_synced(env.git_dir, new_blob)
-    out = replace(out, missing=plan.report.missing, intents=tuple(plan.intents), checked=len(diff.hashes_to_check))
+    out = replace(out, missing=plan.report.missing, intents=plan.report.intents, checked=len(diff.hashes_to_check))
 
-    chosen = len(plan.selected) + len(plan.selected_intents)
+    chosen = selection.count
     if mode == "download" and chosen:
         out = _download(env, plan, marker, out, callbacks, cancel, deadline)
     elif mode == "background" and chosen:
         # The agent itself syncs with trigger "agent": it must not spawn another.
-        out = replace(out, handed_to_agent=chosen, agent_started=trigger == "agent" or start_agent(env))
+        started = trigger == "agent" or (start_agent is not None and start_agent(env))
+        out = replace(out, handed_to_agent=chosen, agent_started=started)
     keys = {e.key for e in entries}
     pending = tuple(e for e in marker.read() if e.key in keys)
     return replace(out, pending=pending, warnings=(*dict.fromkeys(notes), *out.warnings))
 
 
 def _download(
-    env: Environment, plan: _Plan, marker: Marker, out: PullSyncOutcome, callbacks: Any, cancel: threading.Event | None,
+    env: Environment, plan: _Plan, marker: Marker, out: PullSyncOutcome, callbacks: DownloadCallbacks | None, cancel: threading.Event | None,
     deadline: float | None = None,
 ) -> PullSyncOutcome:
-    try:
-        from .repair import sync_models
-    except ImportError:  # a build without the download engine: leave them recorded
-        marker.merge(_pending_entries(plan.selected, plan.selected_intents, "deferred", out.trigger))
-        return out
+    from .fetch import sync_models  # the engine's value types only; requests comes when something downloads
+
     synced = sync_models(
-        env, plan.selected, plan.selected_intents, callbacks=callbacks, cancel=cancel, trigger=out.trigger,
+        env, plan.selection.models, plan.selection.intents, callbacks=callbacks, cancel=cancel, trigger=out.trigger,
         deadline=deadline,
     )
     return replace(out, downloaded=tuple(synced.models_downloaded), found=tuple(synced.models_found),
-                   failed=tuple(synced.models_failed))
+                   failed=tuple(synced.models_failed), over_budget=tuple(synced.models_over_budget))
 
 
 def _drop_from_marker(env: Environment, keys: Sequence[str]) -> list[str]:
@@ -282,34 +277,3 @@ def _drop_from_marker(env: Environment, keys: Sequence[str]) -> list[str]:
     if marker.path.exists():
         marker.merge((), drop=keys)
     return notes
-
-
-def start_agent(env: Environment) -> bool:
-    """Spawn `cfd agent start` detached and return at once; False if this build has no agent.
-
-    `agent start` itself returns when an agent already serves the models dir
-    (core cannot look: it imports no agent code).
-    """
-    import importlib.util
-
-    try:
-        if importlib.util.find_spec("cfd.cli.agent_cmd") is None:
-            return False
-    except ImportError:
-        return False
-    child_env = no_git_env()  # the hook's GIT_DIR/GIT_INDEX_FILE must not stick to a long-lived process
-    try:
-        subprocess.Popen(
-            [sys.executable, "-m", "cfd.cli.main", "--env", str(env.repo), "agent", "start"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=child_env,
-            cwd="/",  # keep no directory busy
-            start_new_session=True,
-            close_fds=True,
-        )
-    except OSError:
-        return False
-    return True
-

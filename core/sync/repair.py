@@ -1,263 +1,32 @@
-"""Sync and repair: turn "what is missing" into downloads, and keep the marker true.
+"""`cfd repair`: plan from the truth, run, and rewrite the marker to what is still missing.
 
-`sync_models` is the shared entry of hooks and agent: download what they picked,
-then merge failures and interruptions into the pending marker and drop what
-arrived. `plan_repair` / `run_repair` back `cfd repair`: the plan recomputes the
-truth from the working manifest and the index (the marker is only a hint), and
-the run rewrites the marker to exactly what is still missing afterwards.
-
-The download engine (and with it `requests`) is imported only when something
-is downloaded, so a hook that merely records pending models stays light.
+`plan_repair` recomputes the truth from the working manifest and the index (the
+marker is only a hint); `run_repair` indexes what is already on disk, downloads
+the rest through fetch.py, writes downloaded intents into pyproject.toml, and
+rewrites the marker to exactly what is still missing afterwards.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..environment import Environment
-from ..errors import CfdError, ConfigError, disk_message
+from ..errors import CfdError, disk_message
 from ..state import models_state
 from ..store.index import ModelIndex
-from ..manifest.model import WorkflowModelRef, stronger
-from .marker import Marker, PendingEntry, intent_key
-from .missing import (
-    STRATEGIES,
-    MissingModelInfo,
-    MissingReport,
-    detect_missing_models,
-    on_disk_unindexed,
-    select_for_download,
-)
+from ..manifest.model import WorkflowModelRef
+from .fetch import intent_groups, jobs_from, pending_entries, run_batch
+from .marker import Marker, PendingEntry, Warn, intent_key
+from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import clear_skipped
-from .status import load_working_manifest
-from ..download.urls import redact_urls_in
+from .strategy import STRATEGIES, in_scope, missing_in_scope, select_for_download
+from .working import load_working_manifest
 
 if TYPE_CHECKING:
-    from ..download.engine import DownloadCallbacks, DownloadJob, DownloadOutcome
-
-Warn = Callable[[str], None]
-BUDGET_REASON = "hook-time-budget"  # the marker's reason for what a hook's time budget left
-
-
-def scrub(text: str | None) -> str | None:
-    """Error text with every URL in it redacted (errors end up in the marker and JSON)."""
-    return None if text is None else redact_urls_in(text)
-
-
-def intent_groups(intents: Iterable[WorkflowModelRef]) -> dict[str, list[WorkflowModelRef]]:
-    """Intents by target path: two entries asking for the same file make one download."""
-    groups: dict[str, list[WorkflowModelRef]] = {}
-    for ref in intents:
-        groups.setdefault(ref.target_path, []).append(ref)
-    return groups
-
-
-def _group_facts(group: Sequence[WorkflowModelRef]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    criticality = group[0].criticality
-    for ref in group[1:]:
-        criticality = stronger(criticality, ref.criticality)
-    sources = tuple(dict.fromkeys(url for ref in group for url in ref.sources))
-    workflows = tuple(dict.fromkeys(ref.workflow for ref in group))
-    return criticality, sources, workflows
-
-
-def jobs_from(models: Sequence[MissingModelInfo], intents: Sequence[WorkflowModelRef]) -> list[DownloadJob]:
-    from ..download.types import DownloadJob  # the value types only: no requests import
-
-    jobs = [
-        DownloadJob(
-            key=info.hash,
-            filename=info.model.filename,
-            relative_path=info.model.relative_path,
-            size=info.model.size,
-            sources=info.model.sources,
-            expected_hash=info.hash,
-            blake3=info.model.blake3,
-            sha256=info.model.sha256,
-            criticality=info.criticality,
-            workflows=info.named_workflows,
-        )
-        for info in models
-    ]
-    for target, group in intent_groups(intents).items():
-        criticality, sources, workflows = _group_facts(group)
-        jobs.append(
-            DownloadJob(
-                key=intent_key(group[0]),
-                filename=group[0].filename,
-                relative_path=target,
-                size=None,
-                sources=sources,
-                expected_hash=None,
-                criticality=criticality,
-                workflows=workflows,
-            )
-        )
-    return jobs
-
-
-def pending_entries(
-    models: Iterable[MissingModelInfo],
-    intents: Iterable[WorkflowModelRef],
-    reason: str,
-    trigger: str,
-    errors: Mapping[str, str] | None = None,
-) -> list[PendingEntry]:
-    """Marker entries for models and intents (one per download job); `errors` maps a key to its last error."""
-    errors = errors or {}
-    return [
-        PendingEntry(
-            key=job.key,
-            filename=job.filename,
-            relative_path=job.relative_path,
-            size=job.size,
-            sources=job.sources,
-            criticality=job.criticality,
-            workflows=job.workflows,
-            reason=reason,
-            error=scrub(errors.get(job.key)),
-            trigger=trigger,
-            hash=job.expected_hash,
-        )
-        for job in jobs_from(list(models), list(intents))
-    ]
-
-
-# -- downloading -----------------------------------------------------------------
-
-
-def _download(
-    env: Environment,
-    jobs: list[DownloadJob],
-    callbacks: DownloadCallbacks | None,
-    cancel: threading.Event | None,
-    max_rate: int = 0,
-    deadline: float | None = None,
-) -> list[DownloadOutcome]:
-    from ..download.engine import DownloadOptions, DownloadOutcome, download_models
-
-    # A bad setting (cfd.jobs = lots) is the command's error, not every file's failure.
-    overrides: dict[str, object] = {"max_rate": max_rate} if max_rate else {}
-    if deadline is not None:
-        overrides.update(deadline=deadline, budget=env.settings["cfd.hookTimeBudget"])
-    options = DownloadOptions.from_settings(env, **overrides)
-    try:
-        return download_models(
-            jobs,
-            models_dir=env.models_dir,
-            index_path=env.index_path,
-            options=options,
-            callbacks=callbacks,
-            cancel=cancel,
-        )
-    except CfdError as exc:  # refused as a whole (e.g. no room on disk): every job failed, for this reason
-        return [DownloadOutcome(job, False, None, None, str(exc), None) for job in jobs]
-
-
-@dataclass(frozen=True)
-class _Sorted:
-    succeeded: list[DownloadOutcome]
-    failed: dict[str, str]  # key -> error
-    interrupted: dict[str, str]  # key -> error (or "interrupted")
-
-
-def _sort_outcomes(jobs: Sequence[DownloadJob], outcomes: Sequence[DownloadOutcome], cancelled: bool) -> _Sorted:
-    by_key = {outcome.job.key: outcome for outcome in outcomes}
-    succeeded: list[DownloadOutcome] = []
-    failed: dict[str, str] = {}
-    interrupted: dict[str, str] = {}
-    for job in jobs:
-        outcome = by_key.get(job.key)
-        if outcome is not None and outcome.success:
-            succeeded.append(outcome)
-        elif outcome is None:
-            (interrupted if cancelled else failed)[job.key] = "interrupted" if cancelled else "no result from the downloader"
-        elif outcome.interrupted or (cancelled and not outcome.error):
-            interrupted[job.key] = scrub(outcome.error) or "interrupted"
-        else:  # a real failure stays a failure even if Ctrl-C came later
-            failed[job.key] = scrub(outcome.error) or "failed"
-    return _Sorted(succeeded, failed, interrupted)
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    models_downloaded: list[str]  # filenames
-    models_failed: list[tuple[str, str]]  # (filename, error)
-    outcomes: list[DownloadOutcome]
-    interrupted: bool = False
-    models_found: list[str] = field(default_factory=list)  # already on disk: checked and indexed, not downloaded
-
-
-def _adopt(env: Environment, models: Sequence[MissingModelInfo], cancel: threading.Event | None) -> tuple[list[DownloadJob], list[DownloadOutcome]]:
-    """Check (short hash) and index model files already at their path, through the engine's own
-    check but without callbacks: nothing is downloaded, so nothing is shown as downloading."""
-    jobs = jobs_from(models, ())
-    return jobs, (_download(env, jobs, None, cancel) if jobs else [])
-
-
-def sync_models(
-    env: Environment,
-    models: Sequence[MissingModelInfo],
-    intents: Sequence[WorkflowModelRef],
-    *,
-    callbacks: DownloadCallbacks | None = None,
-    cancel: threading.Event | None = None,
-    trigger: str = "",
-    warn: Warn | None = None,
-    max_rate: int = 0,
-    deadline: float | None = None,
-) -> SyncResult:
-    """Download `models` and `intents`; failures and interruptions go to the marker, successes leave it.
-
-    `max_rate` (bytes/s over all files, 0 = unlimited) is the agent's `cfd.agent.maxRate`;
-    `deadline` (time.monotonic()) is a hook's time budget: what is left then is pending
-    with reason "hook-time-budget"."""
-    if not (models or intents):
-        return SyncResult([], [], [])
-    on_disk = on_disk_unindexed(env.models_dir, models)
-    found = {info.hash for info in on_disk}
-    to_fetch = [info for info in models if info.hash not in found]
-    jobs = jobs_from(to_fetch, intents)
-    marker = Marker(env.git_dir, warn)
-    base = {entry.key: entry for entry in pending_entries(models, intents, "failed", trigger)}
-    try:
-        adopt_jobs, adoptions = _adopt(env, on_disk, cancel)
-        outcomes = _download(env, jobs, callbacks, cancel, max_rate, deadline) if jobs else []
-    except KeyboardInterrupt:
-        marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
-        raise
-    except ConfigError as exc:  # a bad download setting stops the batch; what it was for stays pending, with why
-        marker.merge(replace(entry, reason="failed", error=exc.message) for entry in base.values())
-        raise
-    cancelled = cancel is not None and cancel.is_set()
-    adopted = _sort_outcomes(adopt_jobs, adoptions, cancelled)
-    result = _sort_outcomes(jobs, outcomes, cancelled)
-    failed_all = {**adopted.failed, **result.failed}
-    interrupted_all = {**adopted.interrupted, **result.interrupted}
-    over_budget = {outcome.job.key for outcome in outcomes if outcome.over_budget}
-    entries = [replace(base[key], reason=BUDGET_REASON if key in over_budget else "failed", error=error)
-               for key, error in failed_all.items()]
-    entries += [replace(base[key], reason="interrupted", error=error) for key, error in interrupted_all.items()]
-    marker.merge(entries, drop=[outcome.job.key for outcome in (*adopted.succeeded, *result.succeeded)])
-    filenames = {job.key: job.filename for job in (*adopt_jobs, *jobs)}
-    return SyncResult(
-        models_downloaded=[outcome.job.filename for outcome in result.succeeded],
-        models_failed=[(filenames[key], error) for key, error in {**failed_all, **interrupted_all}.items()],
-        outcomes=[*adoptions, *outcomes],
-        interrupted=bool(interrupted_all),
-        models_found=[outcome.job.filename for outcome in adopted.succeeded],
-    )
-
-
-# -- repair ----------------------------------------------------------------------
-
-
-def in_scope(criticality: str, strategy: str) -> bool:
-    """Whether a strategy asks for a model of this criticality."""
-    return strategy == "all" or (strategy == "required" and criticality == "required")
+    from ..download.engine import DownloadCallbacks, DownloadOutcome
 
 
 @dataclass(frozen=True)
@@ -303,14 +72,7 @@ class RepairPlan:
     @property
     def complete(self) -> bool:
         """Nothing the strategy asks for is missing (so there is nothing to do)."""
-        return not _missing_in_scope(self.report, self.strategy)
-
-
-def _missing_in_scope(report: MissingReport, strategy: str) -> list[str]:
-    keys = [info.hash for info in report.missing if in_scope(info.criticality, strategy)]
-    keys += [intent_key(ref) for ref in report.intents if in_scope(ref.criticality, strategy)]
-    keys += [intent_key(ref) for ref in report.not_found if in_scope(ref.criticality, strategy)]
-    return keys
+        return not missing_in_scope(self.report, self.strategy)
 
 
 def _detect(env: Environment) -> MissingReport:
@@ -333,24 +95,22 @@ def plan_repair(env: Environment, strategy: str = "all", warn: Warn | None = Non
     if strategy not in STRATEGIES:
         raise CfdError(f"unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
     report = _detect(env)
-    models, intents = select_for_download(report, strategy)
-    chosen = {info.hash for info in models}
-    chosen_intents = {ref.identity for ref in intents}
+    selection = select_for_download(report, strategy)
     needed = _keys(report)
     previous = {entry.key: entry for entry in Marker(env.git_dir, warn).read()}
-    in_scope_unavailable = [info for info in report.unavailable if strategy != "skip" and in_scope(info.criticality, strategy)]
-    on_disk = on_disk_unindexed(env.models_dir, [*models, *in_scope_unavailable])
-    adopt = {info.hash for info in on_disk}
-    models = [info for info in models if info.hash not in adopt]
+    in_scope_unavailable = [info for info in report.unavailable if in_scope(info.criticality, strategy)]
+    on_disk = on_disk_unindexed(env.models_dir, [*selection.models, *in_scope_unavailable])
+    here = {info.hash for info in on_disk}
+    models = [info for info in selection.models if info.hash not in here]
     return RepairPlan(
         strategy=strategy,
         report=report,
         models=tuple(models),
-        intents=tuple(intents),
+        intents=selection.intents,
         on_disk=on_disk,
         staged=_staged(env, models),
-        filtered_models=tuple(info for info in report.downloadable if info.hash not in chosen),
-        filtered_intents=tuple(ref for ref in report.intents if ref.identity not in chosen_intents),
+        filtered_models=selection.filtered_models,
+        filtered_intents=selection.filtered_intents,
         previous={key: entry for key, entry in previous.items() if key in needed},
         stale=tuple(key for key in previous if key not in needed),
     )
@@ -399,7 +159,7 @@ class RepairResult:
     @property
     def complete(self) -> bool:
         """Every model the strategy asked for is present now."""
-        return not self.interrupted and not self.resolve_error and not _missing_in_scope(self.after, self.plan.strategy)
+        return not self.interrupted and not self.resolve_error and not missing_in_scope(self.after, self.plan.strategy)
 
 
 def _marker_entries(
@@ -442,36 +202,31 @@ def run_repair(
     jobs = jobs_from(plan.models, plan.intents) if (plan.models or plan.intents) else []
     marker = Marker(env.git_dir, warn)
     try:
-        adopt_jobs, adoptions = _adopt(env, plan.on_disk, cancel)
-        outcomes = _download(env, jobs, callbacks, cancel) if jobs else []
+        batch = run_batch(env, plan.on_disk, jobs, callbacks, cancel)
     except KeyboardInterrupt:
         # Not cooperative (a second Ctrl-C): still leave a marker that says what happened.
         base = pending_entries(plan.models, plan.intents, "interrupted", "repair")
         marker.merge((replace(entry, error="interrupted") for entry in base), drop=plan.stale)
         raise
-    cancelled = cancel is not None and cancel.is_set()
-    adopted = _sort_outcomes(adopt_jobs, adoptions, cancelled)
-    sorted_ = _sort_outcomes(jobs, outcomes, cancelled)
-    failed_all = {**adopted.failed, **sorted_.failed}
-    interrupted_all = {**adopted.interrupted, **sorted_.interrupted}
+    failed_all, interrupted_all, downloaded = batch.failed, batch.interrupted, batch.fetched.succeeded
     resolved: list[str] = []
     resolve_error = None
     try:
-        resolved = resolve_downloaded_intents(env, sorted_.succeeded)
+        resolved = resolve_downloaded_intents(env, downloaded)
         resolved += resolve_remembered_intents(env, plan.report.satisfied_intents)
     except CfdError as exc:
         resolve_error = str(exc)
     after = _detect(env)
     pending = _marker_entries(plan, after, failed_all, interrupted_all)
     if resolve_error:  # downloaded but not written back: the marker says so until a run finishes it
-        pending += _unwritten(plan, after, sorted_.succeeded, resolve_error)
+        pending += _unwritten(plan, after, downloaded, resolve_error)
     try:
         marker.write(pending)
     except OSError as exc:
         if warn is not None:
             warn(f"{disk_message(exc, 'the pending marker')}; `cfd status` still shows what is missing")
     clear_skipped(env.git_dir)  # repair read the whole manifest: what a hook skipped is done
-    by_key = {job.key: job for job in (*adopt_jobs, *jobs)}
+    by_key = batch.job_of
 
     def failure(key: str, error: str) -> FailedModel:
         job = by_key[key]
@@ -479,15 +234,15 @@ def run_repair(
 
     return RepairResult(
         plan=plan,
-        outcomes=list(outcomes),
-        downloaded=sorted_.succeeded,
+        outcomes=list(batch.outcomes),
+        downloaded=downloaded,
         failed=[failure(key, error) for key, error in failed_all.items()],
         interrupted=[failure(key, error) for key, error in interrupted_all.items()],
         pending=pending,
         after=after,
         resolved=resolved,
         resolve_error=resolve_error,
-        adopted=adopted.succeeded,
+        adopted=batch.adopted.succeeded,
     )
 
 

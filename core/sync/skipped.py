@@ -16,6 +16,8 @@ from pathlib import Path
 
 from ..files import write_atomic
 from ..state import clone_state
+from ..units import human_size
+
 
 @dataclass(frozen=True)
 class SkippedManifest:
@@ -27,13 +29,9 @@ class SkippedManifest:
 
     def message(self) -> str:
         return (
-            f"pyproject.toml is {_mib(self.size)}, over cfd.maxManifestSize ({_mib(self.limit)}): "
+            f"pyproject.toml is {human_size(self.size)}, over cfd.maxManifestSize ({human_size(self.limit)}): "
             f"the {self.trigger or 'hook'} did not read it; run `cfd repair` to sync models"
         )
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MiB"
 
 
 def _path(git_dir: Path) -> Path:

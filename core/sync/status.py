@@ -2,91 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import pickle
-from dataclasses import asdict, dataclass, field, fields
-from operator import attrgetter
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..environment import Environment
-from ..errors import ManifestError
-from ..files import write_atomic
-from ..state import clone_state
 from ..store.index import ModelIndex
-from ..manifest.model import ENVIRONMENT, Manifest, ManifestModel, WorkflowModelRef, parse_manifest, stronger
-from .marker import Marker, PendingEntry, intent_key, sources_gone
+from ..manifest.model import ENVIRONMENT, Manifest, WorkflowModelRef, strongest
+from .marker import Marker, PendingEntry, Warn, intent_key, sources_gone
 from .missing import MissingModelInfo, MissingReport, detect_missing_models, on_disk_unindexed
 from .skipped import SkippedManifest, read_skipped
 from .workflowfiles import WorkflowFile, workflow_states
 from ..download.urls import redact_url
-
-_CACHE_FORMAT = 3  # 3: dialect, schema_version, environment-level models
-_MODEL_FIELDS = tuple(f.name for f in fields(ManifestModel))
-_REF_FIELDS = tuple(f.name for f in fields(WorkflowModelRef))
-
-
-def load_working_manifest(env: Environment) -> Manifest:
-    """The work tree's pyproject.toml, parsed (cached per content in the git dir).
-
-    A 10,000-model manifest takes ~0.3 s to parse even on the fast path; status
-    runs often and the file rarely changes, so the parsed records are kept, as
-    plain tuples (unpickling 20,000 frozen dataclasses alone took ~0.3 s), keyed
-    by a digest of the bytes.
-    """
-    try:
-        data = env.pyproject.read_bytes()
-    except OSError as exc:
-        raise ManifestError(f"cannot read {env.pyproject}: {exc.strerror}", "check the environment path") from None
-    digest = hashlib.sha1(data).hexdigest()
-    cache = clone_state(env.git_dir).manifest_cache
-    try:
-        version, cached_digest, payload = pickle.loads(cache.read_bytes())
-        if version == _CACHE_FORMAT and cached_digest == digest:
-            return _from_cache(payload)
-    except Exception:  # noqa: BLE001 - any unreadable cache is simply rebuilt
-        pass
-    manifest = parse_manifest(data, str(env.pyproject))
-    if len(data) > 64 * 1024:
-        _store_cache(cache, digest, manifest)
-    return manifest
-
-
-def _to_cache(manifest: Manifest) -> tuple[Any, ...]:
-    model_values, ref_values = attrgetter(*_MODEL_FIELDS), attrgetter(*_REF_FIELDS)
-    return (
-        [model_values(model) for model in manifest.models.values()],
-        [ref_values(ref) for ref in manifest.refs],
-        manifest.workflows,
-        manifest.problems,
-        manifest.label,
-        manifest.has_comfydock,
-        manifest.dialect,
-        manifest.schema_version,
-    )
-
-
-def _from_cache(payload: tuple[Any, ...]) -> Manifest:
-    models, refs, workflows, problems, label, has_comfydock, dialect, schema_version = payload
-    return Manifest(
-        models={values[0]: ManifestModel(*values) for values in models},
-        refs=tuple(WorkflowModelRef(*values) for values in refs),
-        workflows=tuple(workflows),
-        problems=tuple(problems),
-        label=label,
-        has_comfydock=has_comfydock,
-        dialect=dialect,
-        schema_version=schema_version,
-    )
-
-
-def _store_cache(cache: Path, digest: str, manifest: Manifest) -> None:
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        payload = pickle.dumps((_CACHE_FORMAT, digest, _to_cache(manifest)), protocol=pickle.HIGHEST_PROTOCOL)
-        write_atomic(cache, payload, durable=False)  # a cache: lost, it is rebuilt
-    except OSError:
-        pass  # a cache is an optimisation only
+from .working import load_working_manifest
 
 
 @dataclass(frozen=True)
@@ -181,7 +108,6 @@ class StatusReport:
             "hook_skipped": None if self.skipped is None else {**asdict(self.skipped), "message": self.skipped.message()},
         }
 
-
     def _environment_json(self) -> dict[str, Any]:
         """ComfyGit's environment-level models (needed with no workflow), when there are any."""
         env = next((w for w in self.workflows if w.name == ENVIRONMENT), None)
@@ -218,7 +144,7 @@ def intent_to_json(ref: WorkflowModelRef) -> dict[str, Any]:
     }
 
 
-def compute_status(env: Environment, warn: Any = None) -> StatusReport:
+def compute_status(env: Environment, warn: Warn | None = None) -> StatusReport:
     manifest = load_working_manifest(env)
     with ModelIndex(env.index_path, env.models_dir, env.dialect) as index:
         report = detect_missing_models(manifest, index)
@@ -245,7 +171,7 @@ def compute_status(env: Environment, warn: Any = None) -> StatusReport:
     for ref in manifest.refs:
         if ref.hash is not None and ref.hash in needed:
             mine = own.setdefault(ref.workflow, {})
-            mine[ref.hash] = stronger(mine[ref.hash], ref.criticality) if ref.hash in mine else ref.criticality
+            mine[ref.hash] = strongest(mine[ref.hash], ref.criticality) if ref.hash in mine else ref.criticality
     workflows = [
         WorkflowStatus(
             name=name,

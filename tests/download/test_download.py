@@ -33,6 +33,7 @@ from cfd.core.download.engine import (
 from cfd.core.store.index import ModelIndex
 from cfd.core.store.shorthash import short_hash_bytes
 from cfd.core.download.tokens import Tokens
+from cfd.core.download.types import Ending
 
 MIB = 1 << 20
 REL = "checkpoints/m.safetensors"
@@ -109,10 +110,12 @@ def test_download_places_verifies_and_indexes(server: ModelServer, models_dir: P
     data = generate_model_bytes(1, 3 * MIB)
     url = server.add_file("/org/m.safetensors", data)
     outcome = one(make_job(data, url), models_dir, index_path)
-    assert outcome.success, outcome.error
+    assert outcome.success and outcome.ending is Ending.DONE, outcome.error
     assert (outcome.relative_path, outcome.source, outcome.short_hash) == (REL, url, short_hash_bytes(data))
     assert outcome.bytes_fetched == len(data)
     assert_placed(models_dir, index_path, data)
+    again = one(make_job(data, url), models_dir, index_path)  # indexed now: nothing is fetched
+    assert again.success and again.ending is Ending.FOUND and len(server.requests) == 1
     with ModelIndex(index_path, models_dir) as index:
         assert index.sources_of(short_hash_bytes(data)) == [url]
         # The manifest gave no blake3: the full one is recorded anyway (the short hash samples).
@@ -328,7 +331,7 @@ def test_cancel_leaves_a_resumable_partial(server: ModelServer, models_dir: Path
     started = time.monotonic()
     outcome = one(job, models_dir, index_path, opts={"connections": 1}, callbacks=CancelHalfway(), cancel=cancel)
     assert time.monotonic() - started < 3
-    assert not outcome.success and outcome.interrupted
+    assert not outcome.success and outcome.interrupted and outcome.ending is Ending.INTERRUPTED
     assert {f"{job.key}.part", f"{job.key}.json"} <= set(staging_files(models_dir))
     assert not (models_dir / REL).exists()
     server.clear_faults()
@@ -380,13 +383,14 @@ def test_404_and_401_are_not_retried_and_say_what_to_fix(server: ModelServer, mo
     data = generate_model_bytes(14, MIB)
     outcome = one(make_job(data, server.url("/nope")), models_dir, index_path)
     assert not outcome.success and "not found (404)" in outcome.error and "pyproject.toml" in outcome.error
+    assert outcome.ending is Ending.SOURCE_GONE  # retrying will not help: the manifest must change
     assert len(server.requests) == 1
     with trust_tls(ModelServer(tls=True)) as hub:
         hub.add_file("/gated", data)
         hub.set_fault("/gated", status_always=401)
         opts = {"hf_hosts": (f"127.0.0.1:{hub.port}",)}
         outcome = one(make_job(data, hub.url("/gated")), models_dir, index_path, opts=opts)
-        assert "HF_TOKEN" in outcome.error
+        assert "HF_TOKEN" in outcome.error and outcome.ending is Ending.FAILED  # a token may fix it
         tokens = Tokens(hf="hf_secret_value", hf_origin="HF_TOKEN")
         outcome = one(make_job(data, hub.url("/gated")), models_dir, index_path, opts={**opts, "tokens": tokens})
         assert "token from HF_TOKEN was refused" in outcome.error and "hf_secret_value" not in outcome.error

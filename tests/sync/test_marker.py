@@ -13,9 +13,9 @@ import pytest
 from helpers.chaos import Lines, wait_until
 
 from cfd.core.manifest.model import ManifestModel, WorkflowModelRef
-from cfd.core.sync.marker import MARKER_NAME, Marker, PendingEntry
+from cfd.core.sync.marker import MARKER_NAME, Marker, PendingEntry, intent_key
 from cfd.core.sync.missing import MissingModelInfo
-from cfd.core.sync.repair import intent_key, pending_entries, scrub
+from cfd.core.sync.fetch import pending_entries, scrub
 
 pytestmark = pytest.mark.timeout(120)
 

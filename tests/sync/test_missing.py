@@ -9,7 +9,8 @@ import pytest
 
 from cfd.core.store.index import ModelIndex
 from cfd.core.manifest.model import parse_manifest
-from cfd.core.sync.missing import detect_missing_models, select_for_download
+from cfd.core.sync.missing import detect_missing_models
+from cfd.core.sync.strategy import Selection, select_for_download
 from helpers.manifest import ManifestBuilder, make_model
 
 HF = "https://huggingface.co/org/repo/resolve/main/"
@@ -83,7 +84,7 @@ def test_model_without_source_is_missing_and_unavailable(index: ModelIndex) -> N
     report = detect_missing_models(parse_manifest(text.encode()), index)
     assert {m.hash for m in report.unavailable} == {h1, h2}
     assert report.downloadable == ()
-    assert select_for_download(report, "all") == ([], [])
+    assert select_for_download(report, "all") == Selection((), (), (), ())
 
 
 def test_deleted_file_is_missing_although_the_index_has_its_row(index: ModelIndex) -> None:
@@ -184,13 +185,17 @@ def test_strategies(index: ModelIndex) -> None:
     )
     report = detect_missing_models(parse_manifest(text.encode()), index)
 
-    def names(selection: tuple[list, list]) -> tuple[list[str], list[str]]:  # type: ignore[type-arg]
-        models, intents = selection
-        return [m.model.filename for m in models], [r.filename for r in intents]
+    def names(selection: Selection) -> tuple[list[str], list[str], list[str], list[str]]:
+        return (
+            [m.model.filename for m in selection.models],
+            [r.filename for r in selection.intents],
+            [m.model.filename for m in selection.filtered_models],
+            [r.filename for r in selection.filtered_intents],
+        )
 
-    assert names(select_for_download(report, "all")) == (["req", "flex"], ["i-req", "i-opt"])
-    assert names(select_for_download(report, "required")) == (["req"], ["i-req"])
-    assert names(select_for_download(report, "skip")) == ([], [])
+    assert names(select_for_download(report, "all")) == (["req", "flex"], ["i-req", "i-opt"], [], [])
+    assert names(select_for_download(report, "required")) == (["req"], ["i-req"], ["flex"], ["i-opt"])
+    assert names(select_for_download(report, "skip")) == ([], [], ["req", "flex"], ["i-req", "i-opt"])
 
 
 def test_detection_is_read_only(index: ModelIndex, tmp_path: Path) -> None:
@@ -225,7 +230,7 @@ def _hook_path(tmp_path: Path, models_dir: Path, n: int) -> None:
     """What a hook and `cfd status` do with n new intents, half of them already downloaded."""
     from cfd.core.manifest.diff import diff_manifest_bytes
     from cfd.core.sync.marker import Marker, intent_key
-    from cfd.core.sync.repair import pending_entries
+    from cfd.core.sync.fetch import pending_entries
 
     old, new = _intents_manifest(n)
     db = tmp_path / f"idx{n}.db"

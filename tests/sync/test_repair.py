@@ -378,7 +378,7 @@ def test_ctrl_c_leaves_a_resumable_partial_and_says_interrupted(scenario: Scenar
 
 
 def test_sync_models_merges_failures_and_drops_successes(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
-    from cfd.core.sync.repair import sync_models
+    from cfd.core.sync.fetch import sync_models
 
     good = Model(server, "good.safetensors", 1, 100_000)
     bad = Model(server, "bad.safetensors", 2, 100_000)
@@ -447,7 +447,7 @@ def test_comfydocks_own_batch_callbacks_drive_cfd_repair(scenario: Scenario, ser
     """Code written against ComfyDock's repair passes its BatchDownloadCallbacks instance to cfd's core."""
     from comfydock_core.models.workflow import BatchDownloadCallbacks as ComfyDockCallbacks
 
-    from cfd.core.sync.repair import sync_models
+    from cfd.core.sync.fetch import sync_models
 
     models = [Model(server, "a.safetensors", 1, 3 * MIB + 5), Model(server, "b.safetensors", 2, 2 * MIB)]
     bad = Model(server, "bad.safetensors", 3, 100_000)
@@ -523,7 +523,7 @@ def test_skip_says_nothing_was_requested(scenario: Scenario, server: ModelServer
 
 
 def test_preview_subtracts_bytes_already_staged(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str], models_dir: Path) -> None:
-    from cfd.cli.common import human_size
+    from cfd.core.units import human_size
     from cfd.core.download.types import DownloadJob
     from cfd.core.download.staging import partial_bytes
 
@@ -557,7 +557,7 @@ def test_intent_counts_in_preview_and_summary_agree(scenario: Scenario, server: 
 
 
 def test_an_intent_fetched_earlier_is_in_the_preview_as_well_as_the_summary(scenario: Scenario, server: ModelServer, cfd_env: dict[str, str]) -> None:
-    from cfd.core.sync.repair import sync_models
+    from cfd.core.sync.fetch import sync_models
 
     url = server.add_file("/civitai/lora.safetensors", generate_model_bytes(9, 300_000))
     builder = ManifestBuilder()
