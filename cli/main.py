@@ -34,7 +34,7 @@ class _Version(argparse.Action):
     """`cfd --version`, plus a note on stderr when the `cfd` on PATH is someone else's."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        from cfd.core.commandname import shadow_note
+        from .commandname import shadow_note
 
         print(f"cfd {__version__}")
         note = shadow_note()
