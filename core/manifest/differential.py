@@ -30,185 +30,15 @@ from .fasttoml import BATCH as _BATCH
 from .diff import ManifestDiff, partial_manifest
 from .model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, strongest
 from .. import dialect as dialects
-from ..dialect import COMFYDOCK, Dialect
+from ..dialect import COMFYDOCK
 from ..errors import ManifestError
+from .pieces import NAMES, ChunkFallback, Names, Version, header
 
 
-class _Names:
-    """The table spellings of one dialect (`tool.comfydock` or `tool.comfygit`)."""
-
-    def __init__(self, dialect: Dialect) -> None:
-        self.dialect = dialect
-        self.tool = f"tool.{dialect.name}"
-        self.models_header = dialect.models_table
-        self.models_prefix = self.models_header + "."
-        self.workflows_prefix = dialect.workflows_table + "."
-        self.models_line = f"[{self.models_header}]\n"
-        self.ancestors = ("", "tool", self.tool, dialect.workflows_table)
-
-
-_NAMES = {d.name: _Names(d) for d in dialects.DIALECTS.values()}
-MODELS_HEADER = _NAMES["comfydock"].models_header
-# A table header line at the start of a piece (group 1: "[" or "[["; group 2: the dotted path).
-_KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
-_HEADER_RE = re.compile(
-    rf"[ \t]*(\[\[?)[ \t]*({_KEY}(?:[ \t]*\.[ \t]*{_KEY})*)[ \t]*\]\]?[ \t]*(?:#[^\n]*)?\r?(?=\n|$)"
-)
-_SPACES_AROUND_DOTS = re.compile(r"[ \t]*\.[ \t]*")
-_INDENTED_BRACKET_RE = re.compile(r"\n[ \t]+\[")
-# Array headers that are not `[[<...>.models]]`: they need a closer look.
-_ODD_ARRAY_RE = re.compile(r"\n\[\[(?![^\n]*\.models[ \t]*\]\][ \t]*(?:#[^\n]*)?\r?(?:\n|$))")
-_ODD_INDENTED_ARRAY_RE = re.compile(r"\n[ \t]*\[\[(?![^\n]*\.models[ \t]*\]\][ \t]*(?:#[^\n]*)?\r?(?:\n|$))")
-# Key lines of [tool.comfydock.models] (group 2: "=" for a key, "." for a dotted key).
-_KEY_LINE_RE = re.compile(r"\n[ \t]*(\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*([.=])")
-_KEY_LINE_SPLIT_RE = re.compile(r"\n(?=[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*[.=])")
-# A key line whose key mentions "models" (dotted keys or inline arrays holding model data).
-_MODELS_KEY_RE = re.compile(r"(?:^|\n)[ \t]*[^\n=\[#]*models[^\n=]*=")
 _REF_HASH_RE = re.compile(r"^[ \t]*hash[ \t]*=[ \t]*[\"']([^\"'\n]*)[\"']", re.MULTILINE)
 _HASH_KEY_RE = re.compile(r"^[ \t]*[\"']?hash[\"']?[ \t]*[.=]", re.MULTILINE)
-# Tables that could hold model data through dotted keys or inline arrays.
 
 
-class ChunkFallback(Exception):
-    """The differential read cannot vouch for its answer: parse in full."""
-
-
-def _cut(text: str) -> tuple[list[str], bool]:
-    """[lines before the first header (with a newline in front), then one piece per header].
-
-    A piece is its header line and body, without the newline before the next header.
-    The flag says whether the fast cut was used (no multi-line strings, no indented "[").
-    """
-    if '"""' not in text and "'''" not in text and not _INDENTED_BRACKET_RE.search(text):
-        # Every header starts a line with "[". A line of a multi-line array may too: such a
-        # piece is not a header, and the piece before it does not parse (caught when read).
-        parts = ("\n" + text).split("\n[")
-        return [parts[0]] + ["[" + part for part in parts[1:]], True
-    starts = []
-    position = 0
-    in_string = False
-    for line in text.split("\n"):
-        if (line.count('"""') + line.count("'''")) % 2:
-            in_string = not in_string
-        elif not in_string and line.lstrip().startswith("[") and _HEADER_RE.match(line):
-            starts.append(position)
-        position += len(line) + 1
-    if not starts:
-        return ["\n" + text], False
-    ends = [start - 1 for start in starts[1:]] + [len(text)]
-    return ["\n" + text[: max(starts[0] - 1, 0)]] + [text[start:end] for start, end in zip(starts, ends)], False
-
-
-def _header(piece: str) -> tuple[str, bool]:
-    """(normalised dotted path, is array) of a piece's header line."""
-    match = _HEADER_RE.match(piece)
-    if match is None:
-        raise ChunkFallback  # a "[" line that is no header: the cut cannot be trusted here
-    bracket, path = match.group(1, 2)
-    if " " in path or "\t" in path:
-        path = _SPACES_AROUND_DOTS.sub(".", path)
-    return path, bracket == "[["
-
-
-def _model_key(path: str, names: _Names) -> str:
-    rest = path[len(names.models_prefix) :]
-    if rest[:1] in "\"'":
-        quote = rest[0]
-        end = rest.find(quote, 1)
-        if end < 0 or end + 1 != len(rest):
-            raise ChunkFallback  # a sub-table of a model entry, or a key we do not read this way
-        return rest[1:end]
-    if "." in rest or '"' in rest or "'" in rest:
-        raise ChunkFallback
-    return rest
-
-
-class _Version:
-    """One version of the document, cut but (mostly) not classified."""
-
-    def __init__(self, text: str, names: _Names) -> None:
-        parts, fast = _cut(text)
-        self.parts = parts
-        self.models_at: int | None = None
-        self.table_models: dict[str, int] = {}  # model key -> index of its [tool.comfydock.models.<key>] piece
-        tables: list[str] = []
-        models_table_prefix, workflow_table_prefix = "[" + names.models_prefix, "[" + names.workflows_prefix
-        if _MODELS_KEY_RE.search(parts[0]):
-            raise ChunkFallback  # model data through dotted keys at the top level
-        for i in range(1, len(parts)):
-            piece = parts[i]
-            if piece.startswith("[["):
-                continue  # array entries are looked at when needed (odd ones just below)
-            if piece.startswith(models_table_prefix):
-                path, _ = _header(piece)
-                key = _model_key(path, names)
-                if key in self.table_models:
-                    raise ChunkFallback  # defined twice: let the full read report it
-                self.table_models[key] = i
-                continue
-            if piece.startswith(workflow_table_prefix) and "models" not in piece:
-                end = piece.find("\n")
-                tables.append(piece if end < 0 else piece[:end])
-                continue
-            path, array = _header(piece)
-            if array:
-                continue
-            tables.append(path)
-            plain = path.replace('"', "").replace("'", "") if ('"' in path or "'" in path) else path
-            if plain == names.models_header:
-                if path != plain:
-                    raise ChunkFallback  # quoted header parts: not worth special-casing
-                self.models_at = i
-            elif plain.startswith(names.models_prefix):
-                if not path.startswith(names.models_prefix):
-                    raise ChunkFallback
-                key = _model_key(path, names)
-                if key in self.table_models:
-                    raise ChunkFallback
-                self.table_models[key] = i
-            elif plain.startswith(names.workflows_prefix):
-                if not path.startswith(names.workflows_prefix):
-                    raise ChunkFallback
-                if ".models." in (path + ".")[len(names.workflows_prefix) - 1 :] or _MODELS_KEY_RE.search(piece):
-                    raise ChunkFallback  # model data in a sub-table or an inline array
-            elif plain in names.ancestors and _MODELS_KEY_RE.search(piece):
-                raise ChunkFallback  # model data through dotted keys
-        if len(set(tables)) != len(tables):
-            raise ChunkFallback  # a table defined twice (say, by a merge): invalid TOML
-        odd_arrays = _ODD_ARRAY_RE if fast else _ODD_INDENTED_ARRAY_RE
-        for match in odd_arrays.finditer("\n" + text):
-            line_end = text.find("\n", match.start())
-            path, _ = _header(text[match.start() : len(text) if line_end < 0 else line_end])
-            plain = path.replace('"', "").replace("'", "")
-            if plain.startswith((names.tool + ".", names.dialect.name + ".")) or plain in names.ancestors:
-                if not (path.startswith(names.workflows_prefix) and path.endswith(".models")):
-                    raise ChunkFallback  # arrays of tables inside model entries, or quoted paths
-        self.lines: list[str] = []  # the models table: [header and leading comments, one line per model]
-        self.keys: list[str] = []  # the model key of lines[1:]
-        if self.models_at is not None:
-            self._split_models_table(parts[self.models_at])
-            if "criticality" in parts[self.models_at]:
-                raise ChunkFallback  # environment-level models (ComfyGit): needed with no workflow entry
-        if any("criticality" in parts[i] for i in self.table_models.values()):
-            raise ChunkFallback
-
-    def _split_models_table(self, piece: str) -> None:
-        if '"""' in piece or "'''" in piece:
-            raise ChunkFallback  # a key line could hide inside a multi-line string
-        lines = _KEY_LINE_SPLIT_RE.split(piece)
-        found = _KEY_LINE_RE.findall(piece)
-        if len(found) != len(lines) - 1 or any(separator == "." for _, separator in found):
-            raise ChunkFallback  # dotted keys spread one model over several lines
-        keys = [key.strip("\"'") for key, _ in found]
-        if len(set(keys)) != len(keys) or not self.table_models.keys().isdisjoint(keys):
-            raise ChunkFallback  # a model defined twice (say, by a merge): invalid TOML
-        self.lines, self.keys = lines, keys
-
-    def pieces(self) -> list[str]:
-        """Every piece except the models table (compared line by line instead)."""
-        if self.models_at is None:
-            return self.parts
-        return self.parts[: self.models_at] + self.parts[self.models_at + 1 :]
 
 
 def _compare(old: list[str], new: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -243,7 +73,7 @@ def _parse(text: str) -> dict[str, Any]:
 class _Side:
     """Records read from some pieces of one version."""
 
-    def __init__(self, label: str, names: _Names) -> None:
+    def __init__(self, label: str, names: Names) -> None:
         self.names = names
         self.reader = _Reader(label, names.dialect)
         self.models: dict[str, ManifestModel] = {}
@@ -300,7 +130,7 @@ class _Side:
         tables = [piece for piece in pieces if not piece.startswith("\n")]
         for piece in tables:
             if piece.startswith("["):
-                _header(piece)  # a "[" line that is no header cannot be read on its own
+                header(piece)  # a "[" line that is no header cannot be read on its own
         heads = [line for line in lines if line.lstrip().startswith("[")]  # the models table's own first line
         models = [line for line in lines if not line.lstrip().startswith("[")]
         if models and not heads:
@@ -347,9 +177,9 @@ def _ref_hash(text: str) -> str | None:
     return None
 
 
-def _is_ref(piece: str, names: _Names) -> bool:
+def _is_ref(piece: str, names: Names) -> bool:
     """Whether an array piece is a workflow model entry; unsure (quoted paths): fall back."""
-    path, array = _header(piece)
+    path, array = header(piece)
     if array and path.startswith(names.workflows_prefix) and path.endswith(".models"):
         return True
     if names.dialect.name in path:
@@ -363,7 +193,7 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
     except UnicodeDecodeError:
         raise ChunkFallback from None
     names = _names_of(old, new, new_label)
-    old_version, new_version = _Version(old_text, names), _Version(new_text, names)
+    old_version, new_version = Version(old_text, names), Version(new_text, names)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
     old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines)
     if any("<<<<<<<" in s or ">>>>>>>" in s for s in only_new + new_lines):
@@ -443,7 +273,7 @@ def _new_intents(old_side: _Side, new_side: _Side, common: list[str]) -> tuple[W
     return tuple(r for r in candidates if r.identity not in known)
 
 
-def _global_entries(hashes: set[str], new_side: _Side, version: _Version, label: str) -> dict[str, ManifestModel]:
+def _global_entries(hashes: set[str], new_side: _Side, version: Version, label: str) -> dict[str, ManifestModel]:
     """The global entries of `hashes` in the new version (changed ones are already read)."""
     found = {h: m for h, m in new_side.models.items() if h in hashes}
     wanted = hashes - set(found)
@@ -460,7 +290,7 @@ def _global_entries(hashes: set[str], new_side: _Side, version: _Version, label:
     return found
 
 
-def _names_of(old: bytes, new: bytes, label: str) -> _Names:
+def _names_of(old: bytes, new: bytes, label: str) -> Names:
     """The one dialect both versions write; anything else is read in full."""
     try:
         found = {d.name for d in (dialects.detect(old, label), dialects.detect(new, label)) if d is not None}
@@ -468,4 +298,4 @@ def _names_of(old: bytes, new: bytes, label: str) -> _Names:
         raise ChunkFallback from None  # both tables: the full read says so
     if len(found) > 1:
         raise ChunkFallback  # the environment changed manager between the two versions
-    return _NAMES[found.pop() if found else COMFYDOCK.name]
+    return NAMES[found.pop() if found else COMFYDOCK.name]
