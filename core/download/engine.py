@@ -59,7 +59,8 @@ from .session import prepare_url, storable_url
 from ..store.index import ModelIndex
 from .placement import place, space_errors
 from .safety import safe_relative_path, target_path
-from .segments import Batch, Transfer, plan_segments
+from .batch import Batch, plan_segments
+from .segments import Transfer
 from ..store.shorthash import short_hash_file
 from .staging import discard_staging, held_lock, staging_name
 from .urls import redact_url
