@@ -131,15 +131,21 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
         return  # not a ComfyDock environment (e.g. a template hook in another repo)
     if not env.settings["cfd.hooks.enabled"]:
         return
-    from cfd.core.git import open_repo
-    from cfd.core.sync.pullsync import sync_between
+    repo = None  # pygit2 and the sync are imported only once a firing has something to do
+    if hook == "post-commit":
+        from cfd.core.git import open_repo
 
-    repo = open_repo(env.repo)
-    parents = len(repo.parents("HEAD")) if hook == "post-commit" else None
+        repo = open_repo(env.repo)
+    parents = len(repo.parents("HEAD")) if repo is not None else None
     event = parse_event(hook, argv, env.git_dir, parents)
     if event is None:
         return
+    from cfd.core.git import open_repo
+    from cfd.core.sync.pullsync import sync_between
+
     from .progress import HookProgress
+
+    repo = repo or open_repo(env.repo)
 
     outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=HookProgress(err), repo=repo,
                            time_budget=env.settings["cfd.hookTimeBudget"])

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,27 @@ class Marker:
         self.path = git_dir / "cfd" / MARKER_NAME
         self._warn = warn or (lambda message: None)
 
-    def _lock(self):  # type: ignore[no-untyped-def]
-        from filelock import FileLock
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """flock on `<marker>.lock`, as filelock takes it (same file, same lock), without
+        importing filelock: it loads asyncio, ~20 ms of every hook that writes the marker."""
+        import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.path) + ".lock", timeout=60)
+        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the pending marker {self.path} stayed locked for 60 s") from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def read(self) -> list[PendingEntry]:
         try:
