@@ -160,6 +160,8 @@ class Marker:
         """Add or replace entries by key, and drop keys that are no longer pending."""
         incoming = {entry.key: entry for entry in new_entries}
         dropped = set(drop)
+        if not incoming and not self.path.exists():
+            return []  # nothing to add, nothing to drop from (a hook with every model present)
 
         def change(entries: list[PendingEntry]) -> list[PendingEntry]:
             kept = [e for e in entries if e.key not in incoming and e.key not in dropped]
