@@ -44,8 +44,9 @@ _INDENTED_BRACKET_RE = re.compile(r"\n[ \t]+\[")
 # Array headers that are not `[[<...>.models]]`: they need a closer look.
 _ODD_ARRAY_RE = re.compile(r"\n\[\[(?![^\n]*\.models[ \t]*\]\][ \t]*(?:#[^\n]*)?\r?(?:\n|$))")
 _ODD_INDENTED_ARRAY_RE = re.compile(r"\n[ \t]*\[\[(?![^\n]*\.models[ \t]*\]\][ \t]*(?:#[^\n]*)?\r?(?:\n|$))")
-# A dotted key line in [tool.comfydock.models] (one model over several lines).
-_DOTTED_KEY_LINE_RE = re.compile(r"\n[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*\.")
+# Key lines of [tool.comfydock.models] (group 2: "=" for a key, "." for a dotted key).
+_KEY_LINE_RE = re.compile(r"\n[ \t]*(\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*([.=])")
+_KEY_LINE_SPLIT_RE = re.compile(r"\n(?=[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*[.=])")
 # A key line whose key mentions "models" (dotted keys or inline arrays holding model data).
 _MODELS_KEY_RE = re.compile(r"(?:^|\n)[ \t]*[^\n=\[#]*models[^\n=]*=")
 _REF_HASH_RE = re.compile(r"^[ \t]*hash[ \t]*=[ \t]*[\"']([^\"'\n]*)[\"']", re.MULTILINE)
@@ -167,29 +168,22 @@ class _Version:
             if plain.startswith(("tool.comfydock.", "comfydock.")) or plain in _ANCESTORS:
                 if not (path.startswith(_WORKFLOWS_PREFIX) and path.endswith(".models")):
                     raise ChunkFallback  # arrays of tables inside model entries, or quoted paths
-        self.lines: list[str] = []  # the models table: [its header line, then one line per model (or comment)]
-        self.line_of: dict[str, str] = {}  # model key -> its line
+        self.lines: list[str] = []  # the models table: [header and leading comments, one line per model]
+        self.keys: list[str] = []  # the model key of lines[1:]
         if self.models_at is not None:
             self._split_models_table(parts[self.models_at])
 
     def _split_models_table(self, piece: str) -> None:
-        """One line per model, as ComfyDock writes them: str.split and a dict, at C speed (the
-        regular expressions this replaced cost ~25 ms per version of 10,000 models).
-
-        A model spread over several lines (a multi-line array in its inline table) has lines
-        that do not parse alone: if one of them changed, reading it fails and the caller
-        parses in full; if none did, the entry is the same on both sides.
-        """
         if '"""' in piece or "'''" in piece:
             raise ChunkFallback  # a key line could hide inside a multi-line string
-        if _DOTTED_KEY_LINE_RE.search(piece):
+        lines = _KEY_LINE_SPLIT_RE.split(piece)
+        found = _KEY_LINE_RE.findall(piece)
+        if len(found) != len(lines) - 1 or any(separator == "." for _, separator in found):
             raise ChunkFallback  # dotted keys spread one model over several lines
-        lines = piece.split("\n")
-        keyed = [line for line in lines[1:] if line.strip() and not line.lstrip().startswith("#")]
-        line_of = {line.partition("=")[0].strip().strip("\"'"): line for line in keyed}
-        if len(line_of) != len(keyed) or not self.table_models.keys().isdisjoint(line_of):
+        keys = [key.strip("\"'") for key, _ in found]
+        if len(set(keys)) != len(keys) or not self.table_models.keys().isdisjoint(keys):
             raise ChunkFallback  # a model defined twice (say, by a merge): invalid TOML
-        self.lines, self.line_of = lines, line_of
+        self.lines, self.keys = lines, keys
 
     def pieces(self) -> list[str]:
         """Every piece except the models table (compared line by line instead)."""
@@ -433,9 +427,10 @@ def _global_entries(hashes: set[str], new_side: _Side, version: _Version, label:
     if not wanted:
         return found
     side = _Side(label)
+    line_of = dict(zip(version.keys, version.lines[1:]))
     for key in wanted:
-        if key in version.line_of:
-            side.add_line(version.line_of[key])
+        if key in line_of:
+            side.add_line(line_of[key])
         elif key in version.table_models:
             side.add(version.parts[version.table_models[key]])
     found.update({h: m for h, m in side.models.items() if h in hashes})
