@@ -218,24 +218,28 @@ def unthrottled(bench: Bench, server: Nginx, runs: int, source: Path) -> None:
     full = blake3_of(source)
     out = bench.out / "curl.bin"
     curl, cfd, cfd_full, cd = Runs("curl -o + sync -d"), Runs("cfd (defaults)"), Runs("cfd + full BLAKE3"), Runs("comfydock-core downloader")
+    cfd4 = Runs("cfd connections=4 (the old default)")
     print(f"\n== unthrottled, {bench.size / MIB:.0f} MiB ==")
     for _ in range(runs):
         bench.run(curl, bench.synced(f'curl -sf -o "{out}" "{url}"', out))
         bench.run(cfd, bench.cfd_argv(url))
         bench.run(cfd_full, bench.cfd_argv(url, blake3=full))
+        bench.run(cfd4, bench.cfd_argv(url, connections=4))
         if python is not None:
             bench.run(cd, bench.cfd_argv(url, python=python, script=_COMFYDOCK))
     print("whole process (headline):")
-    for r in (curl, cfd, cfd_full) + ((cd,) if python else ()):
+    for r in (curl, cfd, cfd4, cfd_full) + ((cd,) if python else ()):
         print("  " + r.line(bench.size))
     print("engine only (after Python start and imports):")
-    for r in (cfd, cfd_full) + ((cd,) if python else ()):
+    for r in (cfd, cfd4, cfd_full) + ((cd,) if python else ()):
         print("  " + r.line(bench.size, wall=False))
     if python is None:
         print("  comfydock-core: not installed (pip install comfydock-core, or set CFD_BENCH_COMFYDOCK_PYTHON); "
               "compare 'cfd + full BLAKE3' with it, 'cfd (defaults)' only samples")
     ratio = speed_ratio(cfd, curl)
     print(verdict("unthrottled: cfd vs curl + sync", ratio, 0.9) if ratio else "VERDICT unthrottled: missed (no runs)")
+    if speed_ratio(cfd, cfd4):
+        print(f"  (adaptive vs a fixed 4 connections, unthrottled: {speed_ratio(cfd, cfd4):.2f}x; below 1 it would hurt)")
     if python is not None and speed_ratio(cfd_full, cd):
         print(f"  (cfd + full BLAKE3 vs comfydock-core: {speed_ratio(cfd_full, cd):.2f}x; sampled-only cfd: "
               f"{speed_ratio(cfd, cd):.2f}x)")
@@ -260,6 +264,8 @@ def capped(bench: Bench, server: Nginx, runs: int, rate: int) -> None:
     for r in (cfd, cfd4):
         print("  " + r.line(bench.size, wall=False))
     ratio = speed_ratio(cfd, aria)
+    if speed_ratio(cfd, cfd4):
+        print(f"  (adaptive vs a fixed 4 connections, capped: {speed_ratio(cfd, cfd4):.2f}x)")
     print(verdict("capped: cfd vs aria2c -x8 + sync", ratio, 1.0) if ratio else "VERDICT capped: missed (no runs)")
 
 

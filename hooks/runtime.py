@@ -121,7 +121,19 @@ def run_hook(hook: str, argv: Sequence[str], stdin: TextIO | None = None, stderr
     return 0
 
 
+def _preload_pygit2() -> None:
+    try:
+        import pygit2  # noqa: F401
+    except Exception:  # noqa: BLE001 - the main thread's own import reports it
+        pass
+
+
 def _run(hook: str, argv: list[str], err: TextIO) -> None:
+    # The shim calls Python only when pyproject.toml's blob changed, so pygit2 is nearly always
+    # needed: import it (~half of the hook's imports) while this thread waits for `git config`.
+    import threading
+
+    threading.Thread(target=_preload_pygit2, name="cfd-preload", daemon=True).start()
     from cfd.core.environment import open_environment
     from cfd.core.errors import EnvironmentNotFound
 
