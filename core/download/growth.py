@@ -3,12 +3,12 @@
 CDNs and mirrors often cap each connection (a few MB/s to 50 MB/s each); there more
 connections mean more speed, on an unthrottled link or a slow disk they only cost. So
 the batch starts every ranged transfer with a few connections, measures the aggregate
-rate over a window, and tries a step up (doubling). If the rate grew in proportion
-(most of what the extra connections should bring), it keeps them and tries again, up
+rate over a window, and tries a step up (doubling). If the rate grew by a fair share
+of what the extra connections could bring (PAYS), it keeps them and tries again, up
 to the ceiling; if not, it gives the trial connections back and stops trying.
 
 Decisions are batch-wide (the aggregate is what the user waits for, and the link and
-the disk are shared); each transfer asks for its share (`wanted`) and its connections
+the disk are shared); each transfer asks for its share (`claim`) and its connections
 count in `active`. Nothing here does I/O: transfers call `tick` and follow the target.
 """
 
