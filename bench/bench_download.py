@@ -13,7 +13,8 @@ with the same durability: curl and aria2c are followed by `sync -d FILE` (fdatas
 fsyncs before placing a file. cfd's engine time (after Python start and imports) is a second
 line. Verification: cfd always checks the short hash (sampled); "cfd + full BLAKE3" also
 hashes the whole file, the work comfydock-core's downloader does (compare those two).
-Tools take turns within each round, so drift in the (shared, noisy) machine hits all alike.
+Tools take turns within each round (the order rotates), so drift in the (shared, noisy) machine
+hits all alike.
 Figures: median (min-max) of --runs runs (at least 5); failed runs are counted and shown,
 never dropped silently. Resume: cfd killed (SIGKILL) at a random byte offset, rerun; bytes
 nginx sent over both runs / file size, over --runs kills.
@@ -212,6 +213,15 @@ def speed_ratio(cfd: Runs, peer: Runs) -> float | None:
     return statistics.median(peer.wall) / statistics.median(cfd.wall)
 
 
+def rotate(runs: int, turns: list[tuple[Runs, list[str]]], bench: Bench) -> None:
+    """Each round starts one tool later: no tool always follows the same one (a deleted
+    2 GiB file, write-back) or always goes first."""
+    for round_ in range(runs):
+        for i in range(len(turns)):
+            result, argv = turns[(round_ + i) % len(turns)]
+            bench.run(result, argv)
+
+
 def unthrottled(bench: Bench, server: Nginx, runs: int, source: Path) -> None:
     url = server.url("free")
     python = comfydock_python()
@@ -220,13 +230,11 @@ def unthrottled(bench: Bench, server: Nginx, runs: int, source: Path) -> None:
     curl, cfd, cfd_full, cd = Runs("curl -o + sync -d"), Runs("cfd (defaults)"), Runs("cfd + full BLAKE3"), Runs("comfydock-core downloader")
     cfd4 = Runs("cfd connections=4 (the old default)")
     print(f"\n== unthrottled, {bench.size / MIB:.0f} MiB ==")
-    for _ in range(runs):
-        bench.run(curl, bench.synced(f'curl -sf -o "{out}" "{url}"', out))
-        bench.run(cfd, bench.cfd_argv(url))
-        bench.run(cfd_full, bench.cfd_argv(url, blake3=full))
-        bench.run(cfd4, bench.cfd_argv(url, connections=4))
-        if python is not None:
-            bench.run(cd, bench.cfd_argv(url, python=python, script=_COMFYDOCK))
+    turns = [(curl, bench.synced(f'curl -sf -o "{out}" "{url}"', out)), (cfd, bench.cfd_argv(url)),
+             (cfd_full, bench.cfd_argv(url, blake3=full)), (cfd4, bench.cfd_argv(url, connections=4))]
+    if python is not None:
+        turns.append((cd, bench.cfd_argv(url, python=python, script=_COMFYDOCK)))
+    rotate(runs, turns, bench)
     print("whole process (headline):")
     for r in (curl, cfd, cfd4, cfd_full) + ((cd,) if python else ()):
         print("  " + r.line(bench.size))
@@ -251,12 +259,10 @@ def capped(bench: Bench, server: Nginx, runs: int, rate: int) -> None:
     cfd4 = Runs("cfd connections=4 (the old default)")
     target = bench.out / "aria.bin"
     print(f"\n== each connection capped at {rate / 1e6:.0f} MB/s, {bench.size / MIB:.0f} MiB ==")
-    for _ in range(runs):
-        command = (f'aria2c -x8 -s8 -q --allow-overwrite=true --auto-file-renaming=false --file-allocation=none '
-                   f'-d "{bench.out}" -o aria.bin "{url}"')
-        bench.run(aria, bench.synced(command, target))
-        bench.run(cfd, bench.cfd_argv(url))
-        bench.run(cfd4, bench.cfd_argv(url, connections=4))
+    command = (f'aria2c -x8 -s8 -q --allow-overwrite=true --auto-file-renaming=false --file-allocation=none '
+               f'-d "{bench.out}" -o aria.bin "{url}"')
+    rotate(runs, [(aria, bench.synced(command, target)), (cfd, bench.cfd_argv(url)),
+                  (cfd4, bench.cfd_argv(url, connections=4))], bench)
     print("whole process (headline):")
     for r in (aria, cfd, cfd4):
         print("  " + r.line(bench.size))

@@ -5,7 +5,8 @@ connections mean more speed, on an unthrottled link or a slow disk they only cos
 the batch starts every ranged transfer with a few connections, measures the aggregate
 rate over a window, and tries a step up (doubling). If the rate grew by a fair share
 of what the extra connections could bring (PAYS), it keeps them and tries again, up
-to the ceiling; if not, it gives the trial connections back and stops trying.
+to the ceiling; if not, it gives the trial connections back and stops trying. When each
+connection is already fast (ENOUGH_PER_CONNECTION), it does not try at all.
 
 Decisions are batch-wide (the aggregate is what the user waits for, and the link and
 the disk are shared); each transfer asks for its share (`claim`) and its connections
@@ -20,6 +21,10 @@ from collections.abc import Callable
 
 START = 4  # connections a ranged transfer begins with (the old fixed default)
 WINDOW = 0.25  # seconds of bytes behind one decision (a few MB even at 50 MB/s)
+# Each connection already this fast: no per-connection cap worth beating (CDNs cap at tens of
+# MB/s). Past it the link or the disk is the limit, and the first windows measure the page
+# cache, not the disk: more connections there only cost (a 2 GiB file on loopback was slower).
+ENOUGH_PER_CONNECTION = 64 << 20
 PAYS = 0.25  # a step must bring at least this share of the proportional gain (doubling: +25 %)
 
 
@@ -90,7 +95,7 @@ class Growth:
 
     def _step_up(self, rate: float) -> None:
         room = self.batch_ceiling - self.active
-        if room <= 0:
+        if room <= 0 or rate >= ENOUGH_PER_CONNECTION * self.active:
             self.settled = True
             return
         self.base = (rate, self.active)
