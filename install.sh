@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install cfd into .venv inside this checkout (idempotent).
-#   ./install.sh          the tool itself        -> .venv/bin/cfd
-#   ./install.sh --dev    plus the test dependencies
+#   ./install.sh          the tool itself        -> .venv/bin/cfd (a plain, non-editable install)
+#   ./install.sh --dev    editable, plus the test dependencies
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,9 +35,17 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-# setuptools explains editable installs in ten lines on every run; a quiet install says nothing.
-PYTHONWARNINGS="ignore:Editable installation" \
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here$extras"
+if [ -n "$extras" ]; then
+    # Developers: editable, so a change to the checkout is live. setuptools explains editable
+    # installs in ten lines on every run; a quiet install says nothing.
+    PYTHONWARNINGS="ignore:Editable installation" \
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here$extras"
+else
+    # Users: a plain install. An editable one puts an import finder in every Python start
+    # (each hook and `cfd --version` would pay for it); --force-reinstall picks up a new checkout.
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$here"
+fi
 
 # `cfd --version` also says (on stderr) when the `cfd` first on PATH is another program,
 # such as ComfyDock's CLI; comfy-model-sync is the same tool under a name that never clashes.

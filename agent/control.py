@@ -15,13 +15,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cfd.core.environment import Environment, open_environment
 from cfd.core.errors import CfdError, ConfigError, EnvironmentNotFound
 from cfd.core.git import no_git_env
 
-from .daemon import ALREADY_RUNNING, AgentConfig
+if TYPE_CHECKING:  # the daemon (logging.handlers, the index, the marker) loads only to start it: `cfd status` asks here too
+    from .daemon import AgentConfig
 from .lock import is_locked
 from .paths import AgentPaths, agent_paths
 from .statusfile import read_status
@@ -61,6 +62,8 @@ def make_config(envs: Sequence[Environment], **options: Any) -> AgentConfig:
                 f"{env.repo} uses the index {env.index_path}, not {envs[0].index_path}",
                 "environments sharing a models directory must share its index (cfd.index / CFD_INDEX)",
             )
+    from .daemon import AgentConfig
+
     return AgentConfig(
         envs=tuple(envs),
         models_dir=models_dir,
@@ -112,6 +115,8 @@ class StartResult:
 def start_agent(config: AgentConfig, timeout: float = 30.0, wait: bool = True) -> StartResult:
     """Spawn `cfd agent run` detached; with `wait`, return once it reports ready (AgentError if
     it does not), else at once (a hook must not wait: the agent's own lock settles races)."""
+    from .daemon import ALREADY_RUNNING  # the daemon module (and watchdog) only when starting one
+
     paths = config.state_paths()
     if is_locked(paths.lock):
         return StartResult(False, agent_info(paths))

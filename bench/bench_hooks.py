@@ -2,10 +2,18 @@
 
 1. `git pull` of commits that do not touch pyproject.toml, with cfd's hooks vs
    without: the shell fast path's overhead per pull (target < 10 ms, median).
-2. A pull whose manifest changed, 10,000 models, 5 % new, all already present
-   (sparse files of the right size, indexed directly): the hook's wall time
-   (target < 400 ms), for a ComfyGit manifest (`[tool.comfygit]`, v10 index) next to
-   the ComfyDock one.
+2. A pull whose manifest changed, 10,000 models (100 workflows x 10 refs), 5 % new,
+   all already present (sparse files of the right size, indexed directly). Measured
+   side by side, interleaved, as whole processes:
+   - the post-merge hook (shim + Python), target < 0.15x
+   - cold `cfd status --json` (the work tree's file changed, no manifest cache), target < 0.4x
+   of one Python process that parses the two versions with plain tomllib (the baseline).
+   `--shapes all` adds 475 workflows x 20 refs (no target).
+3. Startup: `cfd --version` and a hook with nothing to do (python part), for the Python
+   that runs the hooks and, with --compare-python, another install (say a plain one
+   beside an editable one).
+
+Figures: median (min-max) over the runs; failed runs are counted and shown.
 
 Everything runs in a temp dir with its own HOME and git config.
 """
@@ -26,8 +34,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from helpers.manifest import ManifestBuilder, big_manifest  # noqa: E402
-
-from cfd.core.state import clone_state  # noqa: E402
 
 GITCONFIG = """[user]
 \tname = bench
@@ -86,6 +92,24 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     fn()
     return (time.perf_counter() - start) * 1000
+
+
+def fmt(times: list[float], failed: int = 0) -> str:
+    if not times:
+        return f"no successful run ({failed} failed)"
+    text = f"{statistics.median(times):7.0f} ms ({min(times):.0f}-{max(times):.0f}, n={len(times)})"
+    return text + (f", {failed} FAILED" if failed else "")
+
+
+def verdict(name: str, ratio: float, target: float) -> str:
+    return f"VERDICT {name}: {'met' if ratio < target else 'missed'} ({ratio:.3f}x, target < {target}x)"
+
+
+def process(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, bool]:
+    """Whole-process wall time (ms) and whether it succeeded."""
+    start = time.perf_counter()
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, env=env)
+    return (time.perf_counter() - start) * 1000, result.returncode in (0, 1)
 
 
 def make_team(root: Path, manifest_text: str) -> tuple[Path, Path, Path]:
@@ -150,8 +174,11 @@ def index_all(manifest_text: str, dialect: str) -> int:
     return len(models)
 
 
+TOMLLIB_BOTH = "import sys, tomllib\nfor path in sys.argv[1:]:\n    with open(path, 'rb') as f:\n        tomllib.load(f)\n"
+
+
 def bench_big_change(root: Path, runs: int, n_models: int, workflows: int, refs: int,
-                     dialect: str = "comfydock") -> dict[str, float]:
+                     dialect: str = "comfydock") -> dict[str, object]:
     old_text, new_text = big_manifest(n_models, workflows, refs, new_fraction=0.05, seed=7, dialect=dialect)
     alice, with_hooks, without = make_team(root, old_text)
     os.environ["CFD_INDEX"] = str(root / "index" / "models.db")  # one index per dialect (schema 9 or 10)
@@ -163,9 +190,20 @@ def bench_big_change(root: Path, runs: int, n_models: int, workflows: int, refs:
     git(alice, "push", "-q", "origin", "main")
     for clone in (with_hooks, without):
         git(clone, "fetch", "-q")
-    last_synced = clone_state(with_hooks / ".git").last_synced
-    on, off, direct, output = [], [], [], ""
-    for _ in range(runs):
+    versions = [root / "old.toml", root / "new.toml"]
+    versions[0].write_text(old_text)
+    versions[1].write_text(new_text)
+    last_synced = with_hooks / ".git" / "cfd" / "last-synced"
+    hook = with_hooks / ".git" / "hooks" / "post-merge"
+    status_repo = root / "status"
+    git(root, "clone", "-q", str(root / "upstream.git"), str(status_repo))
+    cache = status_repo / ".git" / "cfd" / "manifest-cache.pickle"
+    status_argv = [sys.executable, "-m", "cfd.cli.main", "status", "--json"]
+    process(status_argv, status_repo)  # bytecode and page cache warm, as on a user's machine
+    on, off, baseline, direct, status = [], [], [], [], []
+    failed = {"baseline": 0, "hook": 0, "status": 0}
+    output = ""
+    for i in range(runs):
         for clone in (with_hooks, without):
             git(clone, "reset", "-q", "--hard", old)
         last_synced.write_text(old_blob + "\n")  # as after the previous sync
@@ -173,20 +211,56 @@ def bench_big_change(root: Path, runs: int, n_models: int, workflows: int, refs:
         output = git(with_hooks, "merge", "--ff-only", "-q", "origin/main")
         on.append((time.perf_counter() - start) * 1000)
         off.append(timed(lambda: git(without, "merge", "--ff-only", "-q", "origin/main")))
+        # Interleaved, so load on the machine hits all three alike.
+        ms, ok = process([sys.executable, "-c", TOMLLIB_BOTH, *map(str, versions)], root)
+        (baseline if ok else []).append(ms)
+        failed["baseline"] += not ok
         last_synced.write_text(old_blob + "\n")
-        hook = with_hooks / ".git" / "hooks" / "post-merge"
-        direct.append(timed(lambda: subprocess.run([str(hook), "0"], cwd=with_hooks, check=True, capture_output=True)))
-    pending = clone_state(with_hooks / ".git").marker
+        ms, ok = process([str(hook), "0"], with_hooks)
+        ok = ok and not (with_hooks / ".git" / "cfd" / "pending.json").exists()
+        (direct if ok else []).append(ms)
+        failed["hook"] += not ok
+        # Cold: the work tree's file changed (a new digest each run: a trailing blank line or
+        # not, which the fast reader takes as it is; a comment would send it to tomllib), no cache.
+        (status_repo / "pyproject.toml").write_text(new_text + "\n" * (i % 2))
+        cache.unlink(missing_ok=True)
+        ms, ok = process(status_argv, status_repo)
+        (status if ok else []).append(ms)
+        failed["status"] += not ok
+    pending = with_hooks / ".git" / "cfd" / "pending.json"
     assert not pending.exists(), f"all models are present, yet the hook recorded some: {output}"
     size = len(new_text.encode())
-    return {
+    result: dict[str, object] = {
         f"manifest: {n_models} models, {workflows}x{refs} refs, {size / 1e6:.1f} MB; indexed models": indexed,
-        "post-merge hook alone (median ms)": statistics.median(direct),
-        "git merge with hooks (median ms)": statistics.median(on),
-        "git merge without hooks (median ms)": statistics.median(off),
+        "baseline: one python, tomllib parsing both versions": fmt(baseline, failed["baseline"]),
+        "post-merge hook alone (shim + python)": fmt(direct, failed["hook"]),
+        "cfd status --json, no manifest cache, file changed": fmt(status, failed["status"]),
+        "git merge with hooks": fmt(on),
+        "git merge without hooks": fmt(off),
         "hook wall time in the merge (median ms)": statistics.median(on) - statistics.median(off),
         **breakdown(with_hooks, old, old_blob),
     }
+    if baseline and direct and status:
+        base = statistics.median(baseline)
+        result["ratios"] = (verdict("hook / tomllib-both", statistics.median(direct) / base, 0.15)
+                            + "\n   " + verdict("cold status / tomllib-both", statistics.median(status) / base, 0.4))
+    return result
+
+
+def bench_startup(runs: int, pythons: list[str], repo: Path) -> None:
+    for python in pythons:
+        probe = "import sys; sys.exit(any('Editable' in getattr(f, '__name__', '') for f in sys.meta_path))"
+        editable = subprocess.run([python, "-c", probe], capture_output=True).returncode == 1
+        print(f"   {python} ({'editable' if editable else 'plain'} install)")
+        for label, argv in (("python -c pass", [python, "-c", "pass"]),
+                            ("cfd --version", [python, "-m", "cfd.cli.main", "--version"]),
+                            ("hook with nothing to do (squash merge)", [python, "-m", "cfd.hooks.runtime", "post-merge", "1"])):
+            times, bad = [], 0
+            for _ in range(runs):
+                ms, ok = process(argv, repo)
+                (times if ok else []).append(ms)
+                bad += not ok
+            print(f"     {label:<40} {fmt(times, bad)}")
 
 
 def breakdown(repo: Path, old: str, old_blob: str) -> dict[str, float]:
@@ -224,24 +298,28 @@ print(json.dumps({{"imports: cfd.core (ms)": ms(t0, t1), "import pygit2 (ms)": m
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="pulls per measurement (default 20)")
-    parser.add_argument("--big-runs", type=int, default=7, help="runs of the 10,000-model case (default 7)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
-    parser.add_argument("--dialects", nargs="+", choices=("comfygit", "comfydock"), default=["comfygit", "comfydock"],
+    parser.add_argument("--big-runs", type=int, default=7, help="runs of the 10,000-model case (default 7, at least 5)")
+    parser.add_argument("--shapes", choices=("target", "all"), default="target", help="also 475 workflows x 20 refs")
+    parser.add_argument("--compare-python", action="append", default=[], help="another install's python for part 3")
+    parser.add_argument("--dialects", nargs="+", choices=("comfygit", "comfydock"), default=["comfydock", "comfygit"],
                         help="manifest dialects of the 10,000-model case (default both)")
-    parser.add_argument("--skip-fast-path", action="store_true", help="only the manifest-changing cases")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cfd-bench-hooks-"))
     try:
         setup_env(root)
-        if not args.skip_fast_path:
-            print("1. pull not touching pyproject.toml")
-            for key, value in bench_fast_path(root / "fast", args.runs).items():
-                print(f"   {key}: {value:.1f}")
-        cases = [(10_000, 100, 10, dialect) for dialect in args.dialects] + [(10_000, 475, 20, "comfydock")]
-        for n, wf, refs, dialect in cases:
+        print("1. pull not touching pyproject.toml")
+        for key, value in bench_fast_path(root / "fast", args.runs).items():
+            print(f"   {key}: {value:.1f}")
+        shapes = [(10_000, 100, 10, d) for d in args.dialects]
+        shapes += [(10_000, 475, 20, "comfydock")] if args.shapes == "all" else []
+        for n, wf, refs, dialect in shapes:
             print(f"2. pull changing the manifest ({dialect}): {n} models, 5 % new, all present ({wf} workflows x {refs} refs)")
-            for key, value in bench_big_change(root / f"big-{wf}-{dialect}", args.big_runs, n, wf, refs, dialect).items():
+            for key, value in bench_big_change(root / f"big-{wf}-{dialect}", max(5, args.big_runs), n, wf, refs,
+                                               dialect).items():
                 print(f"   {key}: {value:.1f}" if isinstance(value, float) else f"   {key}: {value}")
+        print("3. startup")
+        bench_startup(max(5, args.runs), [sys.executable, *args.compare_python], root / "fast" / "bob-hooks")
     finally:
         if args.keep:
             print(f"kept {root}")

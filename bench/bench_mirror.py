@@ -28,7 +28,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
-from bench_download import Server  # noqa: E402 - the origin in its own process
 from helpers.s3mirror import ACCESS_KEY, BUCKET, SECRET_KEY, RcloneS3, rclone_binary  # noqa: E402
 
 from cfd.demo.content import write_model_file  # noqa: E402
@@ -38,6 +37,56 @@ from cfd.core.mirror.config import MirrorConfig  # noqa: E402
 from cfd.core.mirror.publish import publish_file  # noqa: E402
 from cfd.core.mirror.reading import EngineMirror  # noqa: E402
 from cfd.core.store.shorthash import short_hash_file  # noqa: E402
+
+_TESTS = HERE.parent / "tests"
+# The origin: the tests' model server in its own process (it asks for bytes sent over stdin).
+_SERVER = r"""
+import sys
+sys.path.insert(0, sys.argv[3])  # tests/, for helpers.faults (the server with throttling)
+from helpers.faults import ModelServer
+srv = ModelServer().start()
+srv.add_file("/m.safetensors", sys.argv[1])
+if float(sys.argv[2]):
+    srv.set_fault("/m.safetensors", throttle=float(sys.argv[2]))
+print(srv.base_url, flush=True)
+for line in sys.stdin:
+    if line.strip() == "bytes":
+        print(srv.bytes_sent(), flush=True)
+    elif line.strip() == "reset":
+        srv.reset_stats()
+        print("ok", flush=True)
+srv.stop()
+"""
+
+
+class Server:
+    """A ModelServer in its own process; asks it for bytes sent over stdin."""
+
+    def __init__(self, source: Path, throttle: float = 0.0) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(source), str(throttle), str(_TESTS)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip() + "/m.safetensors"
+
+    def _ask(self, command: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def bytes_sent(self) -> int:
+        return int(self._ask("bytes"))
+
+    def reset(self) -> None:
+        self._ask("reset")
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 MIB = 1 << 20
 

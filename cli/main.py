@@ -18,8 +18,6 @@ from cfd.core import __version__
 from cfd.core.errors import CfdError
 from cfd.core.text import SanitizingStream
 
-from .common import opened, warn_unread_bad_settings
-
 # Modules under cfd.cli that add subcommands, in --help order.
 COMMAND_MODULES = ("status_cmd", "repair_cmd", "hooks_cmd", "agent_cmd", "index_cmd", "hash_cmd", "config_cmd", "mirror_cmd", "demo_cmd")
 # Which module defines each command: a command run by name imports only its own module
@@ -34,13 +32,17 @@ class _Version(argparse.Action):
     """`cfd --version`, plus a note on stderr when the `cfd` on PATH is someone else's."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        from .commandname import shadow_note
-
-        print(f"cfd {__version__}")
-        note = shadow_note()
-        if note:
-            print(note, file=sys.stderr)
+        _print_version()
         parser.exit()
+
+
+def _print_version() -> None:
+    from .commandname import shadow_note
+
+    print(f"cfd {__version__}")
+    note = shadow_note()
+    if note:
+        print(note, file=sys.stderr)
 
 
 def command_of(argv: Sequence[str]) -> str | None:
@@ -86,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # no command: without this, every command module is imported (for --help)
+        _print_version()
+        return 0
+    from .common import opened, warn_unread_bad_settings
+
     parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -32,6 +32,7 @@ class LineProgress(AbstractContextManager["LineProgress"]):
         self._t0: dict[str, float] = {}
         self._bytes: dict[str, int] = {}
         self._resumed: dict[str, int] = {}
+        self._connections: dict[str, int] = {}
 
     def __exit__(self, *exc: object) -> None:
         return None
@@ -67,11 +68,16 @@ class LineProgress(AbstractContextManager["LineProgress"]):
         size = self._bytes.get(filename)
         resumed = self._resumed.get(filename, 0)
         here = f", {human_size(resumed)} were already here" if resumed else ""
-        detail = f" ({human_size(size - resumed)} in {elapsed:.1f} s{here})" if size else ""
+        most = self._connections.get(filename, 0)
+        over = f" on up to {most} connections" if most > 1 else ""
+        detail = f" ({human_size(size - resumed)} in {elapsed:.1f} s{over}{here})" if size else ""
         self._line(f"done {filename}{detail}")
 
     def on_file_note(self, filename: str, message: str) -> None:
         self._line(f"{filename}: {message}")
+
+    def on_file_connections(self, filename: str, count: int) -> None:
+        self._connections[filename] = max(count, self._connections.get(filename, 0))
 
     def on_batch_complete(self, succeeded: int, total: int) -> None:
         self._line(f"{succeeded}/{total} downloaded")
@@ -305,6 +311,11 @@ class RichProgress(AbstractContextManager["RichProgress"]):
             self._console.print(f"[green]✓[/green] {self._escape(filename)}", highlight=False)
         else:
             self._console.print(f"[red]✗[/red] {self._escape(filename)}: {self._escape(error or 'unknown error')}", highlight=False)
+
+    def on_file_connections(self, filename: str, count: int) -> None:
+        task = self._tasks.get(filename)
+        if task is not None:
+            self._progress.update(task, description=f"{self._short(filename)} ×{count}")
 
     def on_file_note(self, filename: str, message: str) -> None:
         self._console.print(f"[yellow]•[/yellow] {self._escape(filename)}: {self._escape(message)}", highlight=False)

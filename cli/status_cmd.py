@@ -8,7 +8,6 @@ from typing import Any
 
 from cfd.core.manifest.model import CRITICALITY_RANK, ENVIRONMENT
 from cfd.core.sync.marker import intent_key, reason_text
-from cfd.core.sync.fetch import intent_groups
 from cfd.core.sync.status import StatusReport, WorkflowStatus, compute_status
 from cfd.core.sync.workflowfiles import MODIFIED
 from cfd.core.text import sanitize
@@ -161,6 +160,8 @@ def print_status(status: StatusReport, fancy: bool) -> None:
 
 def print_next_steps(status: StatusReport) -> None:
     """What to do, one line per kind of fix, counted so the counts add up to what is missing."""
+    from cfd.core.sync.fetch import intent_groups  # the text view only: `--json` need not load the fetch logic
+
     report = status.report
     gone = status.sources_gone
     intents = [ref for ref in report.intents if intent_key(ref) not in gone]

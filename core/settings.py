@@ -18,6 +18,7 @@ from typing import Any
 from .errors import ConfigError
 from .git import GitError, run_git
 
+MAX_CONNECTIONS = 64  # per file: past this a server sees a flood, not a download
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -53,6 +54,19 @@ def _positive_int(value: str) -> int:
         number = 0
     if number < 1:
         raise ValueError("expected a whole number of at least 1")
+    return number
+
+
+def _connections(value: str) -> int | str:
+    """`auto` (grow while it pays, up to AUTO_CONNECTIONS) or the most connections per file."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = _positive_int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_CONNECTIONS:
+        raise ValueError(f"expected auto or a whole number from 1 to {MAX_CONNECTIONS}")
     return number
 
 
@@ -133,7 +147,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("cfd.models", "CFD_MODELS", "required", _choice(*STRATEGIES), "which missing models a hook downloads: all | required | skip"),
     SettingSpec("cfd.onPull", "CFD_ON_PULL", "download", _choice(*ON_PULL_MODES), "what a hook does: download now | background (agent) | defer (record only)"),
     SettingSpec("cfd.jobs", "CFD_JOBS", 4, _positive_int, "files downloaded at once"),
-    SettingSpec("cfd.connections", "CFD_CONNECTIONS", 4, _positive_int, "connections per large file when the server supports ranges"),
+    SettingSpec("cfd.connections", "CFD_CONNECTIONS", "auto", _connections, "most connections per large file when the server supports ranges; auto: more while they add speed, up to 16"),
     SettingSpec("cfd.allowPrivateNetworks", "CFD_ALLOW_PRIVATE_NETWORKS", False, _bool, "allow downloads from loopback/private/link-local addresses"),
     SettingSpec("cfd.stallTimeout", "CFD_STALL_TIMEOUT", 30.0, _seconds, "seconds without a byte before a download counts as stalled"),
     SettingSpec("cfd.lowSpeedLimit", "CFD_LOW_SPEED_LIMIT", 1024, _rate, "a download slower than this (bytes/s) for cfd.lowSpeedTime fails and is retried; 0 = no limit"),

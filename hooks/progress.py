@@ -30,6 +30,7 @@ class HookProgress(DownloadCallbacks):
             self.live = False
         self._last = 0.0
         self._partial = False
+        self._connections: dict[str, int] = {}
 
     def _write(self, text: str, end: str = "\n") -> None:
         text = sanitize(text)  # file names and errors come from a teammate's manifest
@@ -51,13 +52,18 @@ class HookProgress(DownloadCallbacks):
             return
         self._last = now
         share = f" {100 * downloaded // total}%" if total else ""
-        self._write(f"cfd: {filename} {human_size(downloaded)}{share}", end="")
+        count = self._connections.get(filename, 0)
+        over = f" ×{count}" if count > 1 else ""
+        self._write(f"cfd: {filename} {human_size(downloaded)}{share}{over}", end="")
 
     def on_file_retry(self, filename: str, delay: float, reason: str) -> None:
         self._write(f"cfd: {filename}: {reason}; retrying in {delay:.0f} s")
 
     def on_file_complete(self, filename: str, success: bool, error: str | None) -> None:
         self._write(f"cfd: {filename}: " + ("ok" if success else f"failed: {error}"))
+
+    def on_file_connections(self, filename: str, count: int) -> None:
+        self._connections[filename] = count  # shown on the live line
 
     def on_file_note(self, filename: str, message: str) -> None:
         self._write(f"cfd: {filename}: {message}")

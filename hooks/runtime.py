@@ -117,7 +117,19 @@ def run_hook(hook: str, argv: Sequence[str], stdin: TextIO | None = None, stderr
     return 0
 
 
+def _preload_pygit2() -> None:
+    try:
+        import pygit2  # noqa: F401
+    except Exception:  # noqa: BLE001 - the main thread's own import reports it
+        pass
+
+
 def _run(hook: str, argv: list[str], err: TextIO) -> None:
+    # The shim calls Python only when pyproject.toml's blob changed, so pygit2 is nearly always
+    # needed: import it (~half of the hook's imports) while this thread waits for `git config`.
+    import threading
+
+    threading.Thread(target=_preload_pygit2, name="cfd-preload", daemon=True).start()
     from cfd.core.environment import open_environment
     from cfd.core.errors import EnvironmentNotFound
 
@@ -127,15 +139,21 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
         return  # not a ComfyDock environment (e.g. a template hook in another repo)
     if not env.settings["cfd.hooks.enabled"]:
         return
-    from cfd.core.gitobjects import open_repo
-    from cfd.core.sync.pullsync import sync_between
+    repo = None  # pygit2 and the sync are imported only once a firing has something to do
+    if hook == "post-commit":
+        from cfd.core.gitobjects import open_repo
 
-    repo = open_repo(env.repo)
-    parents = len(repo.parents("HEAD")) if hook == "post-commit" else None
+        repo = open_repo(env.repo)
+    parents = len(repo.parents("HEAD")) if repo is not None else None
     event = parse_event(hook, argv, env.git_dir, parents)
     if event is None:
         return
+    from cfd.core.gitobjects import open_repo
+    from cfd.core.sync.pullsync import sync_between
+
     from .progress import HookProgress
+
+    repo = repo or open_repo(env.repo)
 
     outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=HookProgress(err), repo=repo,
                            time_budget=env.settings["cfd.hookTimeBudget"], start_agent=_start_agent)

@@ -888,3 +888,33 @@ def test_repair_and_hook_never_write_outside_the_models_dir(scenario: Scenario, 
     assert counter["downloaded"] > 0, "no example downloaded anything: the property proved little"
     report("hostile-property-repair-and-hook", examples=counter["examples"], downloads=counter["downloaded"],
            refusals=counter["refused"], written_outside=counter["outside"])
+
+
+def test_a_server_that_rewards_every_connection_gets_no_more_than_the_ceiling(server, tmp_path):
+    """Capping each connection makes every extra one pay: cfd still stops at cfd.connections=auto's ceiling,
+    and an absurd cfd.connections is refused with a one-line error."""
+    from cfd.core.download.engine import DownloadJob, DownloadOptions, download_models
+    from cfd.core.settings import MAX_CONNECTIONS
+    from cfd.core.store.shorthash import short_hash_bytes
+
+    data = generate_model_bytes(seed=11, size=96 * MIB)
+    url = server.add_file("/greedy.safetensors", data)
+    server.set_fault("/greedy.safetensors", throttle=2 * MIB)
+    digest = short_hash_bytes(data)
+    job = DownloadJob(key=digest, filename="greedy.safetensors", relative_path="checkpoints/greedy.safetensors",
+                      size=len(data), sources=(url,), expected_hash=digest)
+    (tmp_path / "models").mkdir()
+    options = DownloadOptions(allow_private_networks=True, segment_min=4 * MIB)
+    [outcome] = download_models([job], models_dir=tmp_path / "models", index_path=tmp_path / "m.db", options=options)
+    assert outcome.success, outcome.error
+    spans = sorted((r.started, r.finished or float("inf")) for r in server.requests_for("/greedy.safetensors"))
+    at_once = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert 8 < at_once <= options.connections  # it grew (past two steps), and stopped at the ceiling
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    subprocess.run(["git", "init", "-q", str(env_dir)], check=True)
+    (env_dir / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    result = run_cfd("config", env={**os.environ, "CFD_CONNECTIONS": str(MAX_CONNECTIONS + 1)}, cwd=env_dir)
+    assert "Traceback" not in result.stderr
+    assert f"expected auto or a whole number from 1 to {MAX_CONNECTIONS}" in result.stdout + result.stderr
+    report("greedy-per-connection-cap", connections_at_once=at_once, ceiling=options.connections)

@@ -58,13 +58,14 @@ from .types import (
     interrupted,
 )
 from ..errors import CfdError, UnsafeManifestValue
-from .session import HttpClient, RateLimiter, prepare_url, storable_url
+from .session import prepare_url, storable_url
 from ..state import models_state
 from ..dialect import BY_SHORT_HASH
 from ..store.index import ModelIndex
 from .placement import place, space_errors
 from .safety import safe_relative_path, target_path
-from .segments import Transfer, plan_segments
+from .batch import Batch, plan_segments
+from .segments import Transfer
 from ..store.shorthash import short_hash_file
 from .staging import discard_staging, held_lock, staging_name
 from .urls import redact_url
@@ -82,40 +83,6 @@ __all__ = [
     "prepare_url",
     "staging_name",
 ]
-
-
-class Batch:
-    """What the transfers of one `download_models` call share, and which of them are running."""
-
-    def __init__(self, options: DownloadOptions, callbacks: DownloadCallbacks, cancel: threading.Event) -> None:
-        self.options, self.callbacks, self.cancel = options, callbacks, cancel
-        self.limiter = RateLimiter(options.max_rate) if options.max_rate > 0 else None
-        self.client = HttpClient(options)
-        self._transfers: set[Transfer] = set()
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self.client.close()
-
-    def register(self, transfer: Transfer) -> None:
-        with self._lock:
-            self._transfers.add(transfer)
-
-    def unregister(self, transfer: Transfer) -> None:
-        with self._lock:
-            self._transfers.discard(transfer)
-
-    def note(self, filename: str, message: str) -> None:
-        """A one-line note for the user (callbacks written for ComfyDock's shape may not take it)."""
-        hook = getattr(self.callbacks, "on_file_note", None)
-        if hook is not None:
-            hook(filename, message)
-
-    def abort_all(self) -> None:
-        with self._lock:
-            transfers = list(self._transfers)
-        for transfer in transfers:
-            transfer.abort()
 
 
 class _Engine:

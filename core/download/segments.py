@@ -1,5 +1,7 @@
 """Fetching one file from one source: ranges on several connections, or one stream.
 
+The connections of a file grow while they add speed (growth.py decides, batch-wide).
+
 A large file on a server that honours ranges is split into MiB-aligned segments,
 each fetched on its own connection; an idle connection takes over half of the
 biggest remaining range (no slow tail). A resume sends `Range` + `If-Range` and
@@ -13,17 +15,17 @@ import http.client
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import requests
 import urllib3
 
+from .batch import Batch, LowSpeed, plan_segments
+from .growth import Growth
 from .types import MIB, Cancelled, DiskError, DownloadJob, Failure
 from .session import (
-    LowSpeed,
     abort_response,
     content_length,
     network_reason,
@@ -33,9 +35,6 @@ from .session import (
 from .staging import Result, StagingFile, State
 from ..units import human_size
 from .urls import host_of, redact_url
-
-if TYPE_CHECKING:
-    from .engine import Batch
 
 
 class _Restart(Exception):
@@ -54,13 +53,8 @@ class _Stopped(Exception):
     """A sibling segment failed; this one stops quietly."""
 
 
-def plan_segments(size: int | None, connections: int, segment_min: int) -> list[list[int]]:
-    if size is None:
-        return [[0, -1, 0]]
-    count = max(1, min(connections, size // max(segment_min, MIB)))
-    step = -(-size // count // MIB) * MIB  # MiB-aligned
-    bounds = [min(i * step, size) for i in range(count)] + [size]
-    return [[bounds[i], bounds[i + 1], 0] for i in range(count) if bounds[i] < bounds[i + 1]]
+class _Retire(Exception):
+    """The batch has more connections than pay: this one hands its segment back and ends."""
 
 
 class Transfer:
@@ -77,6 +71,9 @@ class Transfer:
         self.responses: set[requests.Response] = set()
         self.single = False  # one connection only: the server's copies disagreed between connections
         self.chunked = False  # the body without Content-Length was chunked (its end is explicit)
+        self.connections = 0  # ranged connections running (or granted) for this file
+        self.retire = 0  # of those, asked to end at their next read
+        self.told = 0  # the count the display last heard
 
     @property
     def fetched(self) -> int:
@@ -113,7 +110,7 @@ class Transfer:
 
     def _reset(self) -> None:
         """Start this source over (fresh plan, empty file)."""
-        connections = 1 if self.single else self.options.connections
+        connections = 1 if self.single else self.batch.growth.start
         self.stop.clear()  # a failed sibling segment stopped the others; the new plan starts fresh
         self.file.reset(plan_segments(self.job.size, connections, self.options.segment_min))
 
@@ -229,6 +226,13 @@ class Transfer:
                 self.file.full.catch_up(self.file.fd, offset)
             self._pump(resp, 0, offset, size, check_extra=length is None)
 
+    def _retire_one(self) -> None:
+        with self.lock:
+            if self.retire <= 0:
+                return
+            self.retire -= 1
+        raise _Retire()
+
     def _too_big(self, what: str) -> Failure:
         self.file.discard()
         return Failure(f"{self.shown} {what}, more than cfd.maxUnknownSize ({human_size(self.options.max_unknown_size)}) "
@@ -254,36 +258,101 @@ class Transfer:
                 return
             self.state.ranges_ok = True
         queue = list(pending)
-        workers = min(self.options.connections, len(pending))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cfd-segment") as pool:
-            futures = [pool.submit(self._worker, queue, pending[0], first) for _ in range(workers)]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            if any(f.exception() for f in done):
-                self.stop.set()
-                self.abort()
+        growth = self.batch.growth
+        ceiling = 1 if self.single else growth.ceiling
+        with ThreadPoolExecutor(max_workers=ceiling, thread_name_prefix="cfd-segment") as pool:
+            futures = self._grow(pool, growth, queue, pending[0], first, min(growth.start, ceiling, len(pending)))
+            growth.joined(len(futures))
+            self._tell_connections()
+            while True:
+                done, running = wait(futures, timeout=0.1, return_when=FIRST_EXCEPTION)
+                if any(f.exception() for f in done):
+                    self.stop.set()
+                    self.abort()
+                    break
+                if not running:
+                    break
+                if not self.single:
+                    self._adapt(pool, growth, queue, futures)
         errors = [e for e in (f.exception() for f in futures) if e is not None and not isinstance(e, _Stopped)]
         if errors:
             # The most telling first: a cancel, a disk error, a lying server, then a restart.
             order = (Cancelled, DiskError, Failure, _Restart)
             raise min(errors, key=lambda e: next((i for i, k in enumerate(order) if isinstance(e, k)), len(order)))
 
-    def _worker(self, queue: list[int], first_index: int, first: list[requests.Response]) -> None:
-        """One connection: take the next pending segment; when none is left, split the biggest rest."""
-        while True:
+    def _grow(self, pool: ThreadPoolExecutor, growth: Growth, queue: list[int], first_index: int,
+              first: list[requests.Response], count: int) -> list[Future[None]]:
+        with self.lock:
+            self.connections += count
+        return [pool.submit(self._worker, growth, queue, first_index, first) for _ in range(count)]
+
+    def _adapt(self, pool: ThreadPoolExecutor, growth: Growth, queue: list[int], futures: list[Future[None]]) -> None:
+        """Follow the batch's connection target: add connections while there is work to split, or retire some."""
+        growth.tick()
+        with self.lock:
+            mine = self.connections - self.retire
+        change = growth.claim(mine)
+        if change > 0:
+            useful = min(change, len(queue) + self._splittable())
+            futures += self._grow(pool, growth, queue, -1, [], useful)
+            for _ in range(change - useful):
+                growth.left()
+        elif change < 0:
             with self.lock:
-                index = queue.pop(0) if queue else None
-            if index is None:
-                index = self._steal()
+                self.retire -= change
+        if change:
+            self._tell_connections()
+
+    def _tell_connections(self) -> None:
+        """The display's connection count, when the batch changed it (not as segments end one by one)."""
+        hook = getattr(self.batch.callbacks, "on_file_connections", None)
+        with self.lock:
+            count = self.connections - self.retire
+        if hook is not None and count > 0 and count != self.told:
+            self.told = count
+            hook(self.job.filename, count)
+
+    def _worker(self, growth: Growth, queue: list[int], first_index: int, first: list[requests.Response]) -> None:
+        """One connection: take the next pending segment; when none is left, split the biggest rest."""
+        retired = False
+        try:
+            while True:
+                with self.lock:
+                    index = queue.pop(0) if queue else None
                 if index is None:
+                    index = self._steal()
+                    if index is None:
+                        return
+                # Only the first pending segment may use the probe's response.
+                box = first if index == first_index else []
+                try:
+                    self._with_retries(lambda: self._segment(index, box))
+                except _Retire:
+                    with self.lock:
+                        queue.insert(0, index)  # its rest goes to the next connection that is free
+                    retired = True
                     return
-            # Only the first pending segment may use the probe's response.
-            box = first if index == first_index else []
-            self._with_retries(lambda: self._segment(index, box))
+        finally:
+            with self.lock:
+                self.connections -= 1
+                if not retired and self.retire > 0:  # ended anyway: counts as the one asked to
+                    self.retire -= 1
+                    retired = True
+            growth.left(retired)
+
+    def _floor(self) -> int:
+        return max(4 * MIB, self.options.segment_min // 2)  # a steal wastes what is in flight to the owner
+
+    def _splittable(self) -> int:
+        """How many more connections the remaining ranges could feed by splitting."""
+        floor = self._floor()
+        with self.lock:
+            return sum((e - s - d) // (2 * floor) for s, e, d in self.state.segments if s + d < e)
 
     def _steal(self) -> int | None:
         """Split the segment with the most bytes left (its owner stops at the new end); aria2c does the same,
         so one slow connection does not leave a long tail."""
-        floor = max(4 * MIB, self.options.segment_min // 2)  # a steal wastes what is in flight to the owner
+        floor = self._floor()
         with self.lock:
             segments = self.state.segments
             best = max(range(len(segments)), key=lambda i: segments[i][1] - segments[i][0] - segments[i][2])
@@ -343,7 +412,7 @@ class Transfer:
         # (and a checkpoint) promptly on slow links and in big pieces on fast ones.
         read = resp.raw.read1
         chunk = self.options.chunk_size
-        limiter, cancel = self.batch.limiter, self.batch.cancel
+        limiter, cancel, growth = self.batch.limiter, self.batch.cancel, self.batch.growth
         host = host_of(resp.url) or "the server"
         ceiling = self.options.max_unknown_size if end is None else None
         slow = LowSpeed(self.options.low_speed_limit, self.options.low_speed_time)
@@ -367,6 +436,9 @@ class Transfer:
                 raise self._too_big("sent more")
             self.file.store(index, offset, data)
             offset += len(data)
+            growth.counted(len(data))
+            if shrinks and self.retire:
+                self._retire_one()
             if slow.too_slow(len(data)):
                 raise Failure(f"{host}: slower than {human_size(slow.limit)}/s for {slow.window:g} s "
                               f"at byte {offset} of {end or '?'} (cfd.lowSpeedLimit)", retry=True)

@@ -193,28 +193,6 @@ class RateLimiter:
             cancel.wait(delay)
 
 
-class LowSpeed:
-    """curl's --speed-limit/--speed-time for one connection: fewer than `limit` bytes/s over `window` s."""
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
-        self.restart()
-
-    def restart(self) -> None:
-        self.start, self.bytes = time.monotonic(), 0
-
-    def too_slow(self, n: int) -> bool:
-        if self.limit <= 0:
-            return False
-        self.bytes += n
-        elapsed = time.monotonic() - self.start
-        if elapsed < self.window:
-            return False
-        slow = self.bytes < self.limit * elapsed
-        self.restart()
-        return slow
-
-
 # --------------------------------------------------------------------------- responses
 
 

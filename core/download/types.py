@@ -26,6 +26,7 @@ INTERRUPTED = "interrupted; the partial download is kept and the next run resume
 SOURCE_GONE = "fix or replace this source in pyproject.toml"
 OVER_BUDGET = "hook time budget"  # how the error of an outcome stopped by DownloadOptions.deadline begins
 GIB = 1 << 30
+AUTO_CONNECTIONS = 16  # the ceiling of cfd.connections=auto (aria2c allows 16 per server)
 
 
 # --------------------------------------------------------------------------- public types
@@ -78,6 +79,9 @@ class DownloadCallbacks:
     def on_file_note(self, filename: str, message: str) -> None:
         """One line about a file worth telling (waiting for another process, fewer connections)."""
 
+    def on_file_connections(self, filename: str, count: int) -> None:
+        """A ranged download now runs on `count` connections (it grows while more pay)."""
+
     def on_batch_complete(self, succeeded: int, total: int) -> None: ...
 
     # cfd's additions (ComfyDock has none of these; they default to doing nothing):
@@ -89,7 +93,7 @@ class DownloadCallbacks:
         """The source failed (`reason`); the next attempt comes in `delay` seconds."""
 
 
-_EXTENSIONS = ("on_file_note", "on_file_resume", "on_file_retry")
+_EXTENSIONS = ("on_file_note", "on_file_resume", "on_file_retry", "on_file_connections")
 
 
 @dataclass
@@ -223,7 +227,9 @@ class DownloadOutcome:
 @dataclass(frozen=True)
 class DownloadOptions:
     jobs: int = 4  # files at once
-    connections: int = 4  # connections per large file (when the server honours ranges)
+    # Most connections per large file (when the server honours ranges): a transfer starts with
+    # a few and the batch adds more while the aggregate rate grows with them (growth.py).
+    connections: int = AUTO_CONNECTIONS
     stall_timeout: float = 30.0  # seconds without a byte = failure
     connect_timeout: float = 10.0
     retries: int = 5  # attempts per source on connection errors, 5xx, 429
@@ -264,7 +270,7 @@ class DownloadOptions:
         s = env.settings
         values: dict[str, Any] = {
             "jobs": s["cfd.jobs"],
-            "connections": s["cfd.connections"],
+            "connections": AUTO_CONNECTIONS if s["cfd.connections"] == "auto" else s["cfd.connections"],
             "stall_timeout": float(s["cfd.stallTimeout"]),
             "retries": s["cfd.retries"],
             "low_speed_limit": s["cfd.lowSpeedLimit"],

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,27 @@ class Marker:
         self.path = clone_state(git_dir).marker
         self._warn = warn or (lambda message: None)
 
-    def _lock(self):  # type: ignore[no-untyped-def]
-        from filelock import FileLock
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """flock on `<marker>.lock`, as filelock takes it (same file, same lock), without
+        importing filelock: it loads asyncio, ~20 ms of every hook that writes the marker."""
+        import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.path) + ".lock", timeout=60)
+        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the pending marker {self.path} stayed locked for 60 s") from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def read(self) -> list[PendingEntry]:
         try:
@@ -158,6 +175,8 @@ class Marker:
         """Add or replace entries by key, and drop keys that are no longer pending."""
         incoming = {entry.key: entry for entry in new_entries}
         dropped = set(drop)
+        if not incoming and not self.path.exists():
+            return []  # nothing to add, nothing to drop from (a hook with every model present)
 
         def change(entries: list[PendingEntry]) -> list[PendingEntry]:
             kept = [e for e in entries if e.key not in incoming and e.key not in dropped]
