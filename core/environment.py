@@ -20,7 +20,7 @@ from typing import Any
 
 from . import dialect as dialects
 from .dialect import COMFYDOCK, Dialect
-from .errors import ConfigError, EnvironmentNotFound, ManifestError
+from .errors import ConfigError, EnvironmentNotFound
 from .settings import Settings, resolve_settings
 from .state import clone_state, models_state
 

@@ -11,7 +11,6 @@ dialect's algorithm name (`Dialect.short_hash`); the default is ComfyDock's.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from typing import Any
 
