@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from cfd.cli.model_server import ModelServer, RequestRecord, generate_model_bytes
+from cfd.demo.content import generate_model_bytes
+from cfd.demo.records import RequestRecord
+from helpers.faults import ModelServer
 from cfd.core.download.engine import DownloadCallbacks, DownloadJob, DownloadOptions, download_models
 from cfd.core.download.growth import START
 from cfd.core.store.shorthash import short_hash_bytes
