@@ -146,3 +146,22 @@ def test_install_sh_is_quiet_and_names_the_clash(tmp_path):
     ]
     assert "Editable installation" not in result.stderr and "Please be careful" not in result.stderr, result.stderr
     assert "note: `cfd` on your PATH is another program" in result.stderr
+
+
+def test_install_sh_without_dev_installs_a_plain_copy_that_runs(tmp_path):
+    """The quick start's first command on a fresh checkout: a plain (non-editable) install, so no
+    import finder sits in every Python start of the hooks; the installed cfd runs without the checkout."""
+    checkout = tmp_path / "checkout"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, (os.fsdecode(f) for f in files)):
+        target = checkout / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    result = subprocess.run(["/bin/sh", str(checkout / "install.sh")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].endswith(f"(cfd {__version__})"), result.stdout
+    site = next((checkout / ".venv" / "lib").glob("python3*/site-packages"))
+    assert not list(site.glob("__editable__*")), "a user's install must not be editable"
+    shutil.rmtree(checkout / "core")  # the installed copy does not need the checkout's sources
+    version = subprocess.run([str(checkout / ".venv" / "bin" / "cfd"), "--version"], capture_output=True, text=True)
+    assert (version.returncode, version.stdout) == (0, f"cfd {__version__}\n"), version.stderr
