@@ -80,14 +80,21 @@ def _seconds(value: str) -> float:
     return number
 
 
+_BINARY = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _scaled(text: str, units: str) -> tuple[float, int]:
+    """(number, multiplier) of "64G"-style text whose suffix is one of `units` (NaN: not a number)."""
+    scale = _BINARY[text[-1]] if text[-1:] and text[-1] in units else 1
+    try:
+        return float(text[:-1] if scale != 1 else text), scale
+    except ValueError:
+        return math.nan, scale
+
+
 def _rate(value: str) -> int:
     """Bytes per second; accepts suffixes K, M, G (binary), 0 = unlimited."""
-    text = value.strip().upper().removesuffix("B").removesuffix("/S")
-    scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
-    try:
-        number = float(text[:-1] if scale != 1 else text)
-    except ValueError:
-        number = math.nan
+    number, scale = _scaled(value.strip().upper().removesuffix("B").removesuffix("/S"), "KMG")
     if not (math.isfinite(number) and number >= 0):
         raise ValueError("expected a rate like 50M (bytes per second) or 0")
     return int(number * scale)
@@ -95,12 +102,7 @@ def _rate(value: str) -> int:
 
 def _size(value: str) -> int:
     """Bytes; accepts suffixes K, M, G, T (binary)."""
-    text = value.strip().upper().removesuffix("B").removesuffix("I")
-    scale = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}.get(text[-1:], 1)
-    try:
-        number = float(text[:-1] if scale != 1 else text)
-    except ValueError:
-        number = math.nan
+    number, scale = _scaled(value.strip().upper().removesuffix("B").removesuffix("I"), "KMGT")
     if not (math.isfinite(number) and number * scale >= 1):
         raise ValueError("expected a size like 64G")
     return int(number * scale)
