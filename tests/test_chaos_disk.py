@@ -339,6 +339,11 @@ def test_damaged_marker_during_a_hook_and_the_agent(scenario: Scenario, server: 
     agent = subprocess.Popen([*CFD, "agent", "run", "--settle", "0.2", "--git-debounce", "0.2"], cwd=bob.path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        # The agent looks at the marker once it starts: wait until it has set the garbled one aside,
+        # or the pull below could meet it first (the hook sets it aside too).
+        wait_until(lambda: len(list(marker.parent.glob(f"{MARKER_NAME}.corrupt-*"))) == 2 or agent.poll() is not None,
+                   30, "the agent to set the garbled marker aside", poll=0.1)
+        assert agent.poll() is None
         # The next pull hands a model to it: the marker is rewritten and the agent downloads.
         c = serve(server, "c.safetensors", 11, MIB)
         alice.commit("c", {"pyproject.toml": manifest([a, b, c]).render()})
