@@ -9,18 +9,86 @@ Failures become CfdError messages a user can act on.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-
-import pygit2
+from types import ModuleType
 
 from .git import GitError
 
 MANIFEST_PATH = "pyproject.toml"
 _ZERO = frozenset("0")
 
-# git verified every object when it received it; libgit2 re-hashing each read
-# costs ~17 ms per 3 MB manifest, which a hook's budget cannot spare.
-pygit2.option(pygit2.enums.Option.ENABLE_STRICT_HASH_VERIFICATION, False)
+
+def _load_compiled_pygit2() -> tuple[ModuleType, str]:
+    """pygit2's compiled module (libgit2 bindings) and how it was loaded ("core" or "package").
+
+    `import pygit2` costs ~50 ms, most of a hook's imports: its package layer builds the
+    enum classes and imports ssl, tarfile and inspect for remotes, archives and settings.
+    Reading objects needs only the compiled `pygit2._pygit2` (with the enums it returns),
+    so it is loaded on its own when the installed pygit2 has the expected layout; anything
+    else falls back to the plain import. A later `import pygit2` (tests, other code) reuses
+    the modules loaded here.
+    """
+    if "pygit2._pygit2" in sys.modules:
+        return sys.modules["pygit2._pygit2"], "package"
+    try:
+        return _load_core_only(), "core"
+    except Exception:  # noqa: BLE001 - another pygit2 layout: the plain import does it all
+        import pygit2._pygit2 as compiled
+
+        return compiled, "package"
+
+
+def _load_core_only() -> ModuleType:
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.util.find_spec("pygit2")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("pygit2 not found")
+    locations = list(spec.submodule_search_locations)
+    path = next(
+        os.path.join(folder, "_pygit2" + suffix)
+        for folder in locations
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+        if os.path.isfile(os.path.join(folder, "_pygit2" + suffix))
+    )
+    # A bare stand-in for the package while its submodules load, so that its __init__ does not run.
+    stand_in = ModuleType("pygit2")
+    stand_in.__path__ = locations
+    added = [name for name in ("pygit2",) if name not in sys.modules]
+    sys.modules.setdefault("pygit2", stand_in)
+    try:
+        core_spec = importlib.util.spec_from_file_location("pygit2._pygit2", path)
+        assert core_spec is not None and core_spec.loader is not None
+        compiled = importlib.util.module_from_spec(core_spec)
+        sys.modules["pygit2._pygit2"] = compiled  # an extension module loads once per process: keep it
+        try:
+            core_spec.loader.exec_module(compiled)
+        except BaseException:
+            del sys.modules["pygit2._pygit2"]
+            raise
+        import pygit2.enums  # noqa: F401 - the values the compiled module returns
+
+        compiled._cache_enums()
+        return compiled
+    finally:
+        if sys.modules.get("pygit2") is stand_in and added:
+            del sys.modules["pygit2"]
+
+
+_pygit2, LOADED_AS = _load_compiled_pygit2()
+
+
+def _disable_strict_hash_verification() -> None:
+    """git verified every object when it received it; libgit2 re-hashing each read
+    costs ~17 ms per 3 MB manifest, which a hook's budget cannot spare."""
+    from pygit2._libgit2 import ffi, lib
+
+    lib.git_libgit2_opts(lib.GIT_OPT_ENABLE_STRICT_HASH_VERIFICATION, ffi.cast("int", 0))
+
+
+_disable_strict_hash_verification()
 
 
 def is_null_commit(rev: str | None) -> bool:
@@ -31,9 +99,15 @@ def is_null_commit(rev: str | None) -> bool:
 class GitRepo:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         try:
-            self._repo = pygit2.Repository(os.fspath(path))
-        except (pygit2.GitError, KeyError) as exc:
+            self._repo = _pygit2.Repository(_pygit2.init_file_backend(os.fspath(path), 0))
+        except (_pygit2.GitError, KeyError) as exc:
             raise GitError(f"cannot open the git repository at {path}: {exc}", "check the path, or run `git status` there") from None
+
+    def _object(self, key: str):  # type: ignore[no-untyped-def]
+        found = self._repo.git_object_lookup_prefix(key)
+        if found is None:
+            raise KeyError(key)
+        return found
 
     @property
     def git_dir(self) -> Path:
@@ -50,8 +124,8 @@ class GitRepo:
             return None
         try:
             obj = self._repo.revparse_single(rev)
-            commit = obj.peel(pygit2.Commit)
-        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            commit = obj.peel(_pygit2.Commit)
+        except (KeyError, ValueError, _pygit2.GitError, _pygit2.InvalidSpecError):
             return None
         return str(commit.id)
 
@@ -59,7 +133,7 @@ class GitRepo:
         commit = self.resolve_commit(rev)
         if commit is None:
             return []
-        return [str(p) for p in self._repo[commit].peel(pygit2.Commit).parent_ids]
+        return [str(p) for p in self._object(commit).peel(_pygit2.Commit).parent_ids]
 
     def blob_id(self, commit: str | None, path: str = MANIFEST_PATH) -> str | None:
         """The blob id of `path` in `commit`; None when the commit or file is absent."""
@@ -67,7 +141,7 @@ class GitRepo:
         if resolved is None:
             return None
         try:
-            entry = self._repo[resolved].tree[path]
+            entry = self._object(resolved).tree[path]
         except KeyError:
             return None
         if entry.type_str != "blob":
@@ -87,7 +161,7 @@ class GitRepo:
         """A blob's size without reading it (None when git does not have it)."""
         try:
             _kind, size = self._repo.odb.read_header(blob_id)
-        except (KeyError, ValueError, pygit2.GitError):
+        except (KeyError, ValueError, _pygit2.GitError):
             return None
         return int(size)
 
@@ -95,9 +169,9 @@ class GitRepo:
         # Straight from the object database: Repository[...] reads the object twice.
         try:
             kind, data = self._repo.odb.read(blob_id)
-        except (KeyError, ValueError, pygit2.GitError):
+        except (KeyError, ValueError, _pygit2.GitError):
             raise GitError(f"git object {blob_id} is missing", "run `git fsck`, or fetch again") from None
-        if kind != pygit2.enums.ObjectType.BLOB:
+        if kind != _pygit2.GIT_OBJECT_BLOB:
             raise GitError(f"git object {blob_id} is not a file", None)
         return bytes(data)
 

@@ -119,7 +119,7 @@ def run_hook(hook: str, argv: Sequence[str], stdin: TextIO | None = None, stderr
 
 def _preload_pygit2() -> None:
     try:
-        import pygit2  # noqa: F401
+        import cfd.core.gitobjects  # noqa: F401 - loads pygit2's compiled core
     except Exception:  # noqa: BLE001 - the main thread's own import reports it
         pass
 

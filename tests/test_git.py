@@ -65,3 +65,30 @@ def test_the_subprocess_side_does_not_load_pygit2() -> None:
     code = "import sys, cfd.core.git, cfd.core.settings, cfd.core.environment; print('pygit2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_fresh_process_loads_only_pygit2s_compiled_core_and_it_reads_like_the_full_package(tmp_path: Path) -> None:
+    """The hook's cheap pygit2 load is the one used, answers as the full package does, and a
+    full `import pygit2` afterwards (any other code in the process) still works."""
+    repo = tmp_path / "r"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"], check=True)
+    code = f"""
+import sys
+import cfd.core.gitobjects as g
+print(g.LOADED_AS, 'pygit2.repository' in sys.modules, 'ssl' in sys.modules)
+r = g.open_repo({str(repo)!r})
+blob = r.blob_id(r.resolve_commit('HEAD'))
+print(blob, r.blob_size(blob), r.read_blob(blob).decode().splitlines()[0], r.has_blob(blob), r.has_blob('0' * 40))
+import pygit2
+full = pygit2.Repository({str(repo)!r})
+print(full.revparse_single('HEAD:pyproject.toml').id, full[blob].size, pygit2.enums.ObjectType.BLOB == 3)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    blob = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD:pyproject.toml"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert out[0] == "core False False"  # neither the package layer nor what it pulls in (ssl)
+    assert out[1] == f"{blob} 21 [project] True False"
+    assert out[2] == f"{blob} 21 True"
