@@ -10,7 +10,7 @@ import sys
 import time
 from typing import TextIO
 
-from cfd.core.download.types import DownloadCallbacks
+from cfd.core.download.callbacks import DownloadCallbacks
 from cfd.core.text import sanitize, unsanitized
 from cfd.core.units import human_size
 

@@ -13,6 +13,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from ..store.shorthash import BLAKE3_SAMPLE
+from .callbacks import DownloadCallbacks  # re-exported: the engine's callers import it from here too
 from .tokens import CIVITAI_HOSTS, HF_HOSTS, Tokens, hf_hosts_from_env, load_tokens
 from ..text import sanitize
 from .urls import redact_urls_in
@@ -59,38 +60,6 @@ class DownloadJob:
     sha256: str | None = None
     criticality: str = "flexible"
     workflows: tuple[str, ...] = ()
-
-
-class DownloadCallbacks:
-    """ComfyDock's BatchDownloadCallbacks shape; subclass and override what you need.
-
-    Called from worker threads (several files run at once): keep them thread-safe
-    and quick. `index` in on_file_start is 1-based.
-    """
-
-    def on_batch_start(self, total: int) -> None: ...
-
-    def on_file_start(self, filename: str, index: int, total: int) -> None: ...
-
-    def on_file_progress(self, filename: str, downloaded: int, total: int | None) -> None: ...
-
-    def on_file_complete(self, filename: str, success: bool, error: str | None) -> None: ...
-
-    def on_file_note(self, filename: str, message: str) -> None:
-        """One line about a file worth telling (waiting for another process, fewer connections)."""
-
-    def on_file_connections(self, filename: str, count: int) -> None:
-        """A ranged download now runs on `count` connections (it grows while more pay)."""
-
-    def on_batch_complete(self, succeeded: int, total: int) -> None: ...
-
-    # cfd's additions (ComfyDock has none of these; they default to doing nothing):
-
-    def on_file_resume(self, filename: str, staged: int, total: int | None) -> None:
-        """A download resumes with `staged` bytes an earlier run left: done, but not transferred now."""
-
-    def on_file_retry(self, filename: str, delay: float, reason: str) -> None:
-        """The source failed (`reason`); the next attempt comes in `delay` seconds."""
 
 
 _EXTENSIONS = ("on_file_note", "on_file_resume", "on_file_retry", "on_file_connections")

@@ -21,7 +21,6 @@ parses both documents in full: same answer, just slower.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -58,14 +57,17 @@ def _compare(old: list[str], new: list[str]) -> tuple[list[str], list[str], list
     return list(left.elements()), only_new, common
 
 
-def _parse(text: str) -> dict[str, Any]:
+def _parse(text: str) -> tuple[dict[str, Any], bool]:
+    """The document of a piece, and whether its strings are known plain (fasttoml.strings_are_plain)."""
     if text.endswith("\r"):
         text += "\n"  # a CRLF document cut before its "\n["
     fast = fasttoml.loads(text)
     if fast is not None:
-        return fast
+        return fast, fasttoml.strings_are_plain(text)
+    import tomllib  # what the fast reader declines
+
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text), False
     except (tomllib.TOMLDecodeError, RecursionError):
         raise ChunkFallback from None
 
@@ -82,11 +84,12 @@ class _Side:
     def add(self, text: str) -> None:
         self.add_documents([_parse(text)])
 
-    def add_documents(self, docs: list[dict[str, Any]]) -> None:
+    def add_documents(self, parsed: list[tuple[dict[str, Any], bool]]) -> None:
         """Records of consecutive parts of one document, read as tomllib would read them
         joined: every model first, then each workflow's entries in order of first appearance."""
         tables: list[dict[str, Any]] = []
-        for doc in docs:
+        self.reader.plain_strings = all(plain for _, plain in parsed)
+        for doc, _ in parsed:
             tool = doc.get("tool")
             if tool is None:
                 continue

@@ -104,6 +104,14 @@ def _to_json(body: str, wrap: tuple[str, str]) -> Any:
         raise _Decline from None
 
 
+def strings_are_plain(text: str) -> bool:
+    """For a text `loads` read: no string in it can hold a control character.
+
+    `loads` declines escapes, tabs, CR and DEL, and a basic string cannot hold a raw
+    newline; an ASCII text then has no C0 or C1 control character left to hide in one."""
+    return text.isascii()
+
+
 def _name(quoted_or_bare: str) -> str:
     return quoted_or_bare[1:-1] if quoted_or_bare.startswith('"') else quoted_or_bare
 

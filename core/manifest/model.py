@@ -14,7 +14,6 @@ entry never hides the good ones.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,6 +145,11 @@ EMPTY_MANIFEST = Manifest(label="(no pyproject.toml)")
 
 def decode_toml(data: bytes, label: str) -> dict[str, Any]:
     """bytes -> TOML document, or a ManifestError that names file and line."""
+    return _decode(data, label)[0]
+
+
+def _decode(data: bytes, label: str) -> tuple[dict[str, Any], bool]:
+    """The document, and whether none of its strings can hold a control character."""
     conflict = _CONFLICT_RE.search(data)
     if conflict:
         line = data.count(b"\n", 0, conflict.start()) + 1
@@ -160,9 +164,11 @@ def decode_toml(data: bytes, label: str) -> dict[str, Any]:
         raise ManifestError(f"{label}:{line}: not valid UTF-8", "save pyproject.toml as UTF-8") from None
     fast = fasttoml.loads(text)  # ComfyDock's usual layout, several times faster; None when unsure
     if fast is not None:
-        return fast
+        return fast, fasttoml.strings_are_plain(text)
+    import tomllib  # the general reader: only for what the fast one declines
+
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text), False
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"{label}: invalid TOML: {exc}", "fix the syntax error in pyproject.toml") from None
     except RecursionError:
@@ -171,11 +177,15 @@ def decode_toml(data: bytes, label: str) -> dict[str, Any]:
 
 def parse_manifest(data: bytes, label: str = "pyproject.toml") -> Manifest:
     """Parse pyproject.toml bytes; raises ManifestError only for unreadable TOML."""
-    return manifest_from_document(decode_toml(data, label), label)
+    doc, plain = _decode(data, label)
+    return manifest_from_document(doc, label, plain)
 
 
-def manifest_from_document(doc: Mapping[str, Any], label: str = "pyproject.toml") -> Manifest:
+def manifest_from_document(doc: Mapping[str, Any], label: str = "pyproject.toml", plain_strings: bool = False) -> Manifest:
+    """`plain_strings`: no string can hold a control character (fasttoml.strings_are_plain), so
+    the reader need not look at each one."""
     reader = _Reader(label)
+    reader.plain_strings = plain_strings
     tool = doc.get("tool")
     found = dialects.of_document(tool, label)
     if found is None:
@@ -233,6 +243,7 @@ class _Reader:
         self.label = label
         self.problems: list[str] = []
         self.dialect = dialect
+        self.plain_strings = False  # True: every string is known free of control characters
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{self.label}: [{where}] {what}")
@@ -286,7 +297,7 @@ class _Reader:
         refs: list[WorkflowModelRef] = []
         for name, workflow in table.items():
             where = f"{self.dialect.workflows_table}.{name}"
-            if _CONTROL_RE.search(name) or name == ENVIRONMENT:
+            if (not self.plain_strings and _CONTROL_RE.search(name)) or name == ENVIRONMENT:
                 self.problem(f"{self.dialect.workflows_table}.{name!r}", "workflow name contains control characters (ignored)")
                 continue
             if not isinstance(workflow, dict):
@@ -358,7 +369,7 @@ class _Reader:
         if not isinstance(value, str) or not value:
             self.problem(where, f"'{key}' must be a non-empty string, not {_describe(value)}")
             return None
-        if _CONTROL_RE.search(value):
+        if not self.plain_strings and _CONTROL_RE.search(value):
             self.problem(where, f"'{key}' contains control characters: {_describe(value)}")
             return None
         return value
@@ -386,7 +397,8 @@ class _Reader:
         if not isinstance(value, list):
             self.problem(where, f"'sources' must be an array of URLs, not {_describe(value)}")
             return ()
-        good = tuple(item for item in value if isinstance(item, str) and item and not _CONTROL_RE.search(item))
+        plain = self.plain_strings
+        good = tuple(item for item in value if isinstance(item, str) and item and (plain or not _CONTROL_RE.search(item)))
         if len(good) != len(value):
             self.problem(where, "'sources' holds entries that are not URL strings (ignored)")
         return good

@@ -18,11 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..download.types import SOURCE_GONE
 from ..files import remove_temps, write_atomic
 from ..state import MARKER as MARKER_NAME, clone_state
 from ..manifest.model import WorkflowModelRef
-from ..download.urls import redact_url
 
 Warn = Callable[[str], None]  # where a reader's one-line warnings go (a corrupt marker set aside)
 MARKER_VERSION = 1
@@ -58,6 +56,8 @@ class PendingEntry:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        from ..download.urls import redact_url  # only when an entry has sources (a hook with none skips urllib)
+
         data["sources"] = [redact_url(url) for url in self.sources]
         data["workflows"] = list(self.workflows)
         return data
@@ -98,6 +98,8 @@ def reason_text(entry: PendingEntry) -> str:
 
 def sources_gone(entry: PendingEntry) -> bool:
     """Its last attempt found every source gone (404/410): only a fix to pyproject.toml helps."""
+    from ..download.types import SOURCE_GONE
+
     return entry.reason == "failed" and (entry.error or "").count(SOURCE_GONE) >= max(1, len(entry.sources))
 
 

@@ -18,7 +18,6 @@ import os
 from ..errors import UnsafeManifestValue
 from ..store.index import ModelIndex
 from ..manifest.model import CRITICALITY_RANK, ENVIRONMENT, Manifest, ManifestModel, WorkflowModelRef, strongest
-from ..download.safety import target_path
 
 @dataclass(frozen=True)
 class MissingModelInfo:
@@ -124,6 +123,8 @@ def detect_missing_models(
 def on_disk_unindexed(models_dir: str | os.PathLike[str], missing: Iterable[MissingModelInfo]) -> tuple[MissingModelInfo, ...]:
     """Missing models whose file already lies at its target path with the manifest's size: the
     index does not know it yet (`cfd index scan`, or `cfd repair` checks and indexes it)."""
+    from ..download.safety import target_path  # path rules and URL checks: only when something is missing
+
     found = []
     for info in missing:
         try:
