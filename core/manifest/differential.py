@@ -196,7 +196,7 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
     except UnicodeDecodeError:
         raise ChunkFallback from None
     names = _names_of(old, new, new_label)
-    old_version, new_version = Version(old_text, names), Version(new_text, names)
+    old_version, new_version = Version(old_text, names, check_model_lines=False), Version(new_text, names)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
     old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines)
     if any("<<<<<<<" in s or ">>>>>>>" in s for s in only_new + new_lines):

@@ -104,7 +104,10 @@ def model_key(path: str, names: Names) -> str:
 class Version:
     """One version of the document, cut but (mostly) not classified."""
 
-    def __init__(self, text: str, names: Names) -> None:
+    def __init__(self, text: str, names: Names, check_model_lines: bool = True) -> None:
+        """`check_model_lines=False` (the old version): its models table is only compared line by
+        line, never read for the answer, so its lines are not vetted one by one (the new
+        version's are: a line the two share is vetted there)."""
         parts, fast = cut(text)
         self.parts = parts
         self.models_at: int | None = None
@@ -164,17 +167,24 @@ class Version:
         self.lines: list[str] = []  # the models table: [header and leading comments, one line per model]
         self.keys: list[str] = []  # the model key of lines[1:]
         if self.models_at is not None:
-            self._split_models_table(parts[self.models_at])
-            if "criticality" in parts[self.models_at]:
-                raise ChunkFallback  # environment-level models (ComfyGit): needed with no workflow entry
-        if any("criticality" in parts[i] for i in self.table_models.values()):
-            raise ChunkFallback
+            if check_model_lines:
+                self._split_models_table(parts[self.models_at], checked_strings=fast)
+            else:
+                self.lines = parts[self.models_at].split("\n")
+        # Environment-level models (ComfyGit): needed with no workflow entry. ComfyDock has none.
+        if names.dialect.name != "comfydock":
+            if self.models_at is not None and "criticality" in parts[self.models_at]:
+                raise ChunkFallback
+            if any("criticality" in parts[i] for i in self.table_models.values()):
+                raise ChunkFallback
 
-    def _split_models_table(self, piece: str) -> None:
-        if '"""' in piece or "'''" in piece:
+    def _split_models_table(self, piece: str, checked_strings: bool = False) -> None:
+        """`checked_strings`: the fast cut already found no multi-line string in the whole text."""
+        if not checked_strings and ('"""' in piece or "'''" in piece):
             raise ChunkFallback  # a key line could hide inside a multi-line string
-        lines = _KEY_LINE_SPLIT_RE.split(piece)
         found = _KEY_LINE_RE.findall(piece)
+        # Every line after the header a key line (the usual case): the plain split is the same cut.
+        lines = piece.split("\n") if len(found) == piece.count("\n") else _KEY_LINE_SPLIT_RE.split(piece)
         if len(found) != len(lines) - 1 or any(separator == "." for _, separator in found):
             raise ChunkFallback  # dotted keys spread one model over several lines
         keys = [key.strip("\"'") for key, _ in found]
