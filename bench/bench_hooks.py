@@ -10,10 +10,13 @@
    of one Python process that parses the two versions with plain tomllib (the baseline).
    `--shapes all` adds 475 workflows x 20 refs (no target).
 3. Startup: `cfd --version` and a hook with nothing to do (python part), for the Python
-   that runs the hooks and, with --compare-python, another install (say a plain one
-   beside an editable one).
+   under test, the Python running the bench when it differs (say an editable install) and
+   any --compare-python.
 
-Figures: median (min-max) over the runs; failed runs are counted and shown.
+The cfd measured is a plain install of this checkout made in the temp dir (what
+./install.sh gives users), and the baseline runs on that same interpreter; pass
+--python-under-test to measure another. Figures: median (min-max) over the runs; failed
+runs are counted and shown.
 
 Everything runs in a temp dir with its own HOME and git config.
 """
@@ -72,6 +75,32 @@ def setup_env(root: Path) -> None:
     (root / "models").mkdir()
 
 
+PYTHON = sys.executable  # the Python whose cfd is measured: a plain install made by main()
+REPO = Path(__file__).resolve().parent.parent
+
+
+def plain_install(root: Path) -> str:
+    """This checkout installed as ./install.sh installs it for users: copied, not editable.
+
+    An editable install (a developer's .venv) adds an import finder to every Python start,
+    ~10-20 ms a hook never pays on a user's machine. The dependencies are not installed
+    again: a .pth line points at this Python's site-packages (a path line only; the .pth
+    files there, such as the editable finder, are not run).
+    """
+    import sysconfig
+
+    venv = root / "plain-venv"
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    deps = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    Path(site, "cfd-bench-deps.pth").write_text("".join(f"{path}\n" for path in deps))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    "--target", site, str(REPO)], check=True, capture_output=True)
+    return str(python)
+
+
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
         ["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}
@@ -82,7 +111,7 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
 
 
 def cfd(cwd: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "cfd.cli.main", *args], cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run([PYTHON, "-m", "cfd.cli.main", *args], cwd=cwd, capture_output=True, text=True)
     if result.returncode not in (0, 1):
         raise SystemExit(f"cfd {' '.join(args)} failed: {result.stdout}{result.stderr}")
     return result.stdout
@@ -127,7 +156,7 @@ def make_team(root: Path, manifest_text: str) -> tuple[Path, Path, Path]:
     with_hooks, without = root / "bob-hooks", root / "bob-plain"
     for clone in (with_hooks, without):
         git(root, "clone", "-q", str(upstream), str(clone))
-    cfd(with_hooks, "hooks", "install", "--python", sys.executable)
+    cfd(with_hooks, "hooks", "install", "--python", PYTHON)
     return alice, with_hooks, without
 
 
@@ -198,7 +227,7 @@ def bench_big_change(root: Path, runs: int, n_models: int, workflows: int, refs:
     status_repo = root / "status"
     git(root, "clone", "-q", str(root / "upstream.git"), str(status_repo))
     cache = status_repo / ".git" / "cfd" / "manifest-cache.pickle"
-    status_argv = [sys.executable, "-m", "cfd.cli.main", "status", "--json"]
+    status_argv = [PYTHON, "-m", "cfd.cli.main", "status", "--json"]
     process(status_argv, status_repo)  # bytecode and page cache warm, as on a user's machine
     on, off, baseline, direct, status = [], [], [], [], []
     failed = {"baseline": 0, "hook": 0, "status": 0}
@@ -212,7 +241,7 @@ def bench_big_change(root: Path, runs: int, n_models: int, workflows: int, refs:
         on.append((time.perf_counter() - start) * 1000)
         off.append(timed(lambda: git(without, "merge", "--ff-only", "-q", "origin/main")))
         # Interleaved, so load on the machine hits all three alike.
-        ms, ok = process([sys.executable, "-c", TOMLLIB_BOTH, *map(str, versions)], root)
+        ms, ok = process([PYTHON, "-c", TOMLLIB_BOTH, *map(str, versions)], root)  # the same interpreter
         (baseline if ok else []).append(ms)
         failed["baseline"] += not ok
         last_synced.write_text(old_blob + "\n")
@@ -291,7 +320,7 @@ print(json.dumps({{"imports: cfd.core (ms)": ms(t0, t1), "import pygit2 (ms)": m
 """
     import json
 
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
 
 
@@ -304,10 +333,15 @@ def main() -> int:
     parser.add_argument("--dialects", nargs="+", choices=("comfygit", "comfydock"), default=["comfydock", "comfygit"],
                         help="manifest dialects of the 10,000-model case (default both)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument("--python-under-test", metavar="PYTHON",
+                        help="measure the cfd of this Python (default: a plain install of this checkout, as users get)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cfd-bench-hooks-"))
+    global PYTHON
     try:
         setup_env(root)
+        PYTHON = args.python_under_test or plain_install(root)
+        print(f"cfd under test: {PYTHON} ({'as given' if args.python_under_test else 'plain install of this checkout'})")
         print("1. pull not touching pyproject.toml")
         for key, value in bench_fast_path(root / "fast", args.runs).items():
             print(f"   {key}: {value:.1f}")
@@ -319,7 +353,8 @@ def main() -> int:
                                                dialect).items():
                 print(f"   {key}: {value:.1f}" if isinstance(value, float) else f"   {key}: {value}")
         print("3. startup")
-        bench_startup(max(5, args.runs), [sys.executable, *args.compare_python], root / "fast" / "bob-hooks")
+        pythons = [PYTHON, *([sys.executable] if sys.executable != PYTHON else []), *args.compare_python]
+        bench_startup(max(5, args.runs), pythons, root / "fast" / "bob-hooks")
     finally:
         if args.keep:
             print(f"kept {root}")
