@@ -211,6 +211,7 @@ class StagingFile:
                 path.unlink()
             except FileNotFoundError:
                 pass
+        remove_temps(self.sidecar)  # a run killed while saving progress left one (we hold the lock)
 
     def reset(self, segments: list[list[int]]) -> None:
         """Start over (fresh plan, empty file)."""
