@@ -41,8 +41,8 @@ def is_terminal(stream: Any = None) -> bool:
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    # One write: json.dump writes each token, and every write passes the sanitising stream.
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def agent_download_figures(item: dict[str, Any], now: float) -> str:

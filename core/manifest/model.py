@@ -14,8 +14,9 @@ entry never hides the good ones.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 from . import fasttoml
@@ -63,6 +64,46 @@ class ManifestModel:
     def source_set(self) -> frozenset[str]:
         """Sources compare as a set: ComfyGit 0.3.x wrote them in unstable order."""
         return frozenset(self.sources)
+
+
+MODEL_FIELDS = tuple(f.name for f in fields(ManifestModel))
+model_row = attrgetter(*MODEL_FIELDS)  # ManifestModel -> its field values, in order
+
+
+class ModelTable(Mapping[str, ManifestModel]):
+    """A models table, hash -> ManifestModel, each record made when first looked up.
+
+    A cold `cfd status` reads 10,000 entries and looks at the ~1,500 its workflows name;
+    making every frozen record up front took as long as checking them all. `rows` holds
+    each model's field values (as ManifestModel takes them), already checked.
+    """
+
+    __slots__ = ("rows", "_made")
+
+    def __init__(self, rows: dict[str, tuple[Any, ...]], made: dict[str, ManifestModel] | None = None) -> None:
+        self.rows = rows
+        self._made = made if made is not None else {}
+
+    def __getitem__(self, key: str) -> ManifestModel:
+        model = self._made.get(key)
+        if model is None:
+            model = self._made[key] = ManifestModel(*self.rows[key])
+        return model
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self.rows else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"ModelTable({dict(self.items())!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +236,7 @@ def manifest_from_document(doc: Mapping[str, Any], label: str = "pyproject.toml"
     if not isinstance(comfydock, dict):
         reader.problem(f"tool.{found.name}", "is not a table")
         return Manifest(label=label, problems=tuple(sanitize(p) for p in reader.problems), dialect=found.name)
-    models = reader.models(comfydock.get("models", {}))
+    models = reader.model_table(comfydock.get("models", {}))
     workflows, refs = reader.workflows(comfydock.get("workflows", {}))
     for ref in refs:
         if ref.is_resolved and ref.hash is not None and ref.hash not in models:
@@ -229,10 +270,11 @@ def schema_version(value: Any) -> int:
 def environment_refs(models: Mapping[str, ManifestModel]) -> list[WorkflowModelRef]:
     """One resolved entry per environment-level model: needed with its own criticality,
     whichever workflows name it (so needed(), the diff and missing-model detection see it)."""
+    rows = models.rows.values() if isinstance(models, ModelTable) else map(model_row, models.values())
     return [
-        WorkflowModelRef(ENVIRONMENT, m.filename, m.category, m.criticality, "resolved", m.hash, m.sources, m.relative_path)
-        for m in models.values()
-        if m.criticality is not None
+        WorkflowModelRef(ENVIRONMENT, filename, category, criticality, "resolved", model_hash, sources, relative_path)
+        for model_hash, filename, _size, relative_path, category, sources, _blake3, _sha256, criticality in rows
+        if criticality is not None
     ]
 
 
@@ -249,15 +291,61 @@ class _Reader:
         self.problems.append(f"{self.label}: [{where}] {what}")
 
     def models(self, table: Any) -> dict[str, ManifestModel]:
+        return dict(self.model_table(table).items())
+
+    def model_table(self, table: Any) -> ModelTable:
         if not isinstance(table, dict):
             self.problem(self.dialect.models_table, "is not a table")
-            return {}
-        models: dict[str, ManifestModel] = {}
+            return ModelTable({})
+        rows: dict[str, tuple[Any, ...]] = {}
+        made: dict[str, ManifestModel] = {}
+        plain = self.plain_row if self.plain_strings else None
         for key, entry in table.items():
-            model = self.model(key, entry)
-            if model is not None:
-                models[key] = model
-        return models
+            row = plain(key, entry) if plain else None
+            if row is None:
+                model = self.model(key, entry)
+                if model is None:
+                    continue
+                made[key] = model
+                row = model_row(model)
+            rows[key] = row
+        return ModelTable(rows, made)
+
+    def plain_row(self, key: str, entry: Any) -> tuple[Any, ...] | None:
+        """`model`'s values for the usual entry, in one pass without its per-field calls (a
+        10,000-model table is read on every cold `cfd status`); None when any field is not
+        the plain type (or a ComfyGit criticality is not one it accepts), and `model` then says
+        what is wrong. Only when `plain_strings`: no control-character checks to make."""
+        if type(entry) is not dict or not _HASH_RE.fullmatch(key):
+            return None
+        get = entry.get
+        filename, size, relative_path, category = get("filename"), get("size"), get("relative_path"), get("category")
+        sources, blake3, sha256 = get("sources"), get("blake3"), get("sha256")
+        if type(filename) is not str or not filename or (size is not None and (type(size) is not int or size < 0)):
+            return None
+        if category is not None and (type(category) is not str or not category):
+            return None
+        comfygit = self.dialect is not COMFYDOCK
+        if relative_path is None:
+            relative_path = f"{category}/{filename}" if category else filename
+        elif type(relative_path) is not str or not relative_path:
+            return None
+        elif comfygit and "\\" in relative_path:
+            relative_path = relative_path.replace("\\", "/")  # as `relative_path` does
+        criticality = get("criticality") if comfygit else None
+        if criticality is not None and (type(criticality) is not str or criticality not in ENVIRONMENT_CRITICALITIES):
+            return None
+        if sources is None:
+            sources = ()
+        elif type(sources) is not list or not all(type(url) is str and url for url in sources):
+            return None
+        else:
+            sources = tuple(sources)
+        if (blake3 is not None and (type(blake3) is not str or not blake3)) or (
+            sha256 is not None and (type(sha256) is not str or not sha256)
+        ):
+            return None
+        return (key, filename, size, relative_path, category, sources, blake3, sha256, criticality)
 
     def model(self, key: str, entry: Any) -> ManifestModel | None:
         where = f"{self.dialect.models_table}.{key}"

@@ -182,6 +182,7 @@ def compute_status(env: Environment, warn: Warn | None = None) -> StatusReport:
         )
         for name in ((ENVIRONMENT,) if any(r.is_environment for r in manifest.refs) else ()) + manifest.workflows
     ]
-    on_disk = frozenset(info.hash for info in on_disk_unindexed(env.models_dir, report.missing))
+    # Only when something is missing: the path rules it needs import the URL checks (socket, ...).
+    on_disk = frozenset(info.hash for info in on_disk_unindexed(env.models_dir, report.missing)) if report.missing else frozenset()
     return StatusReport(env, manifest, report, pending, tuple(workflows), on_disk, read_skipped(env.git_dir),
                         tuple(workflow_states(env)))

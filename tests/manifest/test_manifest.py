@@ -342,3 +342,49 @@ def test_fast_reader_never_accepts_what_tomllib_rejects(text: str) -> None:
     assert fasttoml.loads(text) is None
     with pytest.raises(ManifestError):
         parse_manifest(text.encode())
+
+
+# The one-pass reading of plain model entries (`_Reader.plain_row`) must give `model`'s answer.
+_PLAIN_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cc",)), max_size=12)  # no control characters
+_PLAIN_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-3, max_value=2**40), st.floats(allow_nan=False),
+    _PLAIN_TEXT, st.sampled_from(["", "required", "optional", "flexible", "a\\b.safetensors"]),
+    st.lists(st.one_of(_PLAIN_TEXT, st.integers(), st.just("")), max_size=3),
+)
+_MODEL_KEYS = ["filename", "size", "relative_path", "category", "sources", "blake3", "sha256", "criticality", "extra"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["comfydock", "comfygit"]),
+    st.dictionaries(st.text(alphabet="0123456789abcdefxy", min_size=1, max_size=16),
+                    st.one_of(st.dictionaries(st.sampled_from(_MODEL_KEYS), _PLAIN_VALUES, max_size=8), _PLAIN_VALUES),
+                    max_size=6),
+)
+def test_plain_entries_read_in_one_pass_give_the_per_field_readers_answer(dialect: str, table: dict) -> None:
+    from cfd.core.dialect import DIALECTS
+    from cfd.core.manifest.model import _Reader
+
+    answers = []
+    for plain in (True, False):
+        reader = _Reader("pyproject.toml", DIALECTS[dialect])
+        reader.plain_strings = plain
+        answers.append((dict(reader.model_table(table).items()), reader.problems))
+    assert answers[0] == answers[1]
+
+
+def test_models_table_makes_a_record_only_when_looked_up() -> None:
+    from cfd.core.manifest.model import ManifestModel, ModelTable
+
+    h1, h2 = "a" * 16, "b" * 16
+    manifest = parse_manifest(ManifestBuilder().model(h1, "a.safetensors", 1, "checkpoints/a.safetensors")
+                              .model(h2, "b.safetensors", 2, category="loras").render().encode())
+    models = manifest.models
+    assert isinstance(models, ModelTable) and not models._made
+    assert models.get(h2) == ManifestModel(h2, "b.safetensors", 2, "loras/b.safetensors", "loras")
+    assert list(models._made) == [h2] and models.get("c" * 16) is None and "c" * 16 not in models
+    assert models.get(h2) is models[h2]  # made once
+    assert list(models) == [h1, h2] and len(models) == 2
+    assert models == {h1: models[h1], h2: models[h2]} and dict(models) == dict(models.items())
+    with pytest.raises(KeyError):
+        models["c" * 16]
