@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,6 +123,8 @@ def move_no_clobber(source: Path, target: Path) -> None:
 
 
 def _copy_across(source: Path, target: Path) -> None:
+    import shutil  # its import loads the archive codecs (bz2, lzma): only when copying
+
     tmp = temp_beside(target)
     try:
         shutil.copyfile(source, tmp)

@@ -7,7 +7,6 @@ Git config is read with one `git config` call (a few ms, no pygit2 import).
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -215,6 +214,8 @@ class Settings:
 
 def suggest_key(key: str) -> str | None:
     """The known key a mistyped `cfd.*` key most likely meant (`cfd.modelDir` -> `cfd.modelsDir`)."""
+    import difflib  # only for a key nobody knows: "did you mean"
+
     close = difflib.get_close_matches(key.lower(), SPEC_BY_KEY, n=1, cutoff=0.75)
     return SPEC_BY_KEY[close[0]].key if close else None
 
