@@ -14,7 +14,14 @@ downloads the model from the origin once (untimed), then:
      copy` (it hashes the whole file with MD5 first). The mirror is emptied through the S3 API
      before every run (it never overwrites: each run uploads the whole file).
   pull: a fresh machine downloads the model with the mirror configured (origin still up; a run
-     that was not served by the mirror's blob counts as failed) against the origin, no mirror.
+     that was not served by the mirror's blob counts as failed) against, like for like, other
+     clients of the same mirror: curl and aria2c -x8 (if installed) on the same presigned blob
+     URL cfd is handed, and `rclone copy` from the S3 remote, each followed by `sync -d` (cfd
+     fsyncs before placing). The same cfd engine pulling from the origin, no mirror, and curl on
+     the origin URL are shown too: the origin (a Python ModelServer answering with sendfile) and
+     `rclone serve s3` (a Go server copying every byte through user space) are different servers,
+     on a machine whose cores the client shares with them; curl on both, and each server's CPU
+     seconds per GiB served (printed), say how much of the gap is the server's.
 Every tool is timed the same way: the whole process (Python start and imports, boto3's included)
 is the headline; cfd's engine time (push() or download_models(), after the imports) is a second
 line. Durability: both pulls are cfd's engine, which fsyncs before placing, on both sides. For
@@ -25,8 +32,13 @@ dirty pages are synced before every run. Figures: median (min-max, n) of --runs 
 failed runs are counted and shown, never dropped.
 
 Targets, one VERDICT line each:
-- mirror pull >= 0.91x the origin pull's speed (at most 10 % slower on loopback): the mirror is
-  read through the same engine (presigned ranged GETs), so only the server may differ.
+- same server: cfd's mirror pull >= 0.91x curl (+ sync) on the same presigned blob URL. The
+  peer is a client of the same `rclone serve s3`, so only the client differs: cfd's reads of
+  the alias, its presigning and its engine (bench_download's unthrottled target is the same
+  ~0.9x curl). This is the verdict on cfd.
+- different servers: cfd's mirror pull >= 0.91x cfd's origin pull, kept as it was (the
+  question a studio asks: is the mirror as fast as the origin?). On loopback it measures
+  rclone's server against a sendfile server as much as cfd: read it beside the curl lines.
 - cfd mirror push >= 0.8x rclone copy's throughput, like for like. rclone is a compiled S3 client
   that does nothing but transfers; cfd's push is Python (boto3's transfer manager, 4 threads over
   64 MiB parts) plus a listing, HEADs and an alias object. On loopback the client's CPU is the
@@ -46,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from shlex import quote
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
@@ -55,6 +68,7 @@ from helpers.manifest import ManifestBuilder  # noqa: E402
 from helpers.s3mirror import ACCESS_KEY, BUCKET, SECRET_KEY, RcloneS3, delete_object, rclone_binary  # noqa: E402
 
 from cfd.demo.content import write_model_file  # noqa: E402
+from cfd.core.download.types import DownloadJob  # noqa: E402
 from cfd.core.store.shorthash import short_hash_file  # noqa: E402
 
 PREFIX = "bench"
@@ -81,7 +95,7 @@ mirror = None
 if a["mirror"]:
     from cfd.core.mirror.config import MirrorConfig
     from cfd.core.mirror.reading import EngineMirror
-    mirror = EngineMirror(MirrorConfig(*a["mirror"]))  # its boto3 client is made on first use: engine time
+    mirror = EngineMirror(MirrorConfig(*a["mirror"]))  # its reader (boto3 only where cfd cannot sign) is made on first use: engine time
 os.makedirs(a["models"], exist_ok=True)  # cfd never creates the models dir
 job = DownloadJob(a["key"], "m.safetensors", a["relpath"], a["size"], (a["url"],), a["key"])
 extra = {"connections": a["connections"]} if a.get("connections") else {}
@@ -157,6 +171,28 @@ class MirrorBench(Bench):
         shutil.copyfile(self.scan_index, self.unknown_index)
 
 
+def mirror_blob_url(s3: RcloneS3, key: str, size: int) -> str:
+    """The presigned blob URL cfd's engine gets for this model (read through cfd's own mirror reader)."""
+    from cfd.core.mirror.config import MirrorConfig
+    from cfd.core.mirror.reading import EngineMirror
+
+    notes: list[str] = []
+    hit = EngineMirror(MirrorConfig(BUCKET, PREFIX + "/", s3.endpoint, False, False)).locate(
+        DownloadJob(key, "m.safetensors", RELPATH, size, (), key), lambda _name, line: notes.append(line))
+    if hit is None:
+        raise SystemExit(f"the mirror does not serve the model: {notes}")
+    return hit.url
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_or_die(argv: list[str], what: str, **kwargs: object) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
     if done.returncode:
@@ -174,10 +210,10 @@ def stats(r: Runs, size: int) -> dict[str, object]:
             "engine": summary(r.engine)}
 
 
-def report(title: str, pairs: list[tuple[str, Runs, Runs, float]], size: int) -> list[str]:
-    """The table of one comparison and a VERDICT per (name, cfd side, peer, target)."""
+def report(title: str, pairs: list[tuple[str, Runs, Runs, float]], size: int, extra: list[Runs] | None = None) -> list[str]:
+    """The table of one comparison (and `extra` tools shown beside it) and a VERDICT per (name, cfd side, peer, target)."""
     print(f"\n== {title}, {size / MIB:.0f} MiB ==\nwhole process (headline):")
-    every = [r for _, cfd, peer, _ in pairs for r in (cfd, peer)]
+    every = list(dict.fromkeys(r for _, cfd, peer, _ in pairs for r in (cfd, peer))) + (extra or [])
     for r in every:
         print("  " + r.line(size))
     print("engine only (after Python start and imports):")
@@ -252,9 +288,41 @@ def main() -> int:
         run_or_die(push_argv(work / "a" / "index.db"), "the cfd mirror push before the pulls")
         from_mirror, from_origin = Runs("pull, mirror configured"), Runs("pull from the origin, no mirror")
         models, index = bench.out / "models", bench.out / "index.db"
-        rotate(runs, [(from_mirror, pull_argv(models, index, True)), (from_origin, pull_argv(models, index, False))], bench)
-        verdicts += report("pull on a second machine: mirror vs origin", [
-            ("pull: mirror vs origin", from_mirror, from_origin, 0.91)], size)
+        url = mirror_blob_url(s3, key, size)  # what cfd's engine is handed: the same server, the same signed URL
+        fetched = bench.out / "peer.bin"
+        curl_mirror, curl_origin = Runs("curl, mirror URL (+ sync)"), Runs("curl, origin URL (+ sync)")
+        turns = [(from_mirror, pull_argv(models, index, True)), (from_origin, pull_argv(models, index, False)),
+                 (curl_mirror, bench.synced(f"curl -sSf -o {quote(str(fetched))} {quote(url)}", fetched)),
+                 (curl_origin, bench.synced(f"curl -sSf -o {quote(str(fetched))} {quote(origin.url)}", fetched))]
+        peers = [curl_mirror]
+        if shutil.which("aria2c"):
+            aria_mirror = Runs("aria2c -x8, mirror URL (+ sync)")
+            turns.append((aria_mirror, bench.synced(f"aria2c -q -x8 -s8 -k1M --file-allocation=none -d {quote(str(bench.out))} "
+                                                    f"-o peer.bin {quote(url)}", fetched)))
+            peers.append(aria_mirror)
+        rclone_pull = Runs("rclone copy, mirror (+ sync)")
+        blob = url.split("?")[0].rsplit("/", 1)[1]
+        turns.append((rclone_pull, bench.synced(f"{quote(rclone_binary())} copy --config /dev/null "
+                                                f"{quote(f'{remote}{BUCKET}/{PREFIX}/blobs/blake3/{blob}')} {quote(str(bench.out))}",
+                                                bench.out / blob)))
+        peers.append(rclone_pull)
+        assert s3.proc is not None
+        pids = {"rclone serve s3": s3.proc.pid, "origin": origin.proc.pid}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        rotate(runs, turns, bench)
+        served = {"rclone serve s3": runs * (len(turns) - 2), "origin": runs * 2}  # whole files each server sent
+        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cpu = {name: end - start for name, start, end in ((n, before[n], after[n]) for n in pids)
+               if start is not None and end is not None}
+        verdicts += report("pull on a second machine: cfd from the mirror vs other clients of it, and vs the origin", [
+            ("pull, same server: cfd from the mirror vs curl on its presigned URL", from_mirror, curl_mirror, 0.91),
+            ("pull, different servers (rclone serve s3 vs the origin's sendfile): cfd mirror vs cfd origin",
+             from_mirror, from_origin, 0.91)], size, extra=[*peers[1:], curl_origin])
+        if curl_mirror.wall and curl_origin.wall:
+            print(f"  the servers alone: curl from the mirror at {speed_ratio(curl_mirror, curl_origin):.2f}x curl from the origin")
+        for name, seconds in cpu.items():
+            print(f"  {name}: {seconds / (served[name] * size / (1 << 30)):.2f} CPU-s per GiB served "
+                  f"({seconds:.1f} s over {served[name]} downloads)")
     finally:
         if origin is not None:
             origin.stop()
@@ -262,7 +330,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     if args.json:
-        every = (known, scanned, bare, plain, from_mirror, from_origin)
+        every = (known, scanned, bare, plain, from_mirror, from_origin, curl_mirror, curl_origin, *peers[1:])
         print(json.dumps({"size_bytes": size, "runs": runs, "connections": args.connections or "auto",
                           "tools": {r.name: stats(r, size) for r in every}, "verdicts": verdicts}))
     return 0

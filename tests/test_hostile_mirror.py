@@ -152,3 +152,40 @@ def test_a_blob_missing_from_the_mirror_never_marks_the_manifest_source_gone(
     again = run_cfd("repair", "--yes", cwd=bob.path, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert_placed(env, [m])
+
+
+def test_a_job_whose_hash_would_climb_out_of_the_prefix_never_reaches_the_mirror(
+        tmp_path: Path, scenario: Scenario, origin: ModelServer, mirror: RcloneS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest parser only lets hex hashes through, but download_models is an API (ComfyDock calls it):
+    a job keyed `../../..` would make the presigned alias path climb out of the prefix. Unescaped, an HTTP
+    client normalises the dots away, the signature no longer matches, and the store's 403 would read as
+    refused credentials: one crafted job would switch the mirror off for the whole batch. It is refused
+    for that job alone, before any request; the next job still comes from the mirror."""
+    from cfd.core.download.callbacks import DownloadCallbacks
+    from cfd.core.download.engine import DownloadJob, DownloadOptions, download_models
+    from cfd.core.mirror.config import MirrorConfig
+    from cfd.core.mirror.reading import EngineMirror
+
+    good = serve(origin, "good.safetensors", 14, 2 * MIB + 3)
+    alice_publishes(tmp_path, scenario, origin, mirror, [good])
+    for name, value in mirror.env().items():
+        monkeypatch.setenv(name, value)
+    climbing = "../../../evil/0123456789abcdef"
+    notes: list[str] = []
+
+    class Notes(DownloadCallbacks):
+        def on_file_note(self, filename: str, message: str) -> None:
+            notes.append(message)
+
+    models = tmp_path / "carol-models"
+    models.mkdir()
+    jobs = [DownloadJob(climbing, "evil.safetensors", "checkpoints/evil.safetensors", 7, (), climbing),
+            DownloadJob(good.hash, good.name, good.relpath, good.size, (good.url,), good.hash)]
+    mirror_source = EngineMirror(MirrorConfig(BUCKET, PREFIX + "/", mirror.endpoint, False, False))
+    evil, fetched = download_models(jobs, models_dir=models, index_path=tmp_path / "carol.db", callbacks=Notes(),
+                                    options=DownloadOptions(allow_private_networks=True, mirror=mirror_source, jobs=1))
+    assert not evil.success and not (models / "checkpoints" / "evil.safetensors").exists()
+    assert any("refused to ask the mirror" in note for note in notes), notes
+    assert not any("refused the credentials" in note or "mirror not used:" in note for note in notes), notes
+    assert fetched.success and (fetched.source or "").startswith(f"s3://{BUCKET}/{PREFIX}/blobs/"), fetched
+    assert (models / good.relpath).read_bytes() == good.data

@@ -192,19 +192,62 @@ print(len(out.downloaded), "boto3" in sys.modules)
 """
 
 
-@pytest.mark.parametrize("case", ["no mirror, downloads", "mirror, nothing to do", "mirror, downloads"])
+@pytest.mark.parametrize("case", ["no mirror, downloads", "mirror, nothing to do", "mirror, downloads",
+                                  "mirror holds it, downloads", "mirror holds it, profile credentials"])
 def test_boto3_is_imported_only_when_a_mirror_is_set_and_used(case: str, tmp_path: Path, scenario: Scenario,
                                                                origin: ModelServer, mirror: RcloneS3) -> None:
+    """A pull served by the mirror presigns its reads itself (environment credentials); boto3 comes in to
+    publish what came from an origin, or to read with credentials only boto3's chain finds (a profile)."""
     models = [] if case == "mirror, nothing to do" else [serve(origin, "m.safetensors", 41, 2 * MIB + 1)]
     scenario.seed({"pyproject.toml": manifest([]).render()})
     clone = scenario.clone("erin")
     old = clone.head()
+    overlay = mirror.env() if case.startswith("mirror") else {}
+    if case.startswith("mirror holds it"):
+        alice_publishes(tmp_path, scenario, origin, mirror, models)
+        origin.stop()  # only the mirror can serve it now
+    if case.endswith("profile credentials"):
+        shared = tmp_path / "aws-credentials"
+        shared.write_text(f"[studio]\naws_access_key_id = {overlay.pop('AWS_ACCESS_KEY_ID')}\n"
+                          f"aws_secret_access_key = {overlay.pop('AWS_SECRET_ACCESS_KEY')}\n")
+        overlay.update({"AWS_PROFILE": "studio", "AWS_SHARED_CREDENTIALS_FILE": str(shared)})
     clone.commit("models", {"pyproject.toml": manifest(models).render() + "# changed\n"})
-    env = machine(tmp_path, "erin", mirror.env() if case.startswith("mirror") else {}, {"CFD_MODELS": "all"})
+    env = machine(tmp_path, "erin", overlay, {"CFD_MODELS": "all"})
     ran = subprocess.run([sys.executable, "-c", HOOK_IMPORTS, str(clone.path), old], env=env, capture_output=True,
                          text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.split() == [str(len(models)), str(case == "mirror, downloads")]
+    boto3_needed = case in ("mirror, downloads", "mirror holds it, profile credentials")
+    assert ran.stdout.split() == [str(len(models)), str(boto3_needed)], ran.stdout + ran.stderr
+    if case.startswith("mirror holds it"):
+        assert_placed(env, models)
+        listed = json.loads(run_cfd("index", "list", "--json", cwd=clone.path, env=env).stdout)
+        assert [s for entry in listed for s in entry.get("sources", [])][0].startswith("s3://team-models/studio/blobs/")
+
+
+def test_the_presigned_reads_are_what_boto3_would_sign(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cfd's own SigV4 presigning (the read path without boto3) against boto3's, same clock, odd keys and a token."""
+    import datetime
+
+    import boto3
+    import botocore.auth
+    from botocore.config import Config
+
+    from cfd.core.mirror.sigv4 import Credentials, presign
+
+    fixed = datetime.datetime(2026, 3, 1, 23, 59, 58, tzinfo=datetime.timezone.utc)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: fixed.replace(tzinfo=None))
+    for endpoint, token in (("http://127.0.0.1:9000", None), ("https://s3.example.org", "tok/en+=="),
+                            ("http://[::1]:80/base", None), ("https://Store.Example.org:8443", "t")):
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-3", aws_access_key_id="AKIDEXAMPLE",
+                              aws_secret_access_key="wJalr/K7MDENG+bPxRfi", aws_session_token=token,
+                              config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+        for key in ("studio/aliases/comfydock/0123456789abcdef-5.json", "a b/ü?x#y%z&=+~!*()'", "blobs/blake3/" + "f" * 64):
+            for method, operation in (("GET", "get_object"), ("HEAD", "head_object")):
+                theirs = client.generate_presigned_url(operation, Params={"Bucket": "team-models", "Key": key}, ExpiresIn=21600)
+                ours = presign(method, endpoint, "team-models", key, Credentials("AKIDEXAMPLE", "wJalr/K7MDENG+bPxRfi", token),
+                               "eu-west-3", 21600, now=fixed.timestamp())
+                assert ours == theirs, (endpoint, key, method)
+    assert "wJalr" not in repr(Credentials("AKIDEXAMPLE", "wJalr/K7MDENG+bPxRfi", "tok"))
 
 
 def test_a_model_without_sources_that_the_mirror_has_is_downloadable(tmp_path: Path, scenario: Scenario,

@@ -16,7 +16,7 @@ from ..errors import CfdError
 from .config import MirrorConfig
 
 PRESIGN_SECONDS = 6 * 3600  # a big file over a slow link, resumed within the same run
-_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403",
+CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403",
                      "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed", "InvalidClientTokenId"}
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 CREDENTIALS_HINT = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for the mirror"
@@ -29,6 +29,19 @@ class MirrorError(CfdError):
 
     def line(self) -> str:
         return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+def unreachable(where: str, kind: str) -> MirrorError:
+    return MirrorError(f"the mirror endpoint {where} is unreachable ({kind})",
+                       "check cfd.mirror.endpoint and that the store is running", mirror_wide=True)
+
+
+def refused(url: str, code: object) -> MirrorError:
+    return MirrorError(f"the mirror {url} refused the credentials ({code})", CREDENTIALS_HINT, mirror_wide=True)
+
+
+def no_bucket(bucket: str, where: str) -> MirrorError:
+    return MirrorError(f"the mirror bucket {bucket} does not exist at {where}", "create it, or fix cfd.mirror", mirror_wide=True)
 
 
 class MirrorClient:
@@ -67,18 +80,15 @@ class MirrorClient:
             return MirrorError(f"no credentials for the mirror {self.config.url}", CREDENTIALS_HINT, mirror_wide=True)
         if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError,
                             bx.ConnectionClosedError)):
-            return MirrorError(f"the mirror endpoint {where} is unreachable ({type(exc).__name__})",
-                               "check cfd.mirror.endpoint and that the store is running", mirror_wide=True)
+            return unreachable(where, type(exc).__name__)
         if isinstance(exc, bx.ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in _CREDENTIAL_CODES or status == 403:
-                return MirrorError(f"the mirror {self.config.url} refused the credentials ({code or status})",
-                                   CREDENTIALS_HINT, mirror_wide=True)
+            if code in CREDENTIAL_CODES or status == 403:
+                return refused(self.config.url, code or status)
             if code == "NoSuchBucket":
-                return MirrorError(f"the mirror bucket {self.config.bucket} does not exist at {where}",
-                                   "create it, or fix cfd.mirror", mirror_wide=True)
+                return no_bucket(self.config.bucket, where)
             return MirrorError(f"the mirror answered {code or status} to {what}")
         if isinstance(exc, bx.BotoCoreError):
             return MirrorError(f"the mirror failed at {what}: {type(exc).__name__}")

@@ -1,7 +1,8 @@
 """The mirror as the download engine's first source, and its publisher after an origin download.
 
 `EngineMirror` is what DownloadOptions.mirror holds. For a job with a short hash and a
-size it reads the alias, and hands the engine a presigned SigV4 GET URL of the blob:
+size it reads the alias, and hands the engine a presigned SigV4 GET URL of the blob
+(without boto3 where presigned.py can sign, else through boto3's client):
 the engine then fetches it like any source (ranged parallel GETs, `.part` resume under
 the stable name `s3://bucket/blobs/...`, inline verification against the manifest's
 short hash and size plus the alias's BLAKE3, atomic placement). A blob that fails
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from .client import MirrorClient, MirrorError
 from .config import MirrorConfig
 from .layout import MAX_ALIAS_BYTES, alias_key, blob_key, parse_alias
+from .presigned import PresignedReader, presigned_reader
 
 if TYPE_CHECKING:
     from ..download.types import DownloadJob
@@ -40,7 +42,8 @@ class MirrorHit:
 class EngineMirror:
     def __init__(self, config: MirrorConfig) -> None:
         self.config = config
-        self._client: MirrorClient | None = None
+        self._client: MirrorClient | None = None  # boto3: publishing, and reading where presigned.py cannot sign
+        self._reader: MirrorClient | PresignedReader | None = None
         self._lock = threading.Lock()
         self._down: str | None = None  # why the whole mirror is out for this batch
         self._issued: set[str] = set()
@@ -54,6 +57,16 @@ class EngineMirror:
             if self._client is None:
                 self._client = MirrorClient(self.config)
             return self._client
+
+    def reader(self) -> MirrorClient | PresignedReader:
+        """What reads aliases and presigns blobs: boto3 only when cfd cannot sign as it would."""
+        with self._lock:
+            if self._reader is None:
+                self._reader = presigned_reader(self.config)
+                if self._reader is None:
+                    self._client = self._client or MirrorClient(self.config)
+                    self._reader = self._client
+            return self._reader
 
     def trusts(self, url: str) -> bool:
         """A URL this mirror presigned: its (configured, maybe private) address is reachable."""
@@ -74,7 +87,7 @@ class EngineMirror:
             return None
         key = alias_key(self.config.prefix, job.expected_hash, job.size, self.config.dialect)
         try:
-            client = self.client()
+            client = self.reader()
             data = client.get_small(key, MAX_ALIAS_BYTES)
             if data is None:
                 return None
@@ -102,7 +115,7 @@ class EngineMirror:
         if self._down is not None:
             return False
         try:
-            return self.client().size_of(alias_key(self.config.prefix, short_hash, size, self.config.dialect)) is not None
+            return self.reader().size_of(alias_key(self.config.prefix, short_hash, size, self.config.dialect)) is not None
         except MirrorError as exc:
             if exc.mirror_wide:
                 with self._lock:
