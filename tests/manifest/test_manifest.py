@@ -326,6 +326,11 @@ def test_fast_reader_across_its_batches() -> None:
     [
         '[tool.comfydock.models]\nabc = {filename = "a", filename = "b"}\n',  # duplicate key
         '[tool.comfydock.models]\nabc = {filename = "a"}\nabc = {filename = "b"}\n',
+        # Counted, not checked per table: a duplicate among many plain lines, and in a table of mixed shapes.
+        '[tool.comfydock.models]\n' + "".join(f'm{i} = {{filename = "f{i}", size = {i}}}\n' for i in range(50))
+        + 'm7 = {filename = "again"}\n',
+        '[tool.comfydock.models]\nabc = {filename = "a", size = 1, size = 2}\ndef = "xy"\n',
+        '[tool.comfydock.models]\nabc = [{x = 1, x = 2}, {}]\ndef = "ab"\n',
         '[tool.comfydock.models]\nabc = {filename = "a", size = 1\n}\n',  # newline inside an inline table
         '[[tool.comfydock.workflows.w.models]]\nsize = 1 2\n',
         '[[tool.comfydock.workflows.w.models]]\nsize = 1, x = 2\n',
