@@ -11,7 +11,6 @@ nothing is ever deleted. `workflow_states` only reads (for `cfd status`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -52,6 +51,8 @@ def comfyui_workflows_dir(env: Environment) -> Path | None:
 
 
 def _digest(data: bytes) -> str:
+    import hashlib  # loads OpenSSL: only when a workflow file is compared
+
     return hashlib.sha256(data).hexdigest()
 
 
