@@ -87,18 +87,27 @@ class Costs:
         self.interrupted += interrupted
         self.queued += kill.queued
         self.budget += kill_budget(kill, interrupted)
-        self.points.append(f"{kill} [{interrupted} file(s), {kill.connections} conn., {kill.queued / MIB:.2f} MiB queued]")
+        self.points.append(f"{kill} [{interrupted} file(s), {kill.connections} conn., {kill.queued / MIB:.2f} MiB queued, {kill.after / MIB:.2f} MiB after]")
 
     def check(self, server: ModelServer, models: list[Served]) -> int:
         refetched = server.bytes_sent() - sum(m.size for m in models)
         assert refetched <= self.budget, (
             f"fetched {refetched / MIB:.1f} MiB again, more than the kills could cost ({self.budget / MIB:.1f} MiB): "
-            + "; ".join(self.points))
+            + "; ".join(self.points) + "; requests (range, MiB sent): " + requests_by_file(server, models))
         return refetched
 
     def figures(self, refetched: int) -> dict[str, object]:
         return {"interrupted_files": self.interrupted, "refetched_mib": round(refetched / MIB, 2),
                 "bound_mib": round(self.budget / MIB, 2), "queued_at_kills_mib": round(self.queued / MIB, 2)}
+
+
+def requests_by_file(server: ModelServer, models: list[Served]) -> str:
+    """Each file's GETs in order, for a failure message: where each resumed and how much it was sent."""
+    shown = []
+    for m in models:
+        gets = [f"{r.range or 'all'}+{r.bytes_sent / MIB:.2f}" for r in server.requests_for(m.path) if r.method == "GET"]
+        shown.append(f"{m.name}: " + " ".join(gets))
+    return " | ".join(shown)
 
 
 # --------------------------------------------------------------------------- cfd repair

@@ -185,6 +185,7 @@ class Kill:
     landed: bool
     connections: int = 0  # open TCP connections to the server
     queued: int = 0  # body bytes in their socket queues (written by the server, not yet read by the client)
+    after: int = 0  # body bytes the server wrote after the kill, before it noticed the connections were dead
 
     def __str__(self) -> str:
         return self.point if self.landed else f"{self.point} (already exited)"
@@ -251,6 +252,7 @@ def kill_at_random_point(rng: random.Random, proc: subprocess.Popen[Any], progre
             time.sleep(0.002)
     with server.frozen() if server is not None else contextlib.nullcontext():
         connections, queued = socket_queues(server.port) if server is not None else (0, 0)
+        sent = server.bytes_sent() if server is not None else 0
         pid = victim() if victim else proc.pid
         landed = False
         if pid is not None and is_running(pid):
@@ -260,7 +262,11 @@ def kill_at_random_point(rng: random.Random, proc: subprocess.Popen[Any], progre
             except ProcessLookupError:
                 pass
             wait_until(lambda: not is_running(pid), 30, "the killed process to end", poll=0.002)
-    return Kill(what, landed, connections, queued)
+    after = 0
+    if server is not None:  # a write can still succeed on a dead peer's connection (its reset comes back after)
+        wait_until(lambda: all(r.finished for r in server.requests), 30, "the server to finish the killed requests")
+        after = server.bytes_sent() - sent
+    return Kill(what, landed, connections, queued, after)
 
 
 # --------------------------------------------------------------------------- invariants
@@ -354,8 +360,9 @@ def kill_budget(kill: Kill, interrupted: int) -> int:
     """The most a kill may make the next run fetch again, by what the engine promises: each interrupted
     file loses at most its progress since the last checkpoint (saved every checkpoint_bytes), each
     open connection at most the one read not yet written (chunk_size), plus what sat in the socket
-    queues (sent by the server, never read by the killed process)."""
+    queues (sent by the server, never read by the killed process) and what the server wrote to the
+    dead connections before it noticed."""
     from cfd.core.download.types import DownloadOptions
 
     options = DownloadOptions()
-    return interrupted * options.checkpoint_bytes + kill.connections * options.chunk_size + kill.queued
+    return interrupted * options.checkpoint_bytes + kill.connections * options.chunk_size + kill.queued + kill.after
