@@ -3,13 +3,16 @@ and of the agent. Seeded (CFD_CHAOS_SEEDS runs, default 3), real processes, a re
 
 After every kill a user finds: no partial file at any model path, an index that opens and
 agrees with the disk, markers that parse. The next run completes and fetches again at most
-a few MiB per file the kill interrupted (counted by the server).
+what the kill could cost (counted by the server): per interrupted file the progress since its
+last checkpoint (4 MiB), per open connection one read (1 MiB) and what sat in its socket
+queues, read from /proc/net/tcp while the server is frozen around the kill.
 """
 
 from __future__ import annotations
 
 import random
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,17 +24,17 @@ from helpers.chaos import (
     check_invariants,
     children_of,
     cmdline,
-    interrupted_by,
     Kill,
+    fetched_unplaced,
     is_running,
     kill_at_random_point,
+    kill_budget,
     manifest,
     pending_keys,
     report,
     run_cfd,
     serve,
     spawn_cfd,
-    staging_state,
     wait_until,
 )
 from helpers.faults import ModelServer
@@ -44,9 +47,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 SEEDS = chaos_seeds()
 RATE = 24 * MIB  # per connection while a kill is pending: each run takes a second or two
-# What a kill may cost per interrupted file: the engine saves progress every 4 MiB, plus
-# the reads in flight on its connections. "A few MiB".
-REFETCH_PER_FILE = 6 * MIB
 
 
 @pytest.fixture
@@ -76,12 +76,38 @@ def engine_settings(rng: random.Random) -> dict[str, str]:
     return {"CFD_JOBS": str(rng.choice([1, 2, 4])), "CFD_CONNECTIONS": str(rng.choice([1, 2, 4])), "CFD_STALL_TIMEOUT": "10"}
 
 
-def check_refetch(server: ModelServer, models: list[Served], interrupted: int) -> int:
-    total = sum(m.size for m in models)
-    refetched = server.bytes_sent() - total
-    assert refetched <= interrupted * REFETCH_PER_FILE, (
-        f"fetched {refetched / MIB:.1f} MiB again for {interrupted} interrupted file(s)")
-    return refetched
+class Costs:
+    """What each kill may cost the next run (helpers.chaos.kill_budget), summed over a test's kills."""
+
+    def __init__(self) -> None:
+        self.interrupted = self.budget = self.queued = 0
+        self.points: list[str] = []
+
+    def add(self, kill: Kill, interrupted: int) -> None:
+        self.interrupted += interrupted
+        self.queued += kill.queued
+        self.budget += kill_budget(kill, interrupted)
+        self.points.append(f"{kill} [{interrupted} file(s), {kill.connections} conn., {kill.queued / MIB:.2f} MiB queued, {kill.after / MIB:.2f} MiB after]")
+
+    def check(self, server: ModelServer, models: list[Served]) -> int:
+        refetched = server.bytes_sent() - sum(m.size for m in models)
+        assert refetched <= self.budget, (
+            f"fetched {refetched / MIB:.1f} MiB again, more than the kills could cost ({self.budget / MIB:.1f} MiB): "
+            + "; ".join(self.points) + "; requests (range, MiB sent): " + requests_by_file(server, models))
+        return refetched
+
+    def figures(self, refetched: int) -> dict[str, object]:
+        return {"interrupted_files": self.interrupted, "refetched_mib": round(refetched / MIB, 2),
+                "bound_mib": round(self.budget / MIB, 2), "queued_at_kills_mib": round(self.queued / MIB, 2)}
+
+
+def requests_by_file(server: ModelServer, models: list[Served]) -> str:
+    """Each file's GETs in order, for a failure message: where each resumed and how much it was sent."""
+    shown = []
+    for m in models:
+        gets = [f"{r.range or 'all'}+{r.bytes_sent / MIB:.2f}" for r in server.requests_for(m.path) if r.method == "GET"]
+        shown.append(f"{m.name}: " + " ".join(gets))
+    return " | ".join(shown)
 
 
 # --------------------------------------------------------------------------- cfd repair
@@ -103,21 +129,20 @@ def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, c
     models = [*models, intent]
     env = {**cfd_env, **engine_settings(rng)}
     index, git_dir = Path(cfd_env["CFD_INDEX"]), clone.path / ".git"
-    kills, interrupted, points, landed, survived = rng.randint(1, 3), 0, [], 0, 0
+    kills, costs, landed, survived = rng.randint(1, 3), Costs(), 0, 0
     total = sum(m.size for m in models)
 
     throttle(server, models, RATE)
     for _ in range(kills):
-        before = staging_state(models_dir)
+        since = len(server.requests)
         proc = spawn_cfd("repair", "--yes", cwd=clone.path, env=env)
-        kill = kill_at_random_point(rng, proc, server.bytes_sent, total)
+        kill = kill_at_random_point(rng, proc, server.bytes_sent, total, server=server)
         proc.communicate(timeout=60)
         # Only a kill that ended the run counts as a fault (the run may have finished first).
-        kill = Kill(kill.point, kill.landed and proc.returncode == -signal.SIGKILL)
+        kill = replace(kill, landed=kill.landed and proc.returncode == -signal.SIGKILL)
         landed += kill.landed
-        points.append(str(kill))
-        check_invariants(models_dir, index, [git_dir], models)
-        interrupted += interrupted_by(before, staging_state(models_dir))
+        facts = check_invariants(models_dir, index, [git_dir], models)
+        costs.add(kill, fetched_unplaced(server.requests[since:], models, facts["placed"]))
         assert_status_agrees(run_cfd("status", "--json", cwd=clone.path, env=env).stdout)
         text = clone.read("pyproject.toml")
         assert text == original or resolved(text, intent), "pyproject.toml is neither the old nor the new version"
@@ -131,10 +156,9 @@ def test_sigkill_of_repair(seed: int, scenario: Scenario, server: ModelServer, c
     assert pending_keys(git_dir) == {}
     assert resolved(clone.read("pyproject.toml"), intent)
     assert clone.status().split() == ["M", "pyproject.toml"]  # the resolution, for the user to commit
-    refetched = check_refetch(server, models, interrupted)
+    refetched = costs.check(server, models)
     report(f"kill-repair[{seed}]", faults=landed, kill_attempts=kills, runs_survived=survived, files=len(models),
-           total_mib=round(total / MIB, 1),
-           interrupted_files=interrupted, refetched_mib=round(refetched / MIB, 2), points=";".join(points))
+           total_mib=round(total / MIB, 1), **costs.figures(refetched), points=";".join(costs.points))
 
 
 def assert_status_agrees(stdout: str) -> None:
@@ -191,10 +215,11 @@ def test_sigkill_of_a_hook_mid_download(seed: int, scenario: Scenario, server: M
     throttle(server, models, RATE)
     import subprocess
 
+    since = len(server.requests)
     pull = subprocess.Popen(["git", "pull", "-q"], cwd=bob.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     victim = wait_until(lambda: hook_process(pull.pid), 30, "the post-merge hook to start", poll=0.002)
-    kill = kill_at_random_point(rng, pull, server.bytes_sent, total, victim=lambda: victim)
+    kill = kill_at_random_point(rng, pull, server.bytes_sent, total, victim=lambda: victim, server=server)
     out, err = pull.communicate(timeout=60)
     assert pull.returncode == 0, err  # a killed hook never fails the pull
     assert bob.is_clean(), bob.status()
@@ -212,14 +237,16 @@ def test_sigkill_of_a_hook_mid_download(seed: int, scenario: Scenario, server: M
     assert_status_agrees(status.stdout)
 
     throttle(server, models, None)
+    final_since = len(server.requests)
     final = run_cfd("repair", "--yes", cwd=bob.path, env=env)
     assert final.returncode == 0, final.stdout + final.stderr
     check_invariants(models_dir, index, [git_dir], models, complete=True)
     assert pending_keys(git_dir) == {} and bob.is_clean()
-    refetched = check_refetch(server, models, len(facts["partials"]))
+    costs = Costs()
+    costs.add(kill, fetched_unplaced(server.requests[since:final_since], models, facts["placed"]))
+    refetched = costs.check(server, models)
     report(f"kill-hook[{seed}]", faults=int(kill.landed), kill_attempts=1, runs_survived=int(kill.landed), files=len(models),
-           total_mib=round(total / MIB, 1), interrupted_files=len(facts["partials"]), refetched_mib=round(refetched / MIB, 2),
-           point=str(kill))
+           total_mib=round(total / MIB, 1), **costs.figures(refetched), point=";".join(costs.points))
 
 
 # --------------------------------------------------------------------------- the agent
@@ -250,10 +277,10 @@ def test_sigkill_of_the_agent(seed: int, scenario: Scenario, server: ModelServer
     alice.push()
     index, git_dir = Path(cfd_env["CFD_INDEX"]), bob.path / ".git"
     total = sum(m.size for m in models)
-    kills, interrupted, points, landed = rng.randint(1, 2), 0, [], 0
+    kills, costs, landed = rng.randint(1, 2), Costs(), 0
 
     throttle(server, models, RATE)
-    before = staging_state(models_dir)
+    since = len(server.requests)
     try:
         pulled = bob.pull()
         assert pulled.returncode == 0 and "background" in pulled.stderr, pulled.stderr
@@ -266,13 +293,13 @@ def test_sigkill_of_the_agent(seed: int, scenario: Scenario, server: ModelServer
                 def poll(self) -> int | None:
                     return None if is_running(pid) else 0
 
-            kill = kill_at_random_point(rng, _Alive(), server.bytes_sent, total, victim=lambda: pid)  # type: ignore[arg-type]
+            kill = kill_at_random_point(rng, _Alive(), server.bytes_sent, total, victim=lambda: pid,  # type: ignore[arg-type]
+                                        server=server)
             landed += kill.landed
-            points.append(str(kill))
             wait_until(lambda: not is_running(pid), 10, "the agent to die")
-            check_invariants(models_dir, index, [git_dir], models)
-            interrupted += interrupted_by(before, staging_state(models_dir))
-            before = staging_state(models_dir)
+            facts = check_invariants(models_dir, index, [git_dir], models)
+            costs.add(kill, fetched_unplaced(server.requests[since:], models, facts["placed"]))
+            since = len(server.requests)
             assert_status_agrees(run_cfd("status", "--json", cwd=bob.path, env=env).stdout)
         throttle(server, models, None)
         # The user (or the next background hook) starts it again; it resumes by itself.
@@ -288,10 +315,9 @@ def test_sigkill_of_the_agent(seed: int, scenario: Scenario, server: ModelServer
             except ProcessLookupError:
                 pass
     check_invariants(models_dir, index, [git_dir], models, complete=True)
-    refetched = check_refetch(server, models, interrupted)
+    refetched = costs.check(server, models)
     report(f"kill-agent[{seed}]", faults=landed, kill_attempts=kills, runs_survived=landed, files=len(models),
-           total_mib=round(total / MIB, 1),
-           interrupted_files=interrupted, refetched_mib=round(refetched / MIB, 2), points=";".join(points))
+           total_mib=round(total / MIB, 1), **costs.figures(refetched), points=";".join(costs.points))
 
 
 # --------------------------------------------------------------------------- the narrowest window

@@ -223,13 +223,18 @@ def test_file_replaced_during_a_multi_connection_download(setup: Setup) -> None:
     swapped_after: list[int] = []
 
     def swap() -> None:
-        def both_connections_streaming() -> bool:
-            started = setup.server.requests_for(m.path)
-            return len(started) >= 2 and all(r.bytes_sent >= MIB for r in started[:2])
+        def swapped_while_both_stream() -> bool:
+            # Frozen: no throttled write, so no cut, between the look and the swap (a thread of this
+            # process slowed by the load could otherwise swap after a cut and a new request).
+            with setup.server.frozen():
+                started = setup.server.requests_for(m.path)
+                if len(started) > 2 or not (len(started) == 2 and all(MIB <= r.bytes_sent < 12 * MIB for r in started)):
+                    return len(started) > 2  # too late: the assertion below says so
+                setup.server.replace_file(m.path, new)  # other bytes, same size and short hash, new ETag
+                swapped_after.append(len(setup.server.requests_for(m.path)))
+                return True
 
-        wait_until(both_connections_streaming, 20, "two connections streaming the old version")
-        setup.server.replace_file(m.path, new)  # other bytes, same size and short hash, new ETag
-        swapped_after.append(len(setup.server.requests_for(m.path)))
+        wait_until(swapped_while_both_stream, 20, "two connections streaming the old version")
 
     thread = threading.Thread(target=swap)
     thread.start()

@@ -14,6 +14,7 @@ as JSON lines: docs/RELIABILITY.md quotes them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -177,10 +178,14 @@ class Lines:
 
 @dataclass(frozen=True)
 class Kill:
-    """Where a kill was aimed, and whether it hit a live process (one that had exited is no fault)."""
+    """Where a kill was aimed, whether it hit a live process (one that had exited is no fault), and,
+    when the server was watched, what was on its way to the victim at that moment."""
 
     point: str
     landed: bool
+    connections: int = 0  # open TCP connections to the server
+    queued: int = 0  # body bytes in their socket queues (written by the server, not yet read by the client)
+    after: int = 0  # body bytes the server wrote after the kill, before it noticed the connections were dead
 
     def __str__(self) -> str:
         return self.point if self.landed else f"{self.point} (already exited)"
@@ -195,13 +200,43 @@ def is_running(pid: int) -> bool:
         return False
 
 
+def socket_queues(port: int) -> tuple[int, int]:
+    """(connections, bytes) of the established TCP connections to `port` on this machine: the bytes
+    are the server's unacknowledged send queues plus the clients' unread receive queues (a byte
+    on the wire may be in both: never less than what is really queued). From /proc/net/tcp."""
+    connections = queued = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, remote, state = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16), fields[3]
+            if state != "01":  # ESTABLISHED
+                continue
+            tx, rx = (int(x, 16) for x in fields[4].split(":"))
+            if local == port:
+                queued += tx
+            elif remote == port:
+                connections += 1
+                queued += rx
+    return connections, queued
+
+
 def kill_at_random_point(rng: random.Random, proc: subprocess.Popen[Any], progress: Callable[[], int], total: int,
-                         victim: Callable[[], int | None] | None = None, max_seconds: float = 3.0) -> Kill:
+                         victim: Callable[[], int | None] | None = None, max_seconds: float = 3.0,
+                         server: Any = None) -> Kill:
     """SIGKILL `proc` (or the pid `victim()` names) at a point drawn from `rng`.
 
     Half the time the point is a byte count (somewhere in the transfer), half the time
     a delay from now (start-up, planning, downloading, placing, writing the marker).
     Says where, and whether the signal reached a process that was still running.
+
+    With `server` (a helpers.faults.ModelServer whose bodies are throttled), the server is frozen
+    around the kill: the socket queues are read while nothing more is written, and the victim is
+    dead before anything is written again, so the bytes the kill can waste are all accounted.
     """
     if rng.random() < 0.5:
         at = int(total * rng.uniform(0.02, 0.98))
@@ -215,15 +250,23 @@ def kill_at_random_point(rng: random.Random, proc: subprocess.Popen[Any], progre
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.002)
-    pid = victim() if victim else proc.pid
-    landed = False
-    if pid is not None and is_running(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-            landed = True
-        except ProcessLookupError:
-            pass
-    return Kill(what, landed)
+    with server.frozen() if server is not None else contextlib.nullcontext():
+        connections, queued = socket_queues(server.port) if server is not None else (0, 0)
+        sent = server.bytes_sent() if server is not None else 0
+        pid = victim() if victim else proc.pid
+        landed = False
+        if pid is not None and is_running(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                landed = True
+            except ProcessLookupError:
+                pass
+            wait_until(lambda: not is_running(pid), 30, "the killed process to end", poll=0.002)
+    after = 0
+    if server is not None:  # a write can still succeed on a dead peer's connection (its reset comes back after)
+        wait_until(lambda: all(r.finished for r in server.requests), 30, "the server to finish the killed requests")
+        after = server.bytes_sent() - sent
+    return Kill(what, landed, connections, queued, after)
 
 
 # --------------------------------------------------------------------------- invariants
@@ -303,25 +346,23 @@ def pending_keys(git_dir: Path) -> dict[str, str]:
     return {e.key: e.reason for e in Marker(git_dir).read()}
 
 
-def staging_state(models_dir: Path) -> dict[str, tuple[int, int]]:
-    """(mtime_ns, size) of every staging file: which downloads a run touched."""
-    staging = models_dir / ".cfd" / "staging"
-    found = {}
-    for path in staging.glob("*") if staging.exists() else ():
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        found[path.name] = (stat.st_mtime_ns, stat.st_size)
-    return found
+def fetched_unplaced(requests: Sequence[Any], models: Sequence[Served], placed: Iterable[str]) -> int:
+    """How many of `models` these server requests fetched that are not in place: the files a kill
+    interrupted (their progress since the last checkpoint may be lost)."""
+    from urllib.parse import urlsplit
+
+    fetched = {urlsplit(r.path).path for r in requests if r.method == "GET"}
+    done = set(placed)
+    return sum(1 for m in models if m.path in fetched and m.relpath not in done)
 
 
-def interrupted_by(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> int:
-    """Partial downloads a killed run left behind that it had started or advanced."""
-    touched = 0
-    for name in after:
-        if name.endswith(".part"):
-            stem = name[: -len(".part")]
-            if any(after.get(stem + suffix) != before.get(stem + suffix) for suffix in (".part", ".json")):
-                touched += 1
-    return touched
+def kill_budget(kill: Kill, interrupted: int) -> int:
+    """The most a kill may make the next run fetch again, by what the engine promises: each interrupted
+    file loses at most its progress since the last checkpoint (saved every checkpoint_bytes), each
+    open connection at most the one read not yet written (chunk_size), plus what sat in the socket
+    queues (sent by the server, never read by the killed process) and what the server wrote to the
+    dead connections before it noticed."""
+    from cfd.core.download.types import DownloadOptions
+
+    options = DownloadOptions()
+    return interrupted * options.checkpoint_bytes + kill.connections * options.chunk_size + kill.queued + kill.after

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import ssl
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from helpers.faulthandler import FaultHandler
 from helpers.faultplan import Fault, FaultState, Plan, decide
@@ -40,6 +42,7 @@ class ModelServer(demo_server.ModelServer):
         self._open = threading.Event()  # cleared by hold(): requests wait before being served
         self._open.set()
         self._held: list[RequestRecord] = []
+        self._gate = threading.Lock()  # held by each throttled write; frozen() holds it to stop them
         super().__init__(host, port)
         self.ca_file: str | None = None
         if tls:
@@ -95,6 +98,15 @@ class ModelServer(demo_server.ModelServer):
             if state is None:
                 return None
             return decide(state, method)
+
+    # freezing ------------------------------------------------------------
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """While inside, throttled bodies write nothing more (they stop between two writes): a test
+        reads `bytes_sent` and the connections' socket queues, and they hold still."""
+        with self._gate:
+            yield
 
     # holding -------------------------------------------------------------
 
