@@ -217,6 +217,9 @@ class StagingFile:
         """Start over (fresh plan, empty file)."""
         size = self.job.size
         self.state = State(self.shown, size, segments)
+        # The empty plan first: a kill between the two steps must not leave a progress file that
+        # vouches for bytes the truncation wiped (the next run would resume over zeros).
+        self.save()
         try:
             os.ftruncate(self.fd, 0)
             if size:
@@ -225,7 +228,6 @@ class StagingFile:
             raise DiskError(disk_message(exc, self.job.filename)) from None
         self._new_hasher(seed=False)
         self.full.reset()
-        self.save()
 
     def _new_hasher(self, seed: bool) -> None:
         size = self.state.size

@@ -235,6 +235,32 @@ def wait_for_bytes(server: ModelServer, at_least: int, timeout: float = 20.0) ->
         time.sleep(0.01)
 
 
+def test_a_restart_records_its_empty_plan_before_emptying_the_partial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between the two steps of a restart, the progress file must not still vouch for bytes
+    that are gone (the next run would resume over zeros, fail the hash check and fetch it all)."""
+    from cfd.core.download.staging import StagingFile, State
+    from cfd.core.download.types import DownloadOptions
+
+    data = generate_model_bytes(9, 2 * MIB)
+    job = make_job(data, "http://127.0.0.1:1/m")
+    staged = StagingFile(tmp_path / "staging" / "m", job, "m", DownloadOptions(), lambda done, total: None)
+    staged.open()
+    os.pwrite(staged.fd, data[:MIB], 0)
+    staged.state = State("http://127.0.0.1:1/m", len(data), [[0, len(data), MIB]])
+    staged.save()
+
+    def killed(fd: int, length: int) -> None:
+        raise KeyboardInterrupt  # stands for a SIGKILL landing right here
+
+    monkeypatch.setattr(os, "ftruncate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        staged.reset([[0, len(data), 0]])
+    monkeypatch.undo()
+    staged.close()
+    saved = json.loads(staged.sidecar.read_text())
+    assert [seg[2] for seg in saved["segments"]] == [0]  # nothing claimed that the restart may have wiped
+
+
 @pytest.mark.parametrize("connections", [1, 4])
 def test_resume_after_sigkill_refetches_little(
     server: ModelServer, models_dir: Path, index_path: Path, connections: int
