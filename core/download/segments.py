@@ -176,6 +176,10 @@ class Transfer(Segmented):
 
     def _stream_single(self, resp: requests.Response | None) -> None:
         offset = self.state.segments[0][2]
+        if resp is None and self.file.full.position != offset:
+            # Hash what an earlier run left before asking for the rest: a partial of many GB takes
+            # seconds, during which the server's bytes would wait in the sockets (or time out).
+            self.file.full.catch_up(self.file.fd, offset)
         resp = resp if resp is not None else self._request(offset, None)
         with self._tracked(resp):
             code, size = resp.status_code, self.state.size
