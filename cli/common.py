@@ -41,8 +41,20 @@ def is_terminal(stream: Any = None) -> bool:
 
 
 def print_json(data: Any) -> None:
-    # One write: json.dump writes each token, and every write passes the sanitising stream.
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    # Written in pieces of about a MiB: json.dump writes each token (and every write passes the
+    # sanitising stream), while json.dumps first holds every token at once (~2x the memory of a
+    # 100,000-model status).
+    pieces: list[str] = []
+    size = 0
+    for piece in json.JSONEncoder(indent=2, ensure_ascii=False).iterencode(data):
+        pieces.append(piece)
+        size += len(piece)
+        if size >= 1 << 20:
+            sys.stdout.write("".join(pieces))
+            pieces.clear()
+            size = 0
+    pieces.append("\n")
+    sys.stdout.write("".join(pieces))
 
 
 def agent_download_figures(item: dict[str, Any], now: float) -> str:

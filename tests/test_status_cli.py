@@ -547,3 +547,25 @@ def test_agent_env_option_of_serving_actions(action: str, tmp_path: Path, cfd_en
 def test_agent_stop_timeout_has_a_unit(tmp_path: Path, cfd_env: dict[str, str]) -> None:
     text = " ".join(cfd("agent", "stop", "--help", cwd=tmp_path, env=cfd_env).stdout.split())
     assert "--timeout S seconds to wait for it to end (default 20)" in text
+
+
+def test_json_output_is_written_in_bounded_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 100,000-model status must not hold its whole JSON (json.dumps keeps every token at once:
+    twice the memory); nor write token by token through the sanitising stream."""
+    from cfd.cli.common import print_json
+
+    writes: list[int] = []
+    out: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(len(text))
+            out.append(text)
+            return len(text)
+
+    data = {"missing": [{"hash": f"{i:016x}", "filename": f"model_{i}.safetensors", "size": i} for i in range(60_000)]}
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    print_json(data)
+    assert "".join(out) == json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    assert len(writes) > 3 and max(writes) < 2 * (1 << 20)  # several pieces of about a MiB, not tokens
+    assert len(writes) < 100
