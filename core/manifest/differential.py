@@ -27,7 +27,8 @@ from typing import Any
 from . import fasttoml
 from .fasttoml import BATCH as _BATCH
 from .diff import ManifestDiff, partial_manifest
-from .model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, _Reader, strongest
+from .model import CRITICALITY_RANK, Manifest, ManifestModel, WorkflowModelRef, strongest
+from .reader import Reader
 from .. import dialect as dialects
 from ..dialect import COMFYDOCK
 from ..errors import ManifestError
@@ -77,7 +78,7 @@ class _Side:
 
     def __init__(self, label: str, names: Names) -> None:
         self.names = names
-        self.reader = _Reader(label, names.dialect)
+        self.reader = Reader(label, names.dialect)
         self.models: dict[str, ManifestModel] = {}
         self.refs: list[WorkflowModelRef] = []
 

@@ -25,12 +25,12 @@ from ..manifest.model import (
     CRITICALITY_RANK,
     ENVIRONMENT_CRITICALITIES,
     STATUSES,
-    _CONTROL_RE,
     Manifest,
     ModelTable,
     WorkflowModelRef,
     model_row,
 )
+from ..manifest.reader import CONTROL_RE
 
 FORMAT = 4  # 4: a column per field; 3: a tuple per record (plain pickle)
 _REF_FIELDS = tuple(f.name for f in fields(WorkflowModelRef))
@@ -118,7 +118,7 @@ def _strings(values: Any, empty: bool = False) -> bool:
     """A tuple of strings free of control characters, non-empty unless `empty`."""
     if type(values) is not tuple or not set(map(type, values)) <= _STR:
         return False
-    return (empty or "" not in values) and not _CONTROL_RE.search("".join(values))
+    return (empty or "" not in values) and not CONTROL_RE.search("".join(values))
 
 
 def _columns(columns: Any, types: tuple[frozenset[type] | None, ...]) -> bool:

@@ -349,7 +349,7 @@ def test_fast_reader_never_accepts_what_tomllib_rejects(text: str) -> None:
         parse_manifest(text.encode())
 
 
-# The one-pass reading of plain model entries (`_Reader.plain_row`) must give `model`'s answer.
+# The one-pass reading of plain model entries (`Reader.plain_row`) must give `model`'s answer.
 _PLAIN_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cc",)), max_size=12)  # no control characters
 _PLAIN_VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-3, max_value=2**40), st.floats(allow_nan=False),
@@ -368,11 +368,11 @@ _MODEL_KEYS = ["filename", "size", "relative_path", "category", "sources", "blak
 )
 def test_plain_entries_read_in_one_pass_give_the_per_field_readers_answer(dialect: str, table: dict) -> None:
     from cfd.core.dialect import DIALECTS
-    from cfd.core.manifest.model import _Reader
+    from cfd.core.manifest.reader import Reader
 
     answers = []
     for plain in (True, False):
-        reader = _Reader("pyproject.toml", DIALECTS[dialect])
+        reader = Reader("pyproject.toml", DIALECTS[dialect])
         reader.plain_strings = plain
         answers.append((dict(reader.model_table(table).items()), reader.problems))
     assert answers[0] == answers[1]
