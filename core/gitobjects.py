@@ -53,11 +53,12 @@ def _load_core_only() -> ModuleType:
         for suffix in importlib.machinery.EXTENSION_SUFFIXES
         if os.path.isfile(os.path.join(folder, "_pygit2" + suffix))
     )
+    if "pygit2" in sys.modules:
+        raise ImportError("pygit2 is being imported already")  # another thread's plain import: share it
     # A bare stand-in for the package while its submodules load, so that its __init__ does not run.
     stand_in = ModuleType("pygit2")
     stand_in.__path__ = locations
-    added = [name for name in ("pygit2",) if name not in sys.modules]
-    sys.modules.setdefault("pygit2", stand_in)
+    sys.modules["pygit2"] = stand_in
     try:
         core_spec = importlib.util.spec_from_file_location("pygit2._pygit2", path)
         assert core_spec is not None and core_spec.loader is not None
@@ -73,7 +74,7 @@ def _load_core_only() -> ModuleType:
         compiled._cache_enums()
         return compiled
     finally:
-        if sys.modules.get("pygit2") is stand_in and added:
+        if sys.modules.get("pygit2") is stand_in:
             del sys.modules["pygit2"]
 
 
