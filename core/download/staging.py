@@ -206,12 +206,7 @@ class StagingFile:
 
     def discard(self) -> None:
         self.dropped = True
-        for path in (self.part, self.sidecar):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        remove_temps(self.sidecar)  # a run killed while saving progress left one (we hold the lock)
+        discard_staging(self.part.parent, self.part.stem)  # the part, its sidecar and the sidecar's temps
 
     def reset(self, segments: list[list[int]]) -> None:
         """Start over (fresh plan, empty file)."""
