@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import Scenario
 from helpers.chaos import (
+    agent_pid,
     MIB,
     Served,
     chaos_seeds,
@@ -39,8 +40,6 @@ from helpers.chaos import (
 )
 from helpers.faults import ModelServer
 
-from cfd.agent.paths import agent_paths
-from cfd.agent.statusfile import read_status
 from cfd.core.sync.pullsync import read_last_synced
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -250,11 +249,6 @@ def test_sigkill_of_a_hook_mid_download(seed: int, scenario: Scenario, server: M
 
 
 # --------------------------------------------------------------------------- the agent
-
-
-def agent_pid(models_dir: Path) -> int | None:
-    status = read_status(agent_paths(models_dir).status) or {}
-    return status.get("pid") if status.get("state") == "ready" else None
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -14,20 +14,13 @@ from pathlib import Path
 
 import pytest
 from helpers import Scenario
-from helpers.chaos import MIB, pending_keys, run_cfd, serve, wait_until
+from helpers.chaos import MIB, agent_pid, pending_keys, run_cfd, serve, wait_until
 from helpers.faults import ModelServer
 from helpers.s3mirror import RcloneS3, alice_publishes, assert_placed, machine, models_of
 from helpers.s3mirror import _no_aws_from_outside, mirror, origin  # noqa: F401 - fixtures
 
-from cfd.agent.paths import agent_paths
-from cfd.agent.statusfile import read_status
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def agent_pid(models_dir: Path) -> int | None:
-    status = read_status(agent_paths(models_dir).status) or {}
-    return status.get("pid") if status.get("state") == "ready" else None
 
 
 def test_the_agent_fetches_from_the_mirror_what_a_background_pull_hands_it(

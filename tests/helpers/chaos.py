@@ -340,6 +340,15 @@ def check_invariants(models_dir: Path, index_path: Path, git_dirs: Sequence[Path
     return {"placed": placed, "partials": partials}
 
 
+def agent_pid(models_dir: Path) -> int | None:
+    """The pid of the agent serving `models_dir`, once it says it is ready."""
+    from cfd.agent.paths import agent_paths
+    from cfd.agent.statusfile import read_status
+
+    status = read_status(agent_paths(models_dir).status) or {}
+    return status.get("pid") if status.get("state") == "ready" else None
+
+
 def pending_keys(git_dir: Path) -> dict[str, str]:
     from cfd.core.sync.marker import Marker
 
