@@ -27,13 +27,18 @@ def pending(repo: Path) -> dict[str, str]:
     return {e.key: e.reason for e in Marker(repo / ".git").read()}
 
 
-def test_reset_hard_to_a_commit_with_a_new_model_syncs_once(scenario, models_dir, agent_env, agents, monkeypatch):
-    monkeypatch.setenv("CFD_ON_PULL", "defer")
+def back_before_a_new_model(scenario, models_dir, agents):  # type: ignore[no-untyped-def]
+    """A clone at commit A with an agent watching it; commit B (a new model) waits in its history."""
     clone = scenario.clone("alice")
     a = clone.commit("A", {"pyproject.toml": ManifestBuilder().render()})
     b = clone.commit("B", {"pyproject.toml": manifest_with("https://example.invalid/new.safetensors")})
     clone.git("reset", "-q", "--hard", a)
-    agent = agents(clone.path, models_dir)
+    return clone, b, agents(clone.path, models_dir)
+
+
+def test_reset_hard_to_a_commit_with_a_new_model_syncs_once(scenario, models_dir, agent_env, agents, monkeypatch):
+    monkeypatch.setenv("CFD_ON_PULL", "defer")
+    clone, b, agent = back_before_a_new_model(scenario, models_dir, agents)
     assert pending(clone.path) == {}
 
     clone.git("reset", "-q", "--hard", b)  # no hook fires for this
@@ -75,11 +80,7 @@ def test_git_stash_and_pop_of_a_manifest_change(scenario, models_dir, agent_env,
 
 def test_sync_waits_while_a_rebase_is_under_way(scenario, models_dir, agent_env, agents, monkeypatch):
     monkeypatch.setenv("CFD_ON_PULL", "defer")
-    clone = scenario.clone("alice")
-    a = clone.commit("A", {"pyproject.toml": ManifestBuilder().render()})
-    b = clone.commit("B", {"pyproject.toml": manifest_with("https://example.invalid/new.safetensors")})
-    clone.git("reset", "-q", "--hard", a)
-    agent = agents(clone.path, models_dir)
+    clone, b, agent = back_before_a_new_model(scenario, models_dir, agents)
     busy = clone.path / ".git" / "rebase-merge"
     busy.mkdir()
     clone.git("reset", "-q", "--hard", b)
