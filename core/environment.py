@@ -141,11 +141,12 @@ def find_workspace(repo: Path, environ: Mapping[str, str], dialect: Dialect = CO
     return load_workspace(Path.home() / dialect.default_home, dialect)
 
 
-def dialect_of(repo: Path) -> Dialect:
-    """The environment's dialect, from its pyproject.toml (ComfyDock when it has neither
-    table, or cannot be read: the manifest reader reports that); both tables: ManifestError."""
+def dialect_of(repo: Path, data: bytes | None = None) -> Dialect:
+    """The environment's dialect, from its pyproject.toml (`data`, when already read; ComfyDock
+    when it has neither table, or cannot be read: the manifest reader reports that); both
+    tables: ManifestError."""
     try:
-        data = (repo / PYPROJECT).read_bytes()
+        data = (repo / PYPROJECT).read_bytes() if data is None else data
     except OSError:
         return COMFYDOCK
     return dialects.detect(data, str(repo / PYPROJECT)) or COMFYDOCK
@@ -170,19 +171,25 @@ def find_repo(start: Path) -> Path:
     whose pyproject.toml has no [tool.comfydock] table is taken only when no
     `.cec/` is found further up.
     """
+    return _locate(start)[0]
+
+
+def _locate(start: Path) -> tuple[Path, bytes | None]:
+    """find_repo's answer, with the pyproject.toml it read on the way (None: not read)."""
     start = start.expanduser().resolve()
     if not start.exists():
         raise EnvironmentNotFound(f"{start} does not exist", "pass --env with the path of a ComfyGit or ComfyDock environment")
-    fallback: Path | None = None
+    fallback: tuple[Path, bytes | None] | None = None
     inside_a_repo = False
     for candidate in [start, *start.parents]:
         if (candidate / ".cec" / PYPROJECT).is_file():
-            return candidate / ".cec"
+            return candidate / ".cec", None
         is_repo = (candidate / ".git").exists()
         if not inside_a_repo and is_repo and (candidate / PYPROJECT).is_file():
-            if _has_comfydock_table(candidate / PYPROJECT):
-                return candidate
-            fallback = candidate
+            data = _read(candidate / PYPROJECT)
+            if data is not None and (b"tool.comfydock" in data or b"tool.comfygit" in data):
+                return candidate, data
+            fallback = candidate, data
         inside_a_repo = inside_a_repo or is_repo  # never take an enclosing repo's pyproject.toml
     if fallback is not None:
         return fallback
@@ -192,12 +199,11 @@ def find_repo(start: Path) -> Path:
     )
 
 
-def _has_comfydock_table(pyproject: Path) -> bool:
+def _read(pyproject: Path) -> bytes | None:
     try:
-        data = pyproject.read_bytes()
+        return pyproject.read_bytes()
     except OSError:
-        return False
-    return b"tool.comfydock" in data or b"tool.comfygit" in data
+        return None
 
 
 def open_environment(
@@ -206,8 +212,8 @@ def open_environment(
     environ: Mapping[str, str] | None = None,
 ) -> Environment:
     environ = os.environ if environ is None else environ
-    repo = find_repo(Path(start) if start else Path.cwd())
-    dialect = dialect_of(repo)
+    repo, data = _locate(Path(start) if start else Path.cwd())
+    dialect = dialect_of(repo, data)  # the file find_repo read, not read again
     workspace = find_workspace(repo, environ, dialect)
     workspace_defaults: dict[str, Any] = {}
     if workspace is not None:
