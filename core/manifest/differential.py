@@ -59,17 +59,12 @@ def _compare(old: list[str], new: list[str]) -> tuple[list[str], list[str], list
 
 
 def _parse(text: str) -> tuple[dict[str, Any], bool]:
-    """The document of a piece, and whether its strings are known plain (fasttoml.strings_are_plain)."""
+    """The document of a piece, and whether its strings are known plain (fasttoml.read)."""
     if text.endswith("\r"):
         text += "\n"  # a CRLF document cut before its "\n["
-    fast = fasttoml.loads(text)
-    if fast is not None:
-        return fast, fasttoml.strings_are_plain(text)
-    import tomllib  # what the fast reader declines
-
     try:
-        return tomllib.loads(text), False
-    except (tomllib.TOMLDecodeError, RecursionError):
+        return fasttoml.read(text)
+    except (fasttoml.TOMLDecodeError, RecursionError):
         raise ChunkFallback from None
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from tomllib import TOMLDecodeError  # noqa: F401 - what `read` lets through, for its callers
 from typing import Any
 
 # Anything here sends the document to tomllib (control characters would clash with the placeholders).
@@ -122,12 +123,17 @@ def _lines_table(document: str, keys: int) -> dict[str, Any]:
     return json.loads(document, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
 
 
-def strings_are_plain(text: str) -> bool:
-    """For a text `loads` read: no string in it can hold a control character.
+def read(text: str) -> tuple[dict[str, Any], bool]:
+    """The document (this reader's, else tomllib's, whose errors pass through) and whether no
+    string in it can hold a control character.
 
-    `loads` declines escapes, tabs, CR and DEL, and a basic string cannot hold a raw
-    newline; an ASCII text then has no C0 or C1 control character left to hide in one."""
-    return text.isascii()
+    The second is true for an ASCII text this reader took: it declines escapes, tabs, CR and
+    DEL, and a basic string cannot hold a raw newline, so no C0 or C1 character is left to hide
+    in one. The manifest reader then need not look at each string."""
+    fast = loads(text)
+    if fast is not None:
+        return fast, text.isascii()
+    return tomllib.loads(text), False
 
 
 def _name(quoted_or_bare: str) -> str:

@@ -198,14 +198,9 @@ def _decode(data: bytes, label: str) -> tuple[dict[str, Any], bool]:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ManifestError(f"{label}:{line}: not valid UTF-8", "save pyproject.toml as UTF-8") from None
-    fast = fasttoml.loads(text)  # ComfyDock's usual layout, several times faster; None when unsure
-    if fast is not None:
-        return fast, fasttoml.strings_are_plain(text)
-    import tomllib  # the general reader: only for what the fast one declines
-
     try:
-        return tomllib.loads(text), False
-    except tomllib.TOMLDecodeError as exc:
+        return fasttoml.read(text)  # ComfyDock's usual layout several times faster, else tomllib
+    except fasttoml.TOMLDecodeError as exc:
         raise ManifestError(f"{label}: invalid TOML: {exc}", "fix the syntax error in pyproject.toml") from None
     except RecursionError:
         raise ManifestError(f"{label}: TOML nested too deeply", "simplify pyproject.toml") from None
@@ -218,7 +213,7 @@ def parse_manifest(data: bytes, label: str = "pyproject.toml") -> Manifest:
 
 
 def manifest_from_document(doc: Mapping[str, Any], label: str = "pyproject.toml", plain_strings: bool = False) -> Manifest:
-    """`plain_strings`: no string can hold a control character (fasttoml.strings_are_plain), so
+    """`plain_strings`: no string can hold a control character (fasttoml.read says), so
     the reader need not look at each one."""
     from .reader import Reader  # the rules for each value; it imports this module's records
 
