@@ -786,9 +786,17 @@ def deep_landings(models: Path, text: str) -> list[str]:
     return found
 
 
+def test_reader_and_diff_never_crash_on_hostile_strings() -> None:
+    """Counted, so a figure says how many generated manifests were really read and compared."""
+    counts = {"examples": 0, "unreadable_versions": 0, "diffs_compared": 0}
+    _reader_and_diff_example(counts)
+    assert counts["examples"] > 0
+    report("hostile-property-reader-and-diff", **counts)
+
+
 @settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.data())
-def test_reader_and_diff_never_crash_on_hostile_strings(data: Any) -> None:
+@given(data=st.data())
+def _reader_and_diff_example(counts: dict[str, int], data: Any) -> None:
     from cfd.core.manifest.diff import diff_manifest_bytes, diff_manifests
     from cfd.core.errors import ManifestError
     from cfd.core.manifest.model import parse_manifest
@@ -796,11 +804,13 @@ def test_reader_and_diff_never_crash_on_hostile_strings(data: Any) -> None:
     served = [Served("m.safetensors", 1, 4096, b"", "0123456789abcdef", "http://127.0.0.1:9/m")]
     old = data.draw(hostile_manifests(served, "/tmp/outside")).encode()
     new = data.draw(hostile_manifests(served, "/tmp/outside")).encode()
+    counts["examples"] += 1
     for blob in (old, new):
         try:
             manifest_ = parse_manifest(blob)
         except ManifestError as exc:
             assert "\n" not in exc.message
+            counts["unreadable_versions"] += 1
             continue
         for model in manifest_.models.values():
             for text in (model.filename, model.relative_path, model.category or "", *model.sources):
@@ -821,6 +831,7 @@ def test_reader_and_diff_never_crash_on_hostile_strings(data: Any) -> None:
     full = diff_manifests(old_manifest, new_manifest)
     assert dict(quick.newly_needed) == dict(full.newly_needed)
     assert {r.identity for r in quick.new_intents} == {r.identity for r in full.new_intents}
+    counts["diffs_compared"] += 1
 
 
 @pytest.mark.timeout(max(180, EXAMPLES))
