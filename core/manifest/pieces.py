@@ -8,6 +8,7 @@ parses both documents in full).
 
 from __future__ import annotations
 
+import operator
 import re
 
 from .. import dialect as dialects
@@ -35,12 +36,17 @@ _HEADER_RE = re.compile(
     rf"[ \t]*(\[\[?)[ \t]*({_KEY}(?:[ \t]*\.[ \t]*{_KEY})*)[ \t]*\]\]?[ \t]*(?:#[^\n]*)?\r?(?=\n|$)"
 )
 _SPACES_AROUND_DOTS = re.compile(r"[ \t]*\.[ \t]*")
-_INDENTED_BRACKET_RE = re.compile(r"\n[ \t]+\[")
+_TRIPLE_DOUBLE_RE = re.compile('"""')
+_TRIPLE_SINGLE_RE = re.compile("'''")
+# Splits before every line whose first non-blank is "[" (the newline goes).
+_LINE_BRACKET_SPLIT_RE = re.compile(r"\n(?=[ \t]*\[)")
+_starts_with_bracket = operator.methodcaller("startswith", "[")
 # Array headers that are not `[[<...>.models]]`: they need a closer look.
 _ODD_ARRAY_RE = re.compile(r"\n\[\[(?![^\n]*\.models[ \t]*\]\][ \t]*(?:#[^\n]*)?\r?(?:\n|$))")
 _ODD_INDENTED_ARRAY_RE = re.compile(r"\n[ \t]*\[\[(?![^\n]*\.models[ \t]*\]\][ \t]*(?:#[^\n]*)?\r?(?:\n|$))")
-# Key lines of [tool.comfydock.models] (group 2: "=" for a key, "." for a dotted key).
-_KEY_LINE_RE = re.compile(r"\n[ \t]*(\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*([.=])")
+# Key lines of [tool.comfydock.models] (group 1: the key; a dotted key is no match), and where
+# any key line starts (dotted ones too).
+_MODEL_KEY_RE = re.compile(r"\n[ \t]*(\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*=")
 _KEY_LINE_SPLIT_RE = re.compile(r"\n(?=[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*[.=])")
 # A key line whose key mentions "models" (dotted keys or inline arrays holding model data).
 _MODELS_KEY_RE = re.compile(r"(?:^|\n)[ \t]*[^\n=\[#]*models[^\n=]*=")
@@ -57,11 +63,14 @@ def cut(text: str) -> tuple[list[str], bool]:
     A piece is its header line and body, without the newline before the next header.
     The flag says whether the fast cut was used (no multi-line strings, no indented "[").
     """
-    if '"""' not in text and "'''" not in text and not _INDENTED_BRACKET_RE.search(text):
+    # Each pass over a 3 MB text costs 1-3 ms: the regular-expression module's literal
+    # search beats `in` for these needles, and one split finds headers and indented "[" both.
+    if _TRIPLE_DOUBLE_RE.search(text) is None and _TRIPLE_SINGLE_RE.search(text) is None:
+        parts = _LINE_BRACKET_SPLIT_RE.split("\n" + text)
         # Every header starts a line with "[". A line of a multi-line array may too: such a
         # piece is not a header, and the piece before it does not parse (caught when read).
-        parts = ("\n" + text).split("\n[")
-        return [parts[0]] + ["[" + part for part in parts[1:]], True
+        if all(map(_starts_with_bracket, parts[1:])):
+            return parts, True
     starts = []
     position = 0
     in_string = False
@@ -156,10 +165,16 @@ class Version:
                 raise ChunkFallback  # model data through dotted keys
         if len(set(tables)) != len(tables):
             raise ChunkFallback  # a table defined twice (say, by a merge): invalid TOML
-        odd_arrays = _ODD_ARRAY_RE if fast else _ODD_INDENTED_ARRAY_RE
-        for match in odd_arrays.finditer("\n" + text):
-            line_end = text.find("\n", match.start())
-            path, _ = header(text[match.start() : len(text) if line_end < 0 else line_end])
+        if fast:
+            # Every "\n[[" starts a piece, and the models table (most of a large text) holds none.
+            others = parts[1:] if self.models_at is None else parts[1 : self.models_at] + parts[self.models_at + 1 :]
+            scanned, odd_arrays = "\n" + "\n".join(others), _ODD_ARRAY_RE
+        else:
+            scanned, odd_arrays = "\n" + text, _ODD_INDENTED_ARRAY_RE
+        for match in odd_arrays.finditer(scanned):
+            line_start = match.start() + 1
+            line_end = scanned.find("\n", line_start)
+            path, _ = header(scanned[line_start : len(scanned) if line_end < 0 else line_end])
             plain = path.replace('"', "").replace("'", "")
             if plain.startswith((names.tool + ".", names.dialect.name + ".")) or plain in names.ancestors:
                 if not (path.startswith(names.workflows_prefix) and path.endswith(".models")):
@@ -182,12 +197,15 @@ class Version:
         """`checked_strings`: the fast cut already found no multi-line string in the whole text."""
         if not checked_strings and ('"""' in piece or "'''" in piece):
             raise ChunkFallback  # a key line could hide inside a multi-line string
-        found = _KEY_LINE_RE.findall(piece)
+        keys = _MODEL_KEY_RE.findall(piece)
         # Every line after the header a key line (the usual case): the plain split is the same cut.
-        lines = piece.split("\n") if len(found) == piece.count("\n") else _KEY_LINE_SPLIT_RE.split(piece)
-        if len(found) != len(lines) - 1 or any(separator == "." for _, separator in found):
-            raise ChunkFallback  # dotted keys spread one model over several lines
-        keys = [key.strip("\"'") for key, _ in found]
+        lines = piece.split("\n")
+        if len(keys) != len(lines) - 1:
+            lines = _KEY_LINE_SPLIT_RE.split(piece)
+            if len(keys) != len(lines) - 1:
+                raise ChunkFallback  # dotted keys spread one model over several lines
+        if "\"" in (joined := "".join(keys)) or "'" in joined:
+            keys = [key.strip("\"'") for key in keys]
         if len(set(keys)) != len(keys) or not self.table_models.keys().isdisjoint(keys):
             raise ChunkFallback  # a model defined twice (say, by a merge): invalid TOML
         self.lines, self.keys = lines, keys
