@@ -198,9 +198,13 @@ class Version:
         if not checked_strings and ('"""' in piece or "'''" in piece):
             raise ChunkFallback  # a key line could hide inside a multi-line string
         keys = _MODEL_KEY_RE.findall(piece)
-        # Every line after the header a key line (the usual case): the plain split is the same cut.
-        lines = piece.split("\n")
-        if len(keys) != len(lines) - 1:
+        # Every line after the header a key line (the usual case): the plain split is the same cut,
+        # the blank lines before the next header kept with the last line as the key-line split does.
+        body = piece.rstrip("\n")
+        lines = body.split("\n")
+        if len(keys) == len(lines) - 1 and len(body) < len(piece):
+            lines[-1] += piece[len(body) :]
+        elif len(keys) != len(lines) - 1:
             lines = _KEY_LINE_SPLIT_RE.split(piece)
             if len(keys) != len(lines) - 1:
                 raise ChunkFallback  # dotted keys spread one model over several lines
