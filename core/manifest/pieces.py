@@ -47,6 +47,7 @@ _ODD_INDENTED_ARRAY_RE = re.compile(r"\n[ \t]*\[\[(?![^\n]*\.models[ \t]*\]\][ \
 # Key lines of [tool.comfydock.models] (group 1: the key; a dotted key is no match), and where
 # any key line starts (dotted ones too).
 _MODEL_KEY_RE = re.compile(r"\n[ \t]*(\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*=")
+_DOTTED_KEY_LINE_RE = re.compile(r"\n[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*\.")
 _KEY_LINE_SPLIT_RE = re.compile(r"\n(?=[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*[.=])")
 # A key line whose key mentions "models" (dotted keys or inline arrays holding model data).
 _MODELS_KEY_RE = re.compile(r"(?:^|\n)[ \t]*[^\n=\[#]*models[^\n=]*=")
@@ -84,6 +85,20 @@ def cut(text: str) -> tuple[list[str], bool]:
         return ["\n" + text], False
     ends = [start - 1 for start in starts[1:]] + [len(text)]
     return ["\n" + text[: max(starts[0] - 1, 0)]] + [text[start:end] for start, end in zip(starts, ends)], False
+
+
+def line_keys(lines: list[str]) -> list[str]:
+    """The model keys that some models-table lines define (a dotted key: ChunkFallback)."""
+    text = "\n" + "\n".join(lines)
+    if _DOTTED_KEY_LINE_RE.search(text):
+        raise ChunkFallback  # one model over several lines
+    return _unquoted(_MODEL_KEY_RE.findall(text))
+
+
+def _unquoted(keys: list[str]) -> list[str]:
+    if "\"" in (joined := "".join(keys)) or "'" in joined:
+        return [key.strip("\"'") for key in keys]
+    return keys
 
 
 def header(piece: str) -> tuple[str, bool]:
@@ -208,8 +223,7 @@ class Version:
             lines = _KEY_LINE_SPLIT_RE.split(piece)
             if len(keys) != len(lines) - 1:
                 raise ChunkFallback  # dotted keys spread one model over several lines
-        if "\"" in (joined := "".join(keys)) or "'" in joined:
-            keys = [key.strip("\"'") for key in keys]
+        keys = _unquoted(keys)
         if len(set(keys)) != len(keys) or not self.table_models.keys().isdisjoint(keys):
             raise ChunkFallback  # a model defined twice (say, by a merge): invalid TOML
         self.lines, self.keys = lines, keys

@@ -8,7 +8,6 @@ read to the definition over generated manifests and random edits.
 from __future__ import annotations
 
 import copy
-import re
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -536,29 +535,3 @@ def test_a_large_change_read_in_slices_gives_the_full_answer_in_the_same_order()
     assert [r.identity for r in quick.new_intents] == [r.identity for r in full.new_intents]
     assert len(quick.newly_needed) == BATCH + 700 and quick.new.models.keys() == full.new.models.keys()
 
-
-@pytest.mark.parametrize(
-    "table",
-    [
-        "a = 1\nb = 2\n", "a = 1\nb = 2\n\n\n", "a = 1\nb = 2", "", "\n\n", "# c\na = 1\n\nb = 2\n", "a = 1\n  \n",
-        "\"q\" = 1\n'r' = 2\n\n", "a.filename = \"x\"\nb = 2\n", "a = 1\r\nb = 2\r\n\r",
-    ],
-)
-def test_the_models_table_is_cut_into_the_same_lines_by_the_plain_split(table: str) -> None:
-    """The plain split (with the blank lines before the next header kept on the last line) is
-    only a faster way to the key-line split: same lines, same keys, or both refuse."""
-    from cfd.core.manifest import pieces
-
-    piece = "[tool.comfydock.models]\n" + table
-    version = pieces.Version.__new__(pieces.Version)
-    version.table_models = {}
-    try:
-        version._split_models_table(piece, checked_strings=True)
-        got: Any = (version.lines, version.keys)
-    except ChunkFallback:
-        got = "read in full"
-    keys = [key.strip("\"'") for key, separator in re.findall(
-        r"\n[ \t]*(\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*([.=])", piece)]
-    lines = pieces._KEY_LINE_SPLIT_RE.split(piece)
-    dotted = re.search(r"\n[ \t]*[A-Za-z0-9_-]+[ \t]*\.", piece)
-    assert got == ("read in full" if dotted or len(keys) != len(lines) - 1 else (lines, keys))
