@@ -41,11 +41,12 @@ _HASH_KEY_RE = re.compile(r"^[ \t]*[\"']?hash[\"']?[ \t]*[.=]", re.MULTILINE)
 
 
 
-def _compare(old: list[str], new: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(only in old, only in new, in both) as multisets of strings."""
+def _compare(old: list[str], new: list[str], with_common: bool = True) -> tuple[list[str], list[str], list[str]]:
+    """(only in old, only in new, in both) as multisets of strings (in both: [] unless `with_common`)."""
     old_set, new_set = set(old), set(new)
     if len(old_set) == len(old) and len(new_set) == len(new):
-        return [s for s in old if s not in new_set], [s for s in new if s not in old_set], [s for s in new if s in old_set]
+        common = [s for s in new if s in old_set] if with_common else []
+        return [s for s in old if s not in new_set], [s for s in new if s not in old_set], common
     # Repeated identical pieces (two equal entries in one workflow): count them.
     left = Counter(old)
     only_new, common = [], []
@@ -194,7 +195,7 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
     names = _names_of(old, new, new_label)
     old_version, new_version = Version(old_text, names, check_model_lines=False), Version(new_text, names)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
-    old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines)
+    old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
     if any("<<<<<<<" in s or ">>>>>>>" in s for s in only_new + new_lines):
         raise ChunkFallback  # let the full reader name the conflict marker
     if _old_defines_a_model_twice(old_lines, new_lines, old_version, new_version):

@@ -101,6 +101,16 @@ def _unquoted(keys: list[str]) -> list[str]:
     return keys
 
 
+def _lines(piece: str) -> list[str]:
+    """A table's lines, the blank lines before the next header kept with the last line (as the
+    key-line split keeps them), so that the last model's line reads the same in both versions."""
+    body = piece.rstrip("\n")
+    lines = body.split("\n")
+    if len(body) < len(piece):
+        lines[-1] += piece[len(body) :]
+    return lines
+
+
 def header(piece: str) -> tuple[str, bool]:
     """(normalised dotted path, is array) of a piece's header line."""
     match = _HEADER_RE.match(piece)
@@ -200,7 +210,7 @@ class Version:
             if check_model_lines:
                 self._split_models_table(parts[self.models_at], checked_strings=fast)
             else:
-                self.lines = parts[self.models_at].split("\n")
+                self.lines = _lines(parts[self.models_at])
         # Environment-level models (ComfyGit): needed with no workflow entry. ComfyDock has none.
         if names.dialect.name != "comfydock":
             if self.models_at is not None and "criticality" in parts[self.models_at]:
@@ -215,11 +225,8 @@ class Version:
         keys = _MODEL_KEY_RE.findall(piece)
         # Every line after the header a key line (the usual case): the plain split is the same cut,
         # the blank lines before the next header kept with the last line as the key-line split does.
-        body = piece.rstrip("\n")
-        lines = body.split("\n")
-        if len(keys) == len(lines) - 1 and len(body) < len(piece):
-            lines[-1] += piece[len(body) :]
-        elif len(keys) != len(lines) - 1:
+        lines = _lines(piece)
+        if len(keys) != len(lines) - 1:
             lines = _KEY_LINE_SPLIT_RE.split(piece)
             if len(keys) != len(lines) - 1:
                 raise ChunkFallback  # dotted keys spread one model over several lines
