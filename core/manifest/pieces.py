@@ -67,10 +67,19 @@ def cut(text: str) -> tuple[list[str], bool]:
     # Each pass over a 3 MB text costs 1-3 ms: the regular-expression module's literal
     # search beats `in` for these needles, and one split finds headers and indented "[" both.
     if _TRIPLE_DOUBLE_RE.search(text) is None and _TRIPLE_SINGLE_RE.search(text) is None:
-        parts = _LINE_BRACKET_SPLIT_RE.split("\n" + text)
+        # As if split after a newline put in front (no copy of the text: the hook is a fresh
+        # process, where every new MB costs page faults).
+        parts = _LINE_BRACKET_SPLIT_RE.split(text)
+        head = parts[0]
+        if head.startswith("["):
+            parts.insert(0, "")
+            fast = True
+        else:
+            fast = not (head[:1] in (" ", "\t") and head.lstrip(" \t").startswith("["))
+            parts[0] = "\n" + head
         # Every header starts a line with "[". A line of a multi-line array may too: such a
         # piece is not a header, and the piece before it does not parse (caught when read).
-        if all(map(_starts_with_bracket, parts[1:])):
+        if fast and all(map(_starts_with_bracket, parts[1:])):
             return parts, True
     starts = []
     position = 0
@@ -104,10 +113,13 @@ def _unquoted(keys: list[str]) -> list[str]:
 def _lines(piece: str) -> list[str]:
     """A table's lines, the blank lines before the next header kept with the last line (as the
     key-line split keeps them), so that the last model's line reads the same in both versions."""
-    body = piece.rstrip("\n")
-    lines = body.split("\n")
-    if len(body) < len(piece):
-        lines[-1] += piece[len(body) :]
+    lines = piece.split("\n")
+    tail = piece[-64:]
+    kept = tail.rstrip("\n")
+    trailing = len(tail) - len(kept) if kept else len(piece) - len(piece.rstrip("\n"))  # no copy of the piece
+    if trailing:
+        del lines[-trailing:]
+        lines[-1] += "\n" * trailing
     return lines
 
 

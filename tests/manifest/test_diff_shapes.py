@@ -174,7 +174,7 @@ def test_the_fast_cut_cuts_before_every_line_starting_with_a_bracket(name: str) 
     "table",
     [
         "a = 1\nb = 2\n", "a = 1\nb = 2\n\n\n", "a = 1\nb = 2", "", "\n\n", "# c\na = 1\n\nb = 2\n", "a = 1\n  \n",
-        "\"q\" = 1\n'r' = 2\n\n", "a.filename = \"x\"\nb = 2\n", "a = 1\r\nb = 2\r\n\r",
+        "\"q\" = 1\n'r' = 2\n\n", "a = 1\nb = 2" + "\n" * 100, "a.filename = \"x\"\nb = 2\n", "a = 1\r\nb = 2\r\n\r",
     ],
 )
 def test_the_models_table_is_cut_into_the_same_lines_by_the_plain_split(table: str) -> None:
