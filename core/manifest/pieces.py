@@ -44,8 +44,8 @@ _starts_with_bracket = operator.methodcaller("startswith", "[")
 # Array headers that are not `[[<...>.models]]`: they need a closer look.
 _ODD_ARRAY_RE = re.compile(r"\n\[\[(?![^\n]*\.models[ \t]*\]\][ \t]*(?:#[^\n]*)?\r?(?:\n|$))")
 _ODD_INDENTED_ARRAY_RE = re.compile(r"\n[ \t]*\[\[(?![^\n]*\.models[ \t]*\]\][ \t]*(?:#[^\n]*)?\r?(?:\n|$))")
-# Key lines of [tool.comfydock.models] (group 1: the key; a dotted key is no match), and where
-# any key line starts (dotted ones too).
+# Key lines of [tool.comfydock.models]: `key =` (group 1: the key), `key.` (a dotted key: one
+# model over several lines), and where any key line starts.
 _MODEL_KEY_RE = re.compile(r"\n[ \t]*(\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*=")
 _DOTTED_KEY_LINE_RE = re.compile(r"\n[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*\.")
 _KEY_LINE_SPLIT_RE = re.compile(r"\n(?=[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*[.=])")

@@ -534,4 +534,3 @@ def test_a_large_change_read_in_slices_gives_the_full_answer_in_the_same_order()
     full = diff_manifests(parse_manifest(old.encode()), parse_manifest(new.encode()))
     assert [r.identity for r in quick.new_intents] == [r.identity for r in full.new_intents]
     assert len(quick.newly_needed) == BATCH + 700 and quick.new.models.keys() == full.new.models.keys()
-
