@@ -32,7 +32,7 @@ from .reader import Reader
 from .. import dialect as dialects
 from ..dialect import COMFYDOCK
 from ..errors import ManifestError
-from .pieces import NAMES, ChunkFallback, Names, Version, header
+from .pieces import NAMES, ChunkFallback, Names, Version, header, line_keys
 
 
 _REF_HASH_RE = re.compile(r"^[ \t]*hash[ \t]*=[ \t]*[\"']([^\"'\n]*)[\"']", re.MULTILINE)
@@ -41,11 +41,12 @@ _HASH_KEY_RE = re.compile(r"^[ \t]*[\"']?hash[\"']?[ \t]*[.=]", re.MULTILINE)
 
 
 
-def _compare(old: list[str], new: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(only in old, only in new, in both) as multisets of strings."""
+def _compare(old: list[str], new: list[str], with_common: bool = True) -> tuple[list[str], list[str], list[str]]:
+    """(only in old, only in new, in both) as multisets of strings (in both: [] unless `with_common`)."""
     old_set, new_set = set(old), set(new)
     if len(old_set) == len(old) and len(new_set) == len(new):
-        return [s for s in old if s not in new_set], [s for s in new if s not in old_set], [s for s in new if s in old_set]
+        common = [s for s in new if s in old_set] if with_common else []
+        return [s for s in old if s not in new_set], [s for s in new if s not in old_set], common
     # Repeated identical pieces (two equal entries in one workflow): count them.
     left = Counter(old)
     only_new, common = [], []
@@ -194,9 +195,11 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
     names = _names_of(old, new, new_label)
     old_version, new_version = Version(old_text, names, check_model_lines=False), Version(new_text, names)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
-    old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines)
+    old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
     if any("<<<<<<<" in s or ">>>>>>>" in s for s in only_new + new_lines):
         raise ChunkFallback  # let the full reader name the conflict marker
+    if _old_defines_a_model_twice(old_lines, new_lines, old_version, new_version):
+        raise ChunkFallback  # the old version does not parse, so it counts as empty: the full read says so
 
     old_side, new_side = _Side(old_label, names), _Side(new_label, names)
     old_side.add_all(only_old, old_lines)
@@ -249,6 +252,19 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
             problems.append(f"{new_label}: a workflow names hash {model_hash}, which [{names.models_header}] lacks")
     new_manifest = partial_manifest(models, refs, problems, new_label, names.dialect.name)
     return ManifestDiff(newly, raised, intents, tuple(gone), new_manifest)
+
+
+def _old_defines_a_model_twice(old_lines: list[str], new_lines: list[str], old: Version, new: Version) -> bool:
+    """Whether the old version defines a model twice where only it has one of the two (a merge's
+    leftover the new version fixed): a models-table line or a model's own table. Its lines are
+    not vetted one by one; the new version's are, and the lines both have are the new version's."""
+    keys = line_keys(old_lines) if old_lines else []
+    if not (keys or old.table_models):
+        return False
+    if len(set(keys)) != len(keys) or not old.table_models.keys().isdisjoint(keys):
+        return True
+    common = set(new.keys).difference(line_keys(new_lines))
+    return not (common.isdisjoint(keys) and common.isdisjoint(old.table_models))
 
 
 def _strongest(refs: list[WorkflowModelRef]) -> str | None:

@@ -8,6 +8,7 @@ parses both documents in full).
 
 from __future__ import annotations
 
+import operator
 import re
 
 from .. import dialect as dialects
@@ -35,12 +36,18 @@ _HEADER_RE = re.compile(
     rf"[ \t]*(\[\[?)[ \t]*({_KEY}(?:[ \t]*\.[ \t]*{_KEY})*)[ \t]*\]\]?[ \t]*(?:#[^\n]*)?\r?(?=\n|$)"
 )
 _SPACES_AROUND_DOTS = re.compile(r"[ \t]*\.[ \t]*")
-_INDENTED_BRACKET_RE = re.compile(r"\n[ \t]+\[")
+_TRIPLE_DOUBLE_RE = re.compile('"""')
+_TRIPLE_SINGLE_RE = re.compile("'''")
+# Splits before every line whose first non-blank is "[" (the newline goes).
+_LINE_BRACKET_SPLIT_RE = re.compile(r"\n(?=[ \t]*\[)")
+_starts_with_bracket = operator.methodcaller("startswith", "[")
 # Array headers that are not `[[<...>.models]]`: they need a closer look.
 _ODD_ARRAY_RE = re.compile(r"\n\[\[(?![^\n]*\.models[ \t]*\]\][ \t]*(?:#[^\n]*)?\r?(?:\n|$))")
 _ODD_INDENTED_ARRAY_RE = re.compile(r"\n[ \t]*\[\[(?![^\n]*\.models[ \t]*\]\][ \t]*(?:#[^\n]*)?\r?(?:\n|$))")
-# Key lines of [tool.comfydock.models] (group 2: "=" for a key, "." for a dotted key).
-_KEY_LINE_RE = re.compile(r"\n[ \t]*(\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*([.=])")
+# Key lines of [tool.comfydock.models]: `key =` (group 1: the key), `key.` (a dotted key: one
+# model over several lines), and where any key line starts.
+_MODEL_KEY_RE = re.compile(r"\n[ \t]*(\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*=")
+_DOTTED_KEY_LINE_RE = re.compile(r"\n[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*\.")
 _KEY_LINE_SPLIT_RE = re.compile(r"\n(?=[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[A-Za-z0-9_-]+)[ \t]*[.=])")
 # A key line whose key mentions "models" (dotted keys or inline arrays holding model data).
 _MODELS_KEY_RE = re.compile(r"(?:^|\n)[ \t]*[^\n=\[#]*models[^\n=]*=")
@@ -57,11 +64,23 @@ def cut(text: str) -> tuple[list[str], bool]:
     A piece is its header line and body, without the newline before the next header.
     The flag says whether the fast cut was used (no multi-line strings, no indented "[").
     """
-    if '"""' not in text and "'''" not in text and not _INDENTED_BRACKET_RE.search(text):
+    # Each pass over a 3 MB text costs 1-3 ms: the regular-expression module's literal
+    # search beats `in` for these needles, and one split finds headers and indented "[" both.
+    if _TRIPLE_DOUBLE_RE.search(text) is None and _TRIPLE_SINGLE_RE.search(text) is None:
+        # As if split after a newline put in front (no copy of the text: the hook is a fresh
+        # process, where every new MB costs page faults).
+        parts = _LINE_BRACKET_SPLIT_RE.split(text)
+        head = parts[0]
+        if head.startswith("["):
+            parts.insert(0, "")
+            fast = True
+        else:
+            fast = not (head[:1] in (" ", "\t") and head.lstrip(" \t").startswith("["))
+            parts[0] = "\n" + head
         # Every header starts a line with "[". A line of a multi-line array may too: such a
         # piece is not a header, and the piece before it does not parse (caught when read).
-        parts = ("\n" + text).split("\n[")
-        return [parts[0]] + ["[" + part for part in parts[1:]], True
+        if fast and all(map(_starts_with_bracket, parts[1:])):
+            return parts, True
     starts = []
     position = 0
     in_string = False
@@ -75,6 +94,33 @@ def cut(text: str) -> tuple[list[str], bool]:
         return ["\n" + text], False
     ends = [start - 1 for start in starts[1:]] + [len(text)]
     return ["\n" + text[: max(starts[0] - 1, 0)]] + [text[start:end] for start, end in zip(starts, ends)], False
+
+
+def line_keys(lines: list[str]) -> list[str]:
+    """The model keys that some models-table lines define (a dotted key: ChunkFallback)."""
+    text = "\n" + "\n".join(lines)
+    if _DOTTED_KEY_LINE_RE.search(text):
+        raise ChunkFallback  # one model over several lines
+    return _unquoted(_MODEL_KEY_RE.findall(text))
+
+
+def _unquoted(keys: list[str]) -> list[str]:
+    if "\"" in (joined := "".join(keys)) or "'" in joined:
+        return [key.strip("\"'") for key in keys]
+    return keys
+
+
+def _lines(piece: str) -> list[str]:
+    """A table's lines, the blank lines before the next header kept with the last line (as the
+    key-line split keeps them), so that the last model's line reads the same in both versions."""
+    lines = piece.split("\n")
+    tail = piece[-64:]
+    kept = tail.rstrip("\n")
+    trailing = len(tail) - len(kept) if kept else len(piece) - len(piece.rstrip("\n"))  # no copy of the piece
+    if trailing:
+        del lines[-trailing:]
+        lines[-1] += "\n" * trailing
+    return lines
 
 
 def header(piece: str) -> tuple[str, bool]:
@@ -156,10 +202,16 @@ class Version:
                 raise ChunkFallback  # model data through dotted keys
         if len(set(tables)) != len(tables):
             raise ChunkFallback  # a table defined twice (say, by a merge): invalid TOML
-        odd_arrays = _ODD_ARRAY_RE if fast else _ODD_INDENTED_ARRAY_RE
-        for match in odd_arrays.finditer("\n" + text):
-            line_end = text.find("\n", match.start())
-            path, _ = header(text[match.start() : len(text) if line_end < 0 else line_end])
+        if fast:
+            # Every "\n[[" starts a piece, and the models table (most of a large text) holds none.
+            others = parts[1:] if self.models_at is None else parts[1 : self.models_at] + parts[self.models_at + 1 :]
+            scanned, odd_arrays = "\n" + "\n".join(others), _ODD_ARRAY_RE
+        else:
+            scanned, odd_arrays = "\n" + text, _ODD_INDENTED_ARRAY_RE
+        for match in odd_arrays.finditer(scanned):
+            line_start = match.start() + 1
+            line_end = scanned.find("\n", line_start)
+            path, _ = header(scanned[line_start : len(scanned) if line_end < 0 else line_end])
             plain = path.replace('"', "").replace("'", "")
             if plain.startswith((names.tool + ".", names.dialect.name + ".")) or plain in names.ancestors:
                 if not (path.startswith(names.workflows_prefix) and path.endswith(".models")):
@@ -170,7 +222,7 @@ class Version:
             if check_model_lines:
                 self._split_models_table(parts[self.models_at], checked_strings=fast)
             else:
-                self.lines = parts[self.models_at].split("\n")
+                self.lines = _lines(parts[self.models_at])
         # Environment-level models (ComfyGit): needed with no workflow entry. ComfyDock has none.
         if names.dialect.name != "comfydock":
             if self.models_at is not None and "criticality" in parts[self.models_at]:
@@ -182,12 +234,15 @@ class Version:
         """`checked_strings`: the fast cut already found no multi-line string in the whole text."""
         if not checked_strings and ('"""' in piece or "'''" in piece):
             raise ChunkFallback  # a key line could hide inside a multi-line string
-        found = _KEY_LINE_RE.findall(piece)
-        # Every line after the header a key line (the usual case): the plain split is the same cut.
-        lines = piece.split("\n") if len(found) == piece.count("\n") else _KEY_LINE_SPLIT_RE.split(piece)
-        if len(found) != len(lines) - 1 or any(separator == "." for _, separator in found):
-            raise ChunkFallback  # dotted keys spread one model over several lines
-        keys = [key.strip("\"'") for key, _ in found]
+        keys = _MODEL_KEY_RE.findall(piece)
+        # Every line after the header a key line (the usual case): the plain split is the same cut,
+        # the blank lines before the next header kept with the last line as the key-line split does.
+        lines = _lines(piece)
+        if len(keys) != len(lines) - 1:
+            lines = _KEY_LINE_SPLIT_RE.split(piece)
+            if len(keys) != len(lines) - 1:
+                raise ChunkFallback  # dotted keys spread one model over several lines
+        keys = _unquoted(keys)
         if len(set(keys)) != len(keys) or not self.table_models.keys().isdisjoint(keys):
             raise ChunkFallback  # a model defined twice (say, by a merge): invalid TOML
         self.lines, self.keys = lines, keys
