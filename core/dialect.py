@@ -9,13 +9,12 @@ key models by a different sampled hash (BLAKE3 vs xxh3_128), so their indexes (s
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ManifestError
 
 
-@dataclass(frozen=True)
-class Dialect:
+class Dialect(NamedTuple):
     name: str  # "comfygit" | "comfydock": the `[tool.<name>]` table, and what `--json` says
     title: str  # for people
     home_env: str  # workspace root override

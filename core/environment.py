@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import dialect as dialects
 from .dialect import COMFYDOCK, Dialect
@@ -27,8 +26,7 @@ from .state import clone_state, models_state
 PYPROJECT = "pyproject.toml"
 
 
-@dataclass(frozen=True)
-class Workspace:
+class Workspace(NamedTuple):
     root: Path
     config: Mapping[str, Any]
     dialect: Dialect = COMFYDOCK
@@ -58,8 +56,7 @@ class Workspace:
         return token if isinstance(token, str) and token.strip() else None
 
 
-@dataclass(frozen=True)
-class Environment:
+class Environment(NamedTuple):
     """Everything a command needs to know about where things are."""
 
     repo: Path  # the .cec git work tree

@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
 from .git import GitError, run_git
@@ -133,8 +132,7 @@ def _path(value: str) -> Path:
     return Path(os.path.expanduser(value.strip()))
 
 
-@dataclass(frozen=True)
-class SettingSpec:
+class SettingSpec(NamedTuple):
     key: str  # git config name, as documented (camelCase)
     env: str
     default: Any
@@ -167,8 +165,7 @@ SPECS: tuple[SettingSpec, ...] = (
 SPEC_BY_KEY = {spec.key.lower(): spec for spec in SPECS}
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     key: str
     value: Any
     source: str  # "flag", "env CFD_X", "git config (local)", "workspace", "default"

@@ -18,8 +18,8 @@ Per models directory, beside the models (so every clone and agent using it agree
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 CLONE_DIR = "cfd"
 LAST_SYNCED = "last-synced"
@@ -29,8 +29,7 @@ SKIPPED_MANIFEST = "skipped-manifest.json"
 MODELS_DIR_STATE = ".cfd"  # a manifest may not place a model below it (core/download/safety.py)
 
 
-@dataclass(frozen=True)
-class CloneState:
+class CloneState(NamedTuple):
     git_dir: Path
 
     @property
@@ -54,8 +53,7 @@ class CloneState:
         return self.dir / SKIPPED_MANIFEST
 
 
-@dataclass(frozen=True)
-class ModelsState:
+class ModelsState(NamedTuple):
     models_dir: Path
 
     @property

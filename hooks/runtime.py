@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 if TYPE_CHECKING:
     from cfd.core.environment import Environment
@@ -23,8 +22,7 @@ if TYPE_CHECKING:
 HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")  # the hooks cfd installs and handles
 
 
-@dataclass(frozen=True)
-class HookEvent:
+class HookEvent(NamedTuple):
     hook: str
     old: str | None  # a revision; None = the empty manifest (after a clone)
     new: str
