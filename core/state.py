@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
 
 CLONE_DIR = "cfd"
 LAST_SYNCED = "last-synced"
@@ -29,8 +28,11 @@ SKIPPED_MANIFEST = "skipped-manifest.json"
 MODELS_DIR_STATE = ".cfd"  # a manifest may not place a model below it (core/download/safety.py)
 
 
-class CloneState(NamedTuple):
-    git_dir: Path
+class CloneState:
+    __slots__ = ("git_dir",)
+
+    def __init__(self, git_dir: Path) -> None:
+        self.git_dir = git_dir
 
     @property
     def dir(self) -> Path:
@@ -53,8 +55,11 @@ class CloneState(NamedTuple):
         return self.dir / SKIPPED_MANIFEST
 
 
-class ModelsState(NamedTuple):
-    models_dir: Path
+class ModelsState:
+    __slots__ = ("models_dir",)
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
 
     @property
     def dir(self) -> Path:

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from cfd.core.environment import Environment
@@ -22,10 +22,15 @@ if TYPE_CHECKING:
 HOOK_NAMES = ("post-merge", "post-checkout", "post-rewrite", "post-commit")  # the hooks cfd installs and handles
 
 
-class HookEvent(NamedTuple):
-    hook: str
-    old: str | None  # a revision; None = the empty manifest (after a clone)
-    new: str
+class HookEvent:
+    """What one firing asks for: compare commit `old` with `new`."""
+
+    __slots__ = ("hook", "old", "new")
+
+    def __init__(self, hook: str, old: str | None, new: str) -> None:
+        self.hook = hook
+        self.old = old  # a revision; None = the empty manifest (after a clone)
+        self.new = new
 
 
 def rebase_in_progress(git_dir: Path) -> bool:

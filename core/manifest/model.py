@@ -30,7 +30,7 @@ ENVIRONMENT_CRITICALITIES = ("required", "optional")  # 0.7.1's ManifestModel ac
 ENVIRONMENT = ""  # the workflow name of an environment-level model's entry (no workflow has it)
 MODELS_TABLE = "tool.comfydock.models"
 WORKFLOWS_TABLE = "tool.comfydock.workflows"
-_CONFLICT_RE = re.compile(rb"^(<{7}|={7}|>{7})(?: |\r?$)", re.MULTILINE)
+_CONFLICT = rb"(?m)^(<{7}|={7}|>{7})(?: |\r?$)"  # compiled on first use: the differential diff never reads it
 
 
 def strongest(*criticalities: str) -> str:
@@ -181,7 +181,7 @@ def decode_toml(data: bytes, label: str) -> dict[str, Any]:
 
 def _decode(data: bytes, label: str) -> tuple[dict[str, Any], bool]:
     """The document, and whether none of its strings can hold a control character."""
-    conflict = _CONFLICT_RE.search(data)
+    conflict = re.search(_CONFLICT, data)
     if conflict:
         line = data.count(b"\n", 0, conflict.start()) + 1
         raise ManifestError(

@@ -114,10 +114,13 @@ def _pending_entries(
 # -- the sync -----------------------------------------------------------------
 
 
-class _Plan(NamedTuple):
-    report: MissingReport  # narrowed to what the pull changed (its intents: the new ones)
-    selection: Selection
-    satisfied_keys: list[str]
+class _Plan:
+    __slots__ = ("report", "selection", "satisfied_keys")
+
+    def __init__(self, report: MissingReport, selection: Selection, satisfied_keys: list[str]) -> None:
+        self.report = report  # narrowed to what the pull changed (its intents: the new ones)
+        self.selection = selection
+        self.satisfied_keys = satisfied_keys
 
 
 def _short(commit: str | None) -> str:
