@@ -188,5 +188,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_hook(args[0], args[1:], sys.stdin)
 
 
+def _exit_fast(code: int) -> None:
+    """End the hook's process, skipping the interpreter's teardown when nothing needs it.
+
+    Clearing every module and shutting libgit2 down takes ~7 ms of a hook (~5 % of one on a
+    10,000-model change). A hook's work is on disk by then: files written and closed, the
+    index closed. Only an atexit callback or another non-daemon thread (the download engine's,
+    logging's) would need the orderly exit, and then it is taken.
+    """
+    import atexit
+    import threading
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # git closed the pipe: nothing more to say
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if not others and not atexit._ncallbacks():
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_fast(main())
