@@ -9,20 +9,27 @@ key models by a different sampled hash (BLAKE3 vs xxh3_128), so their indexes (s
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from .errors import ManifestError
 
 
-@dataclass(frozen=True)
 class Dialect:
-    name: str  # "comfygit" | "comfydock": the `[tool.<name>]` table, and what `--json` says
-    title: str  # for people
-    home_env: str  # workspace root override
-    default_home: str  # below ~
-    cache_dir: str  # below the workspace root: holds models.db
-    index_schema: int  # the index's schema_info version
-    short_hash: str  # the sampled-hash algorithm keying [tool.<name>.models]
+    """One environment manager's conventions (two instances: COMFYDOCK and COMFYGIT)."""
+
+    __slots__ = ("name", "title", "home_env", "default_home", "cache_dir", "index_schema", "short_hash")
+
+    def __init__(self, name: str, title: str, home_env: str, default_home: str, cache_dir: str, index_schema: int,
+                 short_hash: str) -> None:
+        self.name = name  # "comfygit" | "comfydock": the `[tool.<name>]` table, and what `--json` says
+        self.title = title  # for people
+        self.home_env = home_env  # workspace root override
+        self.default_home = default_home  # below ~
+        self.cache_dir = cache_dir  # below the workspace root: holds models.db
+        self.index_schema = index_schema  # the index's schema_info version
+        self.short_hash = short_hash  # the sampled-hash algorithm keying [tool.<name>.models]
+
+    def __repr__(self) -> str:
+        return f"Dialect({self.name!r})"
 
     @property
     def models_table(self) -> str:
@@ -38,16 +45,17 @@ COMFYGIT = Dialect("comfygit", "ComfyGit", "COMFYGIT_HOME", "comfygit", "comfygi
 DIALECTS = {d.name: d for d in (COMFYGIT, COMFYDOCK)}
 BY_SCHEMA = {d.index_schema: d for d in (COMFYGIT, COMFYDOCK)}
 
-# A table header or dotted key that opens `tool.<name>` (bare or quoted parts, any spacing).
-_MENTION_RE = {
-    d.name: re.compile(rb"""(?m)^[ \t]*\[{0,2}[ \t]*["']?tool["']?[ \t]*\.[ \t]*["']?""" + d.name.encode() + rb"""["']?[ \t]*[.\]=]""")
+# A table header or dotted key that opens `tool.<name>` (bare or quoted parts, any spacing);
+# compiled on first use, so only for a name the text holds.
+_MENTION = {
+    d.name: rb"""(?m)^[ \t]*\[{0,2}[ \t]*["']?tool["']?[ \t]*\.[ \t]*["']?""" + d.name.encode() + rb"""["']?[ \t]*[.\]=]"""
     for d in DIALECTS.values()
 }
 
 
 def mentioned(data: bytes) -> list[Dialect]:
     """The dialects whose table a document's text opens (a cheap look, no parsing)."""
-    return [d for d in DIALECTS.values() if d.name.encode() in data and _MENTION_RE[d.name].search(data)]
+    return [d for d in DIALECTS.values() if d.name.encode() in data and re.search(_MENTION[d.name], data)]
 
 
 def detect(data: bytes, label: str = "pyproject.toml") -> Dialect | None:

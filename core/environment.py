@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,13 @@ from .state import clone_state, models_state
 PYPROJECT = "pyproject.toml"
 
 
-@dataclass(frozen=True)
 class Workspace:
-    root: Path
-    config: Mapping[str, Any]
-    dialect: Dialect = COMFYDOCK
+    __slots__ = ("root", "config", "dialect")
+
+    def __init__(self, root: Path, config: Mapping[str, Any], dialect: Dialect = COMFYDOCK) -> None:
+        self.root = root
+        self.config = config
+        self.dialect = dialect
 
     def _section(self, name: str) -> Mapping[str, Any]:
         section = self.config.get(name)
@@ -58,15 +59,18 @@ class Workspace:
         return token if isinstance(token, str) and token.strip() else None
 
 
-@dataclass(frozen=True)
 class Environment:
     """Everything a command needs to know about where things are."""
 
-    repo: Path  # the .cec git work tree
-    git_dir: Path  # per-clone (per-worktree) git directory: marker and state live here
-    settings: Settings
-    workspace: Workspace | None
-    dialect: Dialect = COMFYDOCK  # ComfyDock when the file has neither table yet
+    __slots__ = ("repo", "git_dir", "settings", "workspace", "dialect")
+
+    def __init__(self, repo: Path, git_dir: Path, settings: Settings, workspace: Workspace | None,
+                 dialect: Dialect = COMFYDOCK) -> None:
+        self.repo = repo  # the .cec git work tree
+        self.git_dir = git_dir  # per-clone (per-worktree) git directory: marker and state live here
+        self.settings = settings
+        self.workspace = workspace
+        self.dialect = dialect  # ComfyDock when the file has neither table yet
 
     @property
     def pyproject(self) -> Path:

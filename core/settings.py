@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +132,15 @@ def _path(value: str) -> Path:
     return Path(os.path.expanduser(value.strip()))
 
 
-@dataclass(frozen=True)
 class SettingSpec:
-    key: str  # git config name, as documented (camelCase)
-    env: str
-    default: Any
-    convert: Callable[[str], Any]
-    help: str
+    __slots__ = ("key", "env", "default", "convert", "help")
+
+    def __init__(self, key: str, env: str, default: Any, convert: Callable[[str], Any], help: str) -> None:
+        self.key = key  # git config name, as documented (camelCase)
+        self.env = env
+        self.default = default
+        self.convert = convert
+        self.help = help
 
 
 SPECS: tuple[SettingSpec, ...] = (
@@ -167,14 +168,16 @@ SPECS: tuple[SettingSpec, ...] = (
 SPEC_BY_KEY = {spec.key.lower(): spec for spec in SPECS}
 
 
-@dataclass(frozen=True)
 class Setting:
-    key: str
-    value: Any
-    source: str  # "flag", "env CFD_X", "git config (local)", "workspace", "default"
-    # A value cfd cannot use: the raw text and the ConfigError that reading it raises.
-    raw: str | None = None
-    error: ConfigError | None = None
+    __slots__ = ("key", "value", "source", "raw", "error")
+
+    def __init__(self, key: str, value: Any, source: str, raw: str | None = None, error: ConfigError | None = None) -> None:
+        self.key = key
+        self.value = value
+        self.source = source  # "flag", "env CFD_X", "git config (local)", "workspace", "default"
+        # A value cfd cannot use: the raw text and the ConfigError that reading it raises.
+        self.raw = raw
+        self.error = error
 
 
 class Settings:

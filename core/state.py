@@ -18,7 +18,6 @@ Per models directory, beside the models (so every clone and agent using it agree
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 CLONE_DIR = "cfd"
@@ -29,9 +28,11 @@ SKIPPED_MANIFEST = "skipped-manifest.json"
 MODELS_DIR_STATE = ".cfd"  # a manifest may not place a model below it (core/download/safety.py)
 
 
-@dataclass(frozen=True)
 class CloneState:
-    git_dir: Path
+    __slots__ = ("git_dir",)
+
+    def __init__(self, git_dir: Path) -> None:
+        self.git_dir = git_dir
 
     @property
     def dir(self) -> Path:
@@ -54,9 +55,11 @@ class CloneState:
         return self.dir / SKIPPED_MANIFEST
 
 
-@dataclass(frozen=True)
 class ModelsState:
-    models_dir: Path
+    __slots__ = ("models_dir",)
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
 
     @property
     def dir(self) -> Path:

@@ -525,6 +525,15 @@ def test_version(tmp_path: Path, cfd_env: dict[str, str]) -> None:
     assert (result.returncode, result.stdout.strip()) == (0, f"cfd {__version__}")
 
 
+def test_version_does_not_load_typing(tmp_path: Path, cfd_env: dict[str, str]) -> None:
+    """`cfd --version` is mostly Python starting: typing alone would be ~3 ms more (10 %)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cfd.cli.main", "--version"], cwd=tmp_path,
+                            env=cfd_env, capture_output=True, text=True, timeout=60)
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert result.stdout.strip() == f"cfd {__version__}" and "cfd.core.text" in loaded  # the CLI's own imports ran
+    assert "typing" not in loaded
+
+
 def test_unknown_command_is_a_usage_error(tmp_path: Path, cfd_env: dict[str, str]) -> None:
     result = cfd("statsu", cwd=tmp_path, env=cfd_env)
     assert result.returncode == 2 and "invalid choice" in result.stderr and "Traceback" not in result.stderr

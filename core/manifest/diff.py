@@ -9,7 +9,8 @@ the entries whose text changed (see chunks.py): a 10,000-model pyproject takes
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 from .model import (
     CRITICALITY_RANK,
@@ -21,8 +22,7 @@ from .model import (
 )
 
 
-@dataclass(frozen=True)
-class ManifestDiff:
+class ManifestDiff(NamedTuple):
     """Models the new version needs that the old did not, and the like.
 
     `new` is the new manifest, or (after a differential read) the part of it
@@ -30,8 +30,8 @@ class ManifestDiff:
     entry naming them, which is all that missing-model detection needs.
     """
 
-    newly_needed: Mapping[str, str] = field(default_factory=dict)
-    criticality_raised: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    newly_needed: Mapping[str, str] = MappingProxyType({})
+    criticality_raised: Mapping[str, tuple[str, str]] = MappingProxyType({})
     new_intents: tuple[WorkflowModelRef, ...] = ()
     no_longer_needed: tuple[str, ...] = ()
     new: Manifest = EMPTY_MANIFEST

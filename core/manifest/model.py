@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
-from operator import attrgetter
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from . import fasttoml
 from .. import dialect as dialects
@@ -31,7 +30,7 @@ ENVIRONMENT_CRITICALITIES = ("required", "optional")  # 0.7.1's ManifestModel ac
 ENVIRONMENT = ""  # the workflow name of an environment-level model's entry (no workflow has it)
 MODELS_TABLE = "tool.comfydock.models"
 WORKFLOWS_TABLE = "tool.comfydock.workflows"
-_CONFLICT_RE = re.compile(rb"^(<{7}|={7}|>{7})(?: |\r?$)", re.MULTILINE)
+_CONFLICT = rb"(?m)^(<{7}|={7}|>{7})(?: |\r?$)"  # compiled on first use: the differential diff never reads it
 
 
 def strongest(*criticalities: str) -> str:
@@ -41,8 +40,7 @@ def strongest(*criticalities: str) -> str:
     return max(criticalities, key=lambda value: CRITICALITY_RANK.get(value, 0))
 
 
-@dataclass(frozen=True, slots=True)
-class ManifestModel:
+class ManifestModel(NamedTuple):
     """One entry of the global `[tool.comfydock.models]` table."""
 
     hash: str
@@ -61,8 +59,7 @@ class ManifestModel:
         return frozenset(self.sources)
 
 
-MODEL_FIELDS = tuple(f.name for f in fields(ManifestModel))
-model_row = attrgetter(*MODEL_FIELDS)  # ManifestModel -> its field values, in order
+model_row = tuple  # ManifestModel -> its field values, in order
 
 
 class ModelTable(Mapping[str, ManifestModel]):
@@ -101,8 +98,7 @@ class ModelTable(Mapping[str, ManifestModel]):
         return f"ModelTable({dict(self.items())!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class WorkflowModelRef:
+class WorkflowModelRef(NamedTuple):
     """One `[[tool.comfydock.workflows.<wf>.models]]` entry."""
 
     workflow: str
@@ -149,11 +145,10 @@ class WorkflowModelRef:
         return f"{self.category}/{self.filename}" if self.category else self.filename
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(NamedTuple):
     """The model-related content of one version of pyproject.toml."""
 
-    models: Mapping[str, ManifestModel] = field(default_factory=dict)
+    models: Mapping[str, ManifestModel] = MappingProxyType({})  # shared by every empty manifest: read-only
     refs: tuple[WorkflowModelRef, ...] = ()
     workflows: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
@@ -186,7 +181,7 @@ def decode_toml(data: bytes, label: str) -> dict[str, Any]:
 
 def _decode(data: bytes, label: str) -> tuple[dict[str, Any], bool]:
     """The document, and whether none of its strings can hold a control character."""
-    conflict = _CONFLICT_RE.search(data)
+    conflict = re.search(_CONFLICT, data)
     if conflict:
         line = data.count(b"\n", 0, conflict.start()) + 1
         raise ManifestError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from ..sync.missing import MissingReport
@@ -26,5 +25,5 @@ def mark_mirrored(report: MissingReport, env: Any) -> MissingReport:
     found = {info.hash for info in unavailable[:MAX_LOOKUPS] if mirror.has(info.hash, info.model.size or 0)}
     if not found:
         return report
-    missing = tuple(replace(info, can_download=True) if info.hash in found else info for info in report.missing)
-    return replace(report, missing=missing)
+    missing = tuple(info._replace(can_download=True) if info.hash in found else info for info in report.missing)
+    return report._replace(missing=missing)

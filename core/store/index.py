@@ -16,8 +16,8 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import index_v10
 from ..dialect import BY_SCHEMA, COMFYDOCK, COMFYGIT, Dialect
@@ -67,16 +67,14 @@ CREATE INDEX IF NOT EXISTS idx_models_sha256 ON models(sha256_hash);
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     model_hash: str
     relative_path: str
     mtime: float
     size: int
 
 
-@dataclass(frozen=True)
-class IndexedModel:
+class IndexedModel(NamedTuple):
     hash: str
     size: int
     blake3: str | None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..environment import Environment
@@ -249,16 +249,16 @@ def sync_models(
     try:
         batch = run_batch(env, on_disk, jobs, callbacks, cancel, max_rate, deadline)
     except KeyboardInterrupt:
-        marker.merge(replace(entry, reason="interrupted", error="interrupted") for entry in base.values())
+        marker.merge(entry._replace(reason="interrupted", error="interrupted") for entry in base.values())
         raise
     except ConfigError as exc:  # a bad download setting stops the batch; what it was for stays pending, with why
-        marker.merge(replace(entry, reason="failed", error=exc.message) for entry in base.values())
+        marker.merge(entry._replace(reason="failed", error=exc.message) for entry in base.values())
         raise
     failed_all, interrupted_all = batch.failed, batch.interrupted
     over_budget = {outcome.job.key for outcome in batch.outcomes if outcome.over_budget}
-    entries = [replace(base[key], reason=BUDGET_REASON if key in over_budget else "failed", error=error)
+    entries = [base[key]._replace(reason=BUDGET_REASON if key in over_budget else "failed", error=error)
                for key, error in failed_all.items()]
-    entries += [replace(base[key], reason="interrupted", error=error) for key, error in interrupted_all.items()]
+    entries += [base[key]._replace(reason="interrupted", error=error) for key, error in interrupted_all.items()]
     marker.merge(entries, drop=[outcome.job.key for outcome in (*batch.adopted.succeeded, *batch.fetched.succeeded)])
     job_of = batch.job_of
     return SyncResult(

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from dataclasses import fields
 from itertools import chain
-from operator import attrgetter
 from typing import Any
 
 from ..manifest.model import (
@@ -33,8 +31,6 @@ from ..manifest.model import (
 from ..manifest.reader import CONTROL_RE
 
 FORMAT = 4  # 4: a column per field; 3: a tuple per record (plain pickle)
-_REF_FIELDS = tuple(f.name for f in fields(WorkflowModelRef))
-_ref_row = attrgetter(*_REF_FIELDS)
 # What each column may hold. Strings are non-empty and free of control characters, as the
 # reader keeps them, except where it keeps others: "" is the environment's own "workflow"
 # (ComfyGit) and node ids are taken as written.
@@ -54,7 +50,7 @@ def encode(digest: str, manifest: Manifest) -> bytes:
     rows = models.rows.values() if isinstance(models, ModelTable) else map(model_row, models.values())
     payload = (
         tuple(zip(*rows)) or ((),) * len(_MODEL_TYPES),
-        tuple(zip(*map(_ref_row, manifest.refs))) or ((),) * len(_REF_TYPES),
+        tuple(zip(*manifest.refs)) or ((),) * len(_REF_TYPES),  # a WorkflowModelRef is the tuple of its fields
         manifest.workflows,
         manifest.problems,
         manifest.label,

@@ -14,9 +14,8 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..files import remove_temps, write_atomic
 from ..state import MARKER as MARKER_NAME, clone_state
@@ -39,8 +38,7 @@ REASON_LABELS = {
 REASONS = tuple(REASON_LABELS)
 
 
-@dataclass(frozen=True)
-class PendingEntry:
+class _Entry(NamedTuple):
     key: str  # model hash, or "intent:<workflow>/<node>/<widget>"
     filename: str
     relative_path: str
@@ -50,12 +48,24 @@ class PendingEntry:
     workflows: tuple[str, ...]
     reason: str
     error: str | None = None
-    when: float = field(default_factory=time.time)
+    when: float = 0.0  # time.time() when it was recorded
     trigger: str = ""
     hash: str | None = None
 
+
+class PendingEntry(_Entry):
+    """One model or intent left to fetch; `when` defaults to now (a NamedTuple's defaults are constants)."""
+
+    __slots__ = ()
+
+    def __new__(cls, key: str, filename: str, relative_path: str, size: int | None, sources: tuple[str, ...],
+                criticality: str, workflows: tuple[str, ...], reason: str, error: str | None = None,
+                when: float | None = None, trigger: str = "", hash: str | None = None) -> PendingEntry:
+        return super().__new__(cls, key, filename, relative_path, size, sources, criticality, workflows, reason,
+                               error, time.time() if when is None else when, trigger, hash)
+
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self._asdict()
         from ..download.urls import redact_url  # only when an entry has sources (a hook with none skips urllib)
 
         data["sources"] = [redact_url(url) for url in self.sources]

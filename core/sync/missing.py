@@ -10,17 +10,15 @@ reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-
 import os
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from ..errors import UnsafeManifestValue
 from ..store.index import ModelIndex
 from ..manifest.model import CRITICALITY_RANK, ENVIRONMENT, Manifest, ManifestModel, WorkflowModelRef, strongest
 
-@dataclass(frozen=True)
-class MissingModelInfo:
+class MissingModelInfo(NamedTuple):
     """ComfyDock's record of a missing model: the global entry and who needs it."""
 
     model: ManifestModel
@@ -48,13 +46,12 @@ class MissingModelInfo:
         return ", ".join(names)
 
 
-@dataclass(frozen=True)
-class MissingReport:
+class MissingReport(NamedTuple):
     missing: tuple[MissingModelInfo, ...] = ()
     intents: tuple[WorkflowModelRef, ...] = ()
     not_found: tuple[WorkflowModelRef, ...] = ()
     problems: tuple[str, ...] = ()
-    satisfied_intents: tuple[WorkflowModelRef, ...] = field(default=())
+    satisfied_intents: tuple[WorkflowModelRef, ...] = ()
 
     @property
     def downloadable(self) -> tuple[MissingModelInfo, ...]:

@@ -16,9 +16,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..manifest.diff import ManifestDiff, diff_manifest_bytes
 from ..environment import Environment
@@ -50,8 +49,7 @@ TOO_LARGE = "too-large"  # the new pyproject.toml is over cfd.maxManifestSize: l
 SYNCED = "synced"
 
 
-@dataclass(frozen=True)
-class PullSyncOutcome:
+class PullSyncOutcome(NamedTuple):
     trigger: str
     action: str
     mode: str = "download"
@@ -116,11 +114,13 @@ def _pending_entries(
 # -- the sync -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _Plan:
-    report: MissingReport  # narrowed to what the pull changed (its intents: the new ones)
-    selection: Selection
-    satisfied_keys: list[str] = field(default_factory=list)
+    __slots__ = ("report", "selection", "satisfied_keys")
+
+    def __init__(self, report: MissingReport, selection: Selection, satisfied_keys: list[str]) -> None:
+        self.report = report  # narrowed to what the pull changed (its intents: the new ones)
+        self.selection = selection
+        self.satisfied_keys = satisfied_keys
 
 
 def _short(commit: str | None) -> str:
@@ -156,18 +156,18 @@ def sync_between(
     repo = repo or open_repo(env.repo)
     new = repo.resolve_commit(new_commit)
     if new is None:
-        return replace(out, warnings=(f"cannot resolve {new_commit}",))
+        return out._replace(warnings=(f"cannot resolve {new_commit}",))
     old = repo.resolve_commit(old_commit)
     new_blob = repo.blob_id(new, MANIFEST_PATH)
-    out = replace(out, old_commit=old, new_commit=new, new_blob=new_blob)
+    out = out._replace(old_commit=old, new_commit=new, new_blob=new_blob)
     if new_blob is None:
         return out
     last = read_last_synced(env.git_dir)
     if last == new_blob:
-        return replace(out, action=ALREADY_SYNCED)
+        return out._replace(action=ALREADY_SYNCED)
     old_blob = repo.blob_id(old, MANIFEST_PATH)
     if old_blob == new_blob:
-        return replace(out, action=UNCHANGED)
+        return out._replace(action=UNCHANGED)
     # Diff from what this clone last acted on when git still has it: that also
     # covers moves no hook saw (reset, stash, libgit2) and local manifest commits.
     old_label = f"pyproject.toml at {_short(old)}"
@@ -179,7 +179,7 @@ def sync_between(
     if limit and new_size > limit:
         skipped = record_skipped(env.git_dir, new_blob, new_size, limit, trigger)
         write_last_synced(env.git_dir, new_blob)  # the other hooks of this operation need not look again
-        return replace(out, action=TOO_LARGE, warnings=(skipped.message(),))
+        return out._replace(action=TOO_LARGE, warnings=(skipped.message(),))
     if old_blob and limit and (repo.blob_size(old_blob) or 0) > limit:
         old_blob = None  # diff from nothing: every model of the new version is checked
     clear_skipped(env.git_dir)
@@ -191,13 +191,13 @@ def sync_between(
         )
     except ManifestError as exc:
         warning = f"{new_label} does not parse ({exc.message}); models were not synced. Fix it, commit, then run `cfd repair`"
-        return replace(out, action=BROKEN_MANIFEST, warnings=(warning,))
-    out = replace(out, action=SYNCED, warnings=tuple(diff.new.problems))
+        return out._replace(action=BROKEN_MANIFEST, warnings=(warning,))
+    out = out._replace(action=SYNCED, warnings=tuple(diff.new.problems))
 
     if not diff.hashes_to_check and not diff.new_intents:
         notes = _drop_from_marker(env, diff.no_longer_needed) if diff.no_longer_needed else []
         write_last_synced(env.git_dir, new_blob)
-        return replace(out, warnings=(*notes, *out.warnings))
+        return out._replace(warnings=(*notes, *out.warnings))
     return _act(env, diff, _plan(env, diff, out.strategy), out, new_blob, callbacks, cancel, deadline, start_agent)
 
 
@@ -243,18 +243,18 @@ def _act(
     marker = Marker(env.git_dir, notes.append)
     marker.merge(entries, drop=[*plan.satisfied_keys, *diff.no_longer_needed])
     write_last_synced(env.git_dir, new_blob)
-    out = replace(out, missing=plan.report.missing, intents=plan.report.intents, checked=len(diff.hashes_to_check))
+    out = out._replace(missing=plan.report.missing, intents=plan.report.intents, checked=len(diff.hashes_to_check))
 
-    chosen = selection.count
+    chosen = selection.chosen
     if mode == "download" and chosen:
         out = _download(env, plan, marker, out, callbacks, cancel, deadline)
     elif mode == "background" and chosen:
         # The agent itself syncs with trigger "agent": it must not spawn another.
         started = trigger == "agent" or (start_agent is not None and start_agent(env))
-        out = replace(out, handed_to_agent=chosen, agent_started=started)
+        out = out._replace(handed_to_agent=chosen, agent_started=started)
     keys = {e.key for e in entries}
     pending = tuple(e for e in marker.read() if e.key in keys)
-    return replace(out, pending=pending, warnings=(*dict.fromkeys(notes), *out.warnings))
+    return out._replace(pending=pending, warnings=(*dict.fromkeys(notes), *out.warnings))
 
 
 def _download(
@@ -267,7 +267,7 @@ def _download(
         env, plan.selection.models, plan.selection.intents, callbacks=callbacks, cancel=cancel, trigger=out.trigger,
         deadline=deadline,
     )
-    return replace(out, downloaded=tuple(synced.models_downloaded), found=tuple(synced.models_found),
+    return out._replace(downloaded=tuple(synced.models_downloaded), found=tuple(synced.models_found),
                    failed=tuple(synced.models_failed), over_budget=tuple(synced.models_over_budget))
 
 

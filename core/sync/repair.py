@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..environment import Environment
@@ -170,15 +170,15 @@ def _marker_entries(
 
     def why(entry: PendingEntry, can_download: bool) -> PendingEntry:
         if entry.key in interrupted:
-            return replace(entry, reason="interrupted", error=interrupted[entry.key])
+            return entry._replace(reason="interrupted", error=interrupted[entry.key])
         if entry.key in failed:
-            return replace(entry, reason="failed", error=failed[entry.key])
+            return entry._replace(reason="failed", error=failed[entry.key])
         if not can_download:
-            return replace(entry, reason="no-source", error=None)
+            return entry._replace(reason="no-source", error=None)
         if entry.key not in chosen:
-            return replace(entry, reason="filtered", error=None)
+            return entry._replace(reason="filtered", error=None)
         previous = plan.previous.get(entry.key)  # chosen but not tried (appeared meanwhile)
-        return previous or replace(entry, reason="deferred", error=None)
+        return previous or entry._replace(reason="deferred", error=None)
 
     entries = [
         why(entry, info.can_download)
@@ -206,7 +206,7 @@ def run_repair(
     except KeyboardInterrupt:
         # Not cooperative (a second Ctrl-C): still leave a marker that says what happened.
         base = pending_entries(plan.models, plan.intents, "interrupted", "repair")
-        marker.merge((replace(entry, error="interrupted") for entry in base), drop=plan.stale)
+        marker.merge((entry._replace(error="interrupted") for entry in base), drop=plan.stale)
         raise
     failed_all, interrupted_all, downloaded = batch.failed, batch.interrupted, batch.fetched.succeeded
     resolved: list[str] = []

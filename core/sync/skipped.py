@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..files import write_atomic
 from ..state import clone_state
 from ..units import human_size
 
 
-@dataclass(frozen=True)
-class SkippedManifest:
+class SkippedManifest(NamedTuple):
     blob: str
     size: int
     limit: int
@@ -42,7 +41,7 @@ def record_skipped(git_dir: Path, blob: str, size: int, limit: int, trigger: str
     skipped = SkippedManifest(blob, size, limit, trigger, time.time())
     path = _path(git_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(asdict(skipped)))
+    write_atomic(path, json.dumps(skipped._asdict()))
     return skipped
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..environment import Environment
@@ -105,7 +105,7 @@ class StatusReport:
             **self._environment_json(),
             "bytes_to_download": self.bytes_to_download,
             "workflow_files": [f.to_json() for f in self.workflow_files],
-            "hook_skipped": None if self.skipped is None else {**asdict(self.skipped), "message": self.skipped.message()},
+            "hook_skipped": None if self.skipped is None else {**self.skipped._asdict(), "message": self.skipped.message()},
         }
 
     def _environment_json(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ The one rule, for the hooks and the agent (pullsync) and for `cfd repair`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .marker import intent_key
 from .missing import MissingModelInfo, MissingReport
@@ -20,15 +20,15 @@ def in_scope(criticality: str, strategy: str) -> bool:
     return strategy == "all" or (strategy == "required" and criticality == "required")
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(NamedTuple):
     models: tuple[MissingModelInfo, ...]  # downloadable, picked
     intents: tuple[WorkflowModelRef, ...]  # picked
     filtered_models: tuple[MissingModelInfo, ...]  # downloadable, left out by the strategy
     filtered_intents: tuple[WorkflowModelRef, ...]
 
     @property
-    def count(self) -> int:
+    def chosen(self) -> int:
+        """How many downloads it picks."""
         return len(self.models) + len(self.intents)
 
 

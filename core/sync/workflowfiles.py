@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..environment import Environment
 from ..text import sanitize
@@ -34,8 +34,7 @@ TOO_LARGE = "too large"
 UNREADABLE = "unreadable"
 
 
-@dataclass(frozen=True)
-class WorkflowFile:
+class WorkflowFile(NamedTuple):
     name: str  # without .json
     state: str
 
