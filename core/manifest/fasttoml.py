@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
-from tomllib import TOMLDecodeError  # noqa: F401 - what `read` lets through, for its callers
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tomllib import TOMLDecodeError  # noqa: F401
 
 # Anything here sends the document to tomllib (control characters would clash with the placeholders).
 _DECLINE = ('"""', "'''", "\\", "\x7f", "\x00", "\x01", "\r", "\t")
@@ -37,7 +38,28 @@ class _Shapes:
         self.workflow_table_re = re.compile(rf'\[tool\.{name}\.workflows\.([A-Za-z0-9_-]+|"[^"\n]*")(?:\.| *\])')
 
 
-_SHAPES = {name: _Shapes(name) for name in ("comfydock", "comfygit")}
+_SHAPES: dict[str, _Shapes] = {}
+
+
+def _shapes(name: str) -> _Shapes:
+    """One dialect's patterns, compiled when a document of that dialect is first read."""
+    if name not in _SHAPES:
+        _SHAPES[name] = _Shapes(name)
+    return _SHAPES[name]
+
+
+def _decode_error() -> type[Exception]:
+    import tomllib
+
+    return tomllib.TOMLDecodeError
+
+
+def __getattr__(name: str) -> Any:
+    # tomllib (~4 ms of a hook's imports) loads only when something falls back to it; callers'
+    # `except fasttoml.TOMLDecodeError` looks the type up only when an exception is matched.
+    if name == "TOMLDecodeError":
+        return _decode_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 # Key lines elsewhere that could define the model tables too (dotted keys, inline tables).
 _RISKY_KEY_RE = re.compile(r"(?:^|\n) *[^\n=\[#]*(?:tool|comfydock|comfygit|models|workflows)[^\n=]*=")
 # The grammar of the two shapes once their strings are set aside (\x00 stands for a string,
@@ -133,6 +155,8 @@ def read(text: str) -> tuple[dict[str, Any], bool]:
     fast = loads(text)
     if fast is not None:
         return fast, text.isascii()
+    import tomllib
+
     return tomllib.loads(text), False
 
 
@@ -144,12 +168,12 @@ def loads(text: str) -> dict[str, Any] | None:
     """tomllib.loads(text) for ComfyDock's usual layout, faster; None when unsure."""
     if any(marker in text for marker in _DECLINE) or _INDENTED_BRACKET_RE.search(text):
         return None
-    shapes = _SHAPES["comfygit" if "[tool.comfygit" in text else "comfydock"]
+    shapes = _shapes("comfygit" if "[tool.comfygit" in text else "comfydock")
     if shapes.name == "comfygit" and "comfydock" in text:
         return None  # maybe both tables: the plain reading, then the manifest reader says so
     try:
         return _loads(text, shapes)
-    except (_Decline, tomllib.TOMLDecodeError, RecursionError):
+    except (_Decline, RecursionError, _decode_error()):  # evaluated only when something was raised
         return None
 
 
@@ -189,10 +213,17 @@ def _loads(text: str, shapes: _Shapes) -> dict[str, Any]:
     del split  # every piece is copied into rest, the bodies or the models table by now
     rest_text = "\n".join(rest)
     if models_body is None and not ref_bodies:
+        import tomllib
+
         return tomllib.loads(text)  # nothing for the fast path: the plain reading
     if _RISKY_KEY_RE.search(rest_text):
         raise _Decline
-    document = tomllib.loads(rest_text)
+    if rest_text.strip(" \n"):
+        import tomllib  # here only: pieces of model lines and entries alone (a hook's usual read) need none
+
+        document = tomllib.loads(rest_text)
+    else:
+        document = {}  # what tomllib reads from blank lines
     comfydock = _table(_table(document, "tool"), shapes.name)
     if models_body is not None:
         if "models" in comfydock:
