@@ -24,7 +24,7 @@ def _load_compiled_pygit2() -> tuple[ModuleType, str]:
 
     `import pygit2` costs ~50 ms, most of a hook's imports: its package layer builds the
     enum classes and imports ssl, tarfile and inspect for remotes, archives and settings.
-    Reading objects needs only the compiled `pygit2._pygit2` (with the enums it returns),
+    Reading objects needs only the compiled `pygit2._pygit2` (its enums as plain ints),
     so it is loaded on its own when the installed pygit2 has the expected layout; anything
     else falls back to the plain import. A later `import pygit2` (tests, other code) reuses
     the modules loaded here.
@@ -69,13 +69,39 @@ def _load_core_only() -> ModuleType:
         except BaseException:
             del sys.modules["pygit2._pygit2"]
             raise
-        import pygit2.enums  # noqa: F401 - the values the compiled module returns
-
-        compiled._cache_enums()
+        _cache_plain_enums(compiled)
+        import pygit2._libgit2  # noqa: F401 - its cffi bindings, while the stand-in keeps __init__ away
         return compiled
     finally:
         if sys.modules.get("pygit2") is stand_in:
             del sys.modules["pygit2"]
+
+
+class _PlainEnums(ModuleType):
+    """A stand-in for `pygit2.enums` while the compiled core caches its enum classes: each is `int`.
+
+    The core turns the flags and kinds it returns (object types, file modes...) into these
+    classes; pygit2's own module builds ~40 enum classes (~8 ms of a hook) that compare equal
+    to the plain ints this gives. Only for the core loaded alone: a later `import pygit2` runs
+    its package, which caches the real classes again.
+    """
+
+    def __getattr__(self, name: str) -> type:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return int
+
+
+def _cache_plain_enums(compiled: ModuleType) -> None:
+    previous = sys.modules.get("pygit2.enums")
+    sys.modules["pygit2.enums"] = _PlainEnums("pygit2.enums")
+    try:
+        compiled._cache_enums()
+    finally:
+        if previous is None:
+            del sys.modules["pygit2.enums"]
+        else:
+            sys.modules["pygit2.enums"] = previous
 
 
 _pygit2, LOADED_AS = _load_compiled_pygit2()

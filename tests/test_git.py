@@ -78,17 +78,18 @@ def test_a_fresh_process_loads_only_pygit2s_compiled_core_and_it_reads_like_the_
     code = f"""
 import sys
 import cfd.core.gitobjects as g
-print(g.LOADED_AS, 'pygit2.repository' in sys.modules, 'ssl' in sys.modules)
+print(g.LOADED_AS, 'pygit2.repository' in sys.modules, 'ssl' in sys.modules, 'pygit2.enums' in sys.modules)
 r = g.open_repo({str(repo)!r})
 blob = r.blob_id(r.resolve_commit('HEAD'))
 print(blob, r.blob_size(blob), r.read_blob(blob).decode().splitlines()[0], r.has_blob(blob), r.has_blob('0' * 40))
 import pygit2
 full = pygit2.Repository({str(repo)!r})
-print(full.revparse_single('HEAD:pyproject.toml').id, full[blob].size, pygit2.enums.ObjectType.BLOB == 3)
+print(full.revparse_single('HEAD:pyproject.toml').id, full[blob].size, pygit2.enums.ObjectType.BLOB == 3,
+      type(full.odb.read_header(blob)[0]).__name__, r.blob_size(blob))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     blob = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD:pyproject.toml"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    assert out[0] == "core False False"  # neither the package layer nor what it pulls in (ssl)
+    assert out[0] == "core False False False"  # neither the package layer, what it pulls in (ssl), nor its enums
     assert out[1] == f"{blob} 21 [project] True False"
-    assert out[2] == f"{blob} 21 True"
+    assert out[2] == f"{blob} 21 True ObjectType 21"
