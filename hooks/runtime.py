@@ -193,8 +193,8 @@ def _exit_fast(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
-            pass  # git closed the pipe: nothing more to say
+        except (OSError, ValueError, AttributeError):
+            pass  # git closed the pipe, or gave none (the stream is None): nothing more to say
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if not others and not atexit._ncallbacks():
         os._exit(code)

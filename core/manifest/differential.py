@@ -192,6 +192,8 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
         old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
     except UnicodeDecodeError:
         raise ChunkFallback from None
+    if old_text.endswith("\r") or new_text.endswith("\r"):
+        raise ChunkFallback  # a bare CR ends it: invalid TOML, which the pieces (cut before "\n[") cannot tell
     names = _names_of(old, new, new_label)
     old_version, new_version = Version(old_text, names, check_model_lines=False), Version(new_text, names)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())

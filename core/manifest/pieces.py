@@ -106,6 +106,8 @@ def line_keys(lines: list[str]) -> list[str]:
 
 def _unquoted(keys: list[str]) -> list[str]:
     if "\"" in (joined := "".join(keys)) or "'" in joined:
+        if "\\" in joined:
+            raise ChunkFallback  # an escape in a quoted key (`"\\u0061"` is `a`): only the full read compares keys
         return [key.strip("\"'") for key in keys]
     return keys
 
@@ -141,6 +143,8 @@ def model_key(path: str, names: Names) -> str:
         end = rest.find(quote, 1)
         if end < 0 or end + 1 != len(rest):
             raise ChunkFallback  # a sub-table of a model entry, or a key we do not read this way
+        if "\\" in rest:
+            raise ChunkFallback  # an escape in a quoted key: only the full read compares keys
         return rest[1:end]
     if "." in rest or '"' in rest or "'" in rest:
         raise ChunkFallback
