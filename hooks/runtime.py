@@ -114,6 +114,11 @@ def run_hook(hook: str, argv: Sequence[str], stdin: TextIO | None = None, stderr
     if os.environ.get("CFD_SKIP", "").lower() in ("1", "true", "yes"):
         return 0
     try:
+        from cfd.core.settings import start_reading_git_config
+
+        # git config runs while the sync's modules load (settings collects it when the
+        # environment is this directory, the usual case: git runs hooks at the work tree's top).
+        start_reading_git_config(Path.cwd())
         _run(hook, list(argv), err)
     except KeyboardInterrupt:
         _say(err, "interrupted; what was not downloaded is recorded: run `cfd repair` to resume")
@@ -126,13 +131,22 @@ def run_hook(hook: str, argv: Sequence[str], stdin: TextIO | None = None, stderr
             _say(err, f"{hook}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
         else:
             _say(err, f"{hook}: internal error: {type(exc).__name__}: {exc} (models not synced; run `cfd repair`)")
+    finally:
+        _stop_reading_git_config()
     return 0
+
+
+def _stop_reading_git_config() -> None:
+    """The early `git config` nobody collected (not an environment, an error) is never left behind."""
+    settings = sys.modules.get("cfd.core.settings")
+    if settings is not None:  # else nothing was started
+        settings.stop_reading_git_config()
 
 
 def _run(hook: str, argv: list[str], err: TextIO) -> None:
     # pygit2 is imported below, only when a firing needs it. Loading it on a thread to overlap
-    # `git config` did not pay: it holds the GIL for nearly all its ~18 ms (a changed-manifest
-    # hook was ~2.5 % slower with it, a firing with nothing to do ~20 ms slower).
+    # `git config` (now started by run_hook) did not pay: it holds the GIL for nearly all its
+    # ~18 ms (a changed-manifest hook was ~2.5 % slower with it, one with nothing to do ~20 ms).
     from cfd.core.environment import open_environment
     from cfd.core.errors import EnvironmentNotFound
 
