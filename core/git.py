@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,18 +45,54 @@ def run_git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT) -
     """Run `git args` in `cwd` with no_git_env(); stdout/stderr as bytes, whatever the exit code.
 
     Raises GitError when git cannot run at all (not installed, `cwd` gone, timed out)."""
+    return start_git(*args, cwd=cwd, timeout=timeout).result()
+
+
+class StartedGit:
+    """A `git args` run started now and collected later: it works on another core meanwhile.
+
+    `result()` is run_git's answer (the timeout counts from the start); `stop()` ends a run
+    nobody collects: killed if still going, and always reaped."""
+
+    __slots__ = ("_process", "_shown", "_cwd", "_timeout", "_deadline")
+
+    def __init__(self, process: subprocess.Popen[bytes], shown: str, cwd: Path | None, timeout: float) -> None:
+        self._process = process
+        self._shown = shown
+        self._cwd = cwd
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+
+    def result(self) -> subprocess.CompletedProcess[bytes]:
+        try:
+            stdout, stderr = self._process.communicate(timeout=max(0.0, self._deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise GitError(f"`{self._shown}` timed out after {self._timeout:.0f} s in {self._cwd or Path.cwd()}") from None
+        except BaseException:
+            self.stop()  # Ctrl-C while waiting: no git left behind
+            raise
+        return subprocess.CompletedProcess(self._process.args, self._process.returncode, stdout, stderr)
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.communicate()  # reaps it and closes the pipes
+
+
+def start_git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT) -> StartedGit:
+    """Start `git args` in `cwd` with no_git_env(); raises GitError when git cannot run at all."""
     shown = " ".join(("git", *args))
     try:
-        return subprocess.run(["git", *args], cwd=cwd, env=no_git_env(), stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise GitError(f"`{shown}` timed out after {timeout:.0f} s in {cwd or Path.cwd()}") from None
+        process = subprocess.Popen(["git", *args], cwd=cwd, env=no_git_env(), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError:
         if cwd is not None and not os.path.isdir(cwd):
             raise GitError(f"{cwd} does not exist", "check the environment path") from None
         raise GitError("git is not installed (or not on PATH)", "install git") from None
     except OSError as exc:
         raise GitError(f"cannot run `{shown}`: {exc.strerror or exc}") from None
+    return StartedGit(process, shown, cwd, timeout)
 
 
 def one_value(stdout: bytes) -> str:

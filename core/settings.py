@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .git import GitError, run_git
+from .git import GitError, StartedGit, run_git, start_git
 
 MAX_CONNECTIONS = 64  # per file: past this a server sees a flood, not a download
 _TRUE = {"1", "true", "yes", "on"}
@@ -234,11 +234,46 @@ def git_config_text(value: Any) -> str | None:
     return str(value)
 
 
+_CONFIG_ARGS = ("config", "--show-scope", "-z", "--get-regexp", r"^cfd\.")
+_CONFIG_TIMEOUT = 10.0
+_early: tuple[Path | None, StartedGit] | None = None  # start_reading_git_config's run, not yet collected
+
+
+def start_reading_git_config(repo: Path) -> None:
+    """Start the `git config` read_git_config(repo) runs, now: a hook starts it before its
+    imports, and git answers on the other core meanwhile (~2 ms of every hook that runs Python).
+    The next read_git_config(repo) collects it; stop_reading_git_config() ends it otherwise."""
+    global _early
+    stop_reading_git_config()
+    cwd = _config_cwd(repo)
+    try:
+        _early = (cwd, start_git(*_CONFIG_ARGS, cwd=cwd, timeout=_CONFIG_TIMEOUT))
+    except GitError:
+        _early = None  # read_git_config runs it again and copes
+
+
+def stop_reading_git_config() -> None:
+    """End an early read nobody collected (not an environment, an error): killed, reaped."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        early[1].stop()
+
+
+def _config_cwd(repo: Path | None) -> Path | None:
+    return repo if repo and repo.is_dir() else None
+
+
 def read_git_config(repo: Path | None) -> dict[str, tuple[str, str]]:
     """cfd.* keys from git config: lowercased key -> (value, scope)."""
+    global _early
+    cwd = _config_cwd(repo)
     try:
-        result = run_git("config", "--show-scope", "-z", "--get-regexp", r"^cfd\.",
-                         cwd=repo if repo and repo.is_dir() else None, timeout=10)
+        if _early is not None and _early[0] == cwd:
+            started, _early = _early[1], None
+            result = started.result()
+        else:
+            result = run_git(*_CONFIG_ARGS, cwd=cwd, timeout=_CONFIG_TIMEOUT)
     except GitError:
         return {}
     found: dict[str, tuple[str, str]] = {}

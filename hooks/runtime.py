@@ -9,6 +9,15 @@ post-checkout's status).
 
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":
+    # The hook's process runs without the cyclic collector until it downloads: parsing two
+    # 10,000-model manifests allocates ~100k objects, and collecting them, none of them
+    # garbage, was ~6 ms of a changed-manifest hook. Everything else it allocates is freed
+    # by reference counting; _HookCallbacks turns collection back on for the downloads.
+    gc.disable()
+
 import os
 import sys
 from collections.abc import Sequence
@@ -105,6 +114,11 @@ def run_hook(hook: str, argv: Sequence[str], stdin: TextIO | None = None, stderr
     if os.environ.get("CFD_SKIP", "").lower() in ("1", "true", "yes"):
         return 0
     try:
+        from cfd.core.settings import start_reading_git_config
+
+        # git config runs while the sync's modules load (settings collects it when the
+        # environment is this directory, the usual case: git runs hooks at the work tree's top).
+        start_reading_git_config(Path.cwd())
         _run(hook, list(argv), err)
     except KeyboardInterrupt:
         _say(err, "interrupted; what was not downloaded is recorded: run `cfd repair` to resume")
@@ -117,13 +131,22 @@ def run_hook(hook: str, argv: Sequence[str], stdin: TextIO | None = None, stderr
             _say(err, f"{hook}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
         else:
             _say(err, f"{hook}: internal error: {type(exc).__name__}: {exc} (models not synced; run `cfd repair`)")
+    finally:
+        _stop_reading_git_config()
     return 0
+
+
+def _stop_reading_git_config() -> None:
+    """The early `git config` nobody collected (not an environment, an error) is never left behind."""
+    settings = sys.modules.get("cfd.core.settings")
+    if settings is not None:  # else nothing was started
+        settings.stop_reading_git_config()
 
 
 def _run(hook: str, argv: list[str], err: TextIO) -> None:
     # pygit2 is imported below, only when a firing needs it. Loading it on a thread to overlap
-    # `git config` did not pay: it holds the GIL for nearly all its ~18 ms (a changed-manifest
-    # hook was ~2.5 % slower with it, a firing with nothing to do ~20 ms slower).
+    # `git config` (now started by run_hook) did not pay: it holds the GIL for nearly all its
+    # ~18 ms (a changed-manifest hook was ~2.5 % slower with it, one with nothing to do ~20 ms).
     from cfd.core.environment import open_environment
     from cfd.core.errors import EnvironmentNotFound
 
@@ -147,9 +170,14 @@ def _run(hook: str, argv: list[str], err: TextIO) -> None:
 
     from .progress import HookProgress
 
+    class _HookCallbacks(HookProgress):
+        def on_batch_start(self, total: int) -> None:
+            gc.enable()  # downloads may run for minutes (threads, retries): keep their memory bounded
+            super().on_batch_start(total)
+
     repo = repo or open_repo(env.repo)
 
-    outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=HookProgress(err), repo=repo,
+    outcome = sync_between(env, event.old, event.new, trigger=hook, callbacks=_HookCallbacks(err), repo=repo,
                            time_budget=env.settings["cfd.hookTimeBudget"], start_agent=_start_agent)
     for warning in outcome.warnings[:3]:
         _say(err, f"warning: {warning}")

@@ -79,7 +79,9 @@ if [ -n "$fast" ]; then
 fi
 
 if [ -x "$CFD_PYTHON" ]; then
-    "$CFD_PYTHON" -m cfd.hooks.runtime "$HOOK" "$@" || :
+    # -P: `-m` would put the work tree first on sys.path, and a pulled typing.py or cfd/
+    # would run in place of Python's or cfd's own.
+    "$CFD_PYTHON" -P -m cfd.hooks.runtime "$HOOK" "$@" || :
 elif command -v cfd >/dev/null 2>&1; then
     cfd hook-run "$HOOK" "$@" || :
 else

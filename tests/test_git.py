@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from cfd.core.git import LOCAL_ENV_VARS, GitError, git_value, no_git_env, run_git
-from cfd.core.settings import read_git_config
+from cfd.core.git import LOCAL_ENV_VARS, GitError, git_value, no_git_env, run_git, start_git
+from cfd.core.settings import read_git_config, start_reading_git_config, stop_reading_git_config
 
 
 def _repo(path: Path, models_dir: str) -> Path:
@@ -59,6 +61,71 @@ def test_a_failing_git_gives_none_and_a_missing_git_a_clear_error(tmp_path: Path
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(GitError, match="git is not installed"):
         run_git("--version")
+
+
+def test_a_config_read_started_early_reads_what_a_plain_read_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hook starts `git config` before its imports: the same repository, scopes and clean
+    environment as a plain read, and used only for the repository it was started for."""
+    ours = _repo(tmp_path / "ours", "/models/ours")
+    other = _repo(tmp_path / "other", "/models/other")
+    subprocess.run(["git", "-C", str(ours), "config", "--global", "cfd.jobs", "3"], check=True)
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))  # a hook of `other` is running
+    plain = read_git_config(ours)
+    assert plain["cfd.modelsdir"] == ("/models/ours", "local") and plain["cfd.jobs"] == ("3", "global")
+    start_reading_git_config(ours)
+    assert read_git_config(other)["cfd.modelsdir"][0] == "/models/other"  # not ours: a read of its own
+    assert read_git_config(ours) == plain  # collected
+    subprocess.run(["git", "config", "cfd.jobs", "5"], cwd=ours, env=no_git_env(), check=True)
+    assert read_git_config(ours)["cfd.jobs"] == ("5", "local")  # an early read is used once only
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git: start and read cope, as a plain read does
+    start_reading_git_config(ours)
+    assert read_git_config(ours) == {}
+
+
+def _hanging_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `git` that says it started (its pid in a file), then never ends."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pid_file = tmp_path / "git.pid"
+    git = bin_dir / "git"
+    git.write_text(f'#!/bin/sh\necho $$ > "{pid_file}.tmp" && mv "{pid_file}.tmp" "{pid_file}"\nexec sleep 600\n')
+    git.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return pid_file
+
+
+def _wait_for(path: Path) -> int:
+    deadline = time.monotonic() + 30
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return int(path.read_text())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True  # killed and reaped: not even a zombie
+    return False
+
+
+def test_an_early_read_nobody_collects_is_killed_and_reaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pid_file = _hanging_git(tmp_path, monkeypatch)
+    start_reading_git_config(tmp_path)
+    pid = _wait_for(pid_file)
+    assert not _gone(pid)  # running
+    stop_reading_git_config()
+    assert _gone(pid)
+    stop_reading_git_config()  # nothing left: a no-op
+
+
+def test_a_started_git_that_hangs_times_out_and_is_reaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pid_file = _hanging_git(tmp_path, monkeypatch)
+    started = start_git("config", "--list", cwd=tmp_path, timeout=0.5)
+    pid = _wait_for(pid_file)
+    with pytest.raises(GitError, match="timed out"):
+        started.result()
+    assert _gone(pid)
 
 
 def test_the_subprocess_side_does_not_load_pygit2() -> None:

@@ -85,6 +85,24 @@ def cfd_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("cfd:")]
 
 
+# --------------------------------------------------------------------------- code in the pulled tree
+
+
+def test_python_files_in_the_pulled_tree_never_run_in_the_hook(team: Team, tmp_path: Path) -> None:
+    """The hook's Python starts in the work tree's top: a pushed `typing.py`, `json.py` or `cfd/`
+    there must not be imported in place of Python's or cfd's own modules."""
+    ran = tmp_path / "ran"
+    payload = f"open({str(ran)!r}, 'a').write(__name__ + '\\n')\n"
+    team.alice.commit("tools", {"typing.py": payload, "json.py": payload, "subprocess.py": payload,
+                                "cfd/__init__.py": payload, "cfd/hooks/__init__.py": payload})
+    needed = "0123456789abcdef"
+    team.publish(ManifestBuilder().model(needed, "a.safetensors", 10, relative_path="loras/a.safetensors", category="loras")
+                 .ref("wf1", "a.safetensors", "loras", hash=needed, criticality="required", status="resolved", node_id="1"))
+    _, stderr = team.pull()
+    assert needed in pending_keys(team.git_dir), stderr  # the hook did run, and synced
+    assert not ran.exists(), ran.read_text()
+
+
 # --------------------------------------------------------------------------- a disk filled by an intent
 
 

@@ -83,6 +83,20 @@ def test_defer_records_and_last_synced_makes_it_idempotent(bob):
     assert sync(bob, before).action == ALREADY_SYNCED
 
 
+def test_a_damaged_last_synced_only_makes_the_next_sync_diff_again(bob):
+    a = M(5)
+    before = bob.head()
+    bob.commit("models", {"pyproject.toml": manifest(a)})
+    path = bob.path / ".git" / "cfd" / "last-synced"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(blob(bob).encode() + b"\r\n")  # an editor's line ending: still the id
+    assert read_last_synced(bob.path / ".git") == blob(bob)
+    path.write_bytes(b"\xff\xfe garbage")
+    assert read_last_synced(bob.path / ".git") is None
+    outcome = sync(bob, before)
+    assert outcome.action == SYNCED and a.hash in {m.hash for m in outcome.missing}
+
+
 @pytest.mark.parametrize("old", [None, "0" * 40, "deadbeef", "ORIG_HEAD"])
 def test_unresolvable_old_commit_is_the_empty_manifest(bob, old):
     a = M(4)

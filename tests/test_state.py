@@ -42,7 +42,7 @@ def test_the_shim_reads_last_synced_where_core_state_keeps_it(tmp_path: Path) ->
         subprocess.run([str(hook), "0"], cwd=repo, check=True, timeout=60)
 
     run_hook()
-    assert ran.read_text().split()[:2] == ["-m", "cfd.hooks.runtime"]  # a new manifest, nothing synced: Python starts
+    assert ran.read_text().split()[:3] == ["-P", "-m", "cfd.hooks.runtime"]  # a new manifest, nothing synced: Python starts
     ran.unlink()
     write_last_synced(repo / ".git", _git(repo, "rev-parse", "HEAD:pyproject.toml"))
     assert clone_state(repo / ".git").last_synced.is_file()

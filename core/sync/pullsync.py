@@ -84,7 +84,8 @@ def last_synced_path(git_dir: Path) -> Path:
 
 def read_last_synced(git_dir: Path) -> str | None:
     try:
-        value = last_synced_path(git_dir).read_text(encoding="ascii").strip()
+        # bytes.decode: a text file opened as ASCII would load the codec module, ~0.2 ms of a hook
+        value = last_synced_path(git_dir).read_bytes().decode("ascii").strip()
     except (OSError, UnicodeDecodeError):
         return None
     return value or None
