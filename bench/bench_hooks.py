@@ -283,7 +283,7 @@ def bench_startup(runs: int, pythons: list[str], repo: Path) -> None:
         print(f"   {python} ({'editable' if editable else 'plain'} install)")
         for label, argv in (("python -c pass", [python, "-c", "pass"]),
                             ("cfd --version", [python, "-m", "cfd.cli.main", "--version"]),
-                            ("hook with nothing to do (squash merge)", [python, "-m", "cfd.hooks.runtime", "post-merge", "1"])):
+                            ("hook with nothing to do (squash merge)", [python, "-P", "-m", "cfd.hooks.runtime", "post-merge", "1"])):
             times, bad = [], 0
             for _ in range(runs):
                 ms, ok = process(argv, repo)
