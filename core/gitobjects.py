@@ -62,7 +62,8 @@ def _load_core_only() -> ModuleType:
     try:
         core_spec = importlib.util.spec_from_file_location("pygit2._pygit2", path)
         assert core_spec is not None and core_spec.loader is not None
-        compiled = importlib.util.module_from_spec(core_spec)
+        with _no_ca_bundle_read():
+            compiled = importlib.util.module_from_spec(core_spec)  # loads libgit2, which starts OpenSSL
         sys.modules["pygit2._pygit2"] = compiled  # an extension module loads once per process: keep it
         try:
             core_spec.loader.exec_module(compiled)
@@ -75,6 +76,23 @@ def _load_core_only() -> ModuleType:
     finally:
         if sys.modules.get("pygit2") is stand_in:
             del sys.modules["pygit2"]
+
+
+class _no_ca_bundle_read:
+    """libgit2 reads the system's whole CA bundle when it loads (~200 KB of PEM parsed, ~4 ms of a
+    hook). cfd never reaches a remote through libgit2 (git itself fetches; pygit2 only reads local
+    objects), so while the core loads OpenSSL is pointed at an empty file; the variable is put back
+    at once, so downloads and git still see the user's SSL_CERT_FILE."""
+
+    def __enter__(self) -> None:
+        self.saved = os.environ.get("SSL_CERT_FILE")
+        os.environ["SSL_CERT_FILE"] = os.devnull
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is None:
+            del os.environ["SSL_CERT_FILE"]
+        else:
+            os.environ["SSL_CERT_FILE"] = self.saved
 
 
 class _PlainEnums(ModuleType):

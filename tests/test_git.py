@@ -143,8 +143,9 @@ def test_a_fresh_process_loads_only_pygit2s_compiled_core_and_it_reads_like_the_
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
     subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"], check=True)
     code = f"""
-import sys
+import os, sys
 import cfd.core.gitobjects as g
+print(os.environ.get('SSL_CERT_FILE'))
 print(g.LOADED_AS, 'pygit2.repository' in sys.modules, 'ssl' in sys.modules, 'pygit2.enums' in sys.modules)
 r = g.open_repo({str(repo)!r})
 blob = r.blob_id(r.resolve_commit('HEAD'))
@@ -154,7 +155,10 @@ full = pygit2.Repository({str(repo)!r})
 print(full.revparse_single('HEAD:pyproject.toml').id, full[blob].size, pygit2.enums.ObjectType.BLOB == 3,
       type(full.odb.read_header(blob)[0]).__name__, r.blob_size(blob))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    env = {**os.environ, "SSL_CERT_FILE": "/etc/ssl/the-users-own.pem"}  # libgit2 loads without it, downloads keep it
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split("\n")
+    assert lines[0] == "/etc/ssl/the-users-own.pem"
+    out = lines[1:]
     blob = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD:pyproject.toml"], capture_output=True, text=True,
                           check=True).stdout.strip()
     assert out[0] == "core False False False"  # neither the package layer, what it pulls in (ssl), nor its enums
