@@ -102,6 +102,12 @@ CASES: dict[str, Case] = {
         OLD + f'\n[tool.comfydock.models.{H1}]\nfilename = "a2"\nsize = 1\n', NEW, False),
     "a model as a line and a table (new)": (
         OLD, NEW + f'\n[tool.comfydock.models.{H3}]\nfilename = "c2"\nsize = 1\n', False),
+    # Only the new version is scanned for its dialect; the old one's own pieces and lines are looked at after.
+    "the manager changed (old ComfyGit)": (OLD.replace("tool.comfydock", "tool.comfygit"), NEW, False),
+    "both tables in the old version": (OLD + '\n[tool.comfygit]\ncomfyui_version = "x"\n', NEW, False),
+    "the other manager dotted in the old root": ("tool.comfygit.x = 1\n" + OLD, NEW, False),
+    "the other manager in an old model line": (OLD.replace(H1_LINE, H1_LINE + "\ntool.comfygit.x = 1"), NEW, False),
+    "no manager in the new version": (OLD.replace("tool.comfydock", "tool.comfygit"), NEW.replace("tool.comfydock", "tool.x"), False),
 }
 
 
