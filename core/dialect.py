@@ -53,12 +53,14 @@ _MENTION = {
 }
 
 
-def mentioned(data: bytes) -> list[Dialect]:
-    """The dialects whose table a document's text opens (a cheap look, no parsing)."""
+def mentioned(data: bytes | str) -> list[Dialect]:
+    """The dialects whose table a document's text (bytes, or already decoded) opens (a cheap look, no parsing)."""
+    if isinstance(data, str):
+        return [d for d in DIALECTS.values() if d.name in data and re.search(_MENTION[d.name].decode(), data)]
     return [d for d in DIALECTS.values() if d.name.encode() in data and re.search(_MENTION[d.name], data)]
 
 
-def detect(data: bytes, label: str = "pyproject.toml") -> Dialect | None:
+def detect(data: bytes | str, label: str = "pyproject.toml") -> Dialect | None:
     """The dialect of pyproject.toml bytes; None when neither table is there.
 
     Both tables at once is an error: which one to sync would be a guess.

@@ -189,12 +189,12 @@ def _is_ref(piece: str, names: Names) -> bool:
     return False
 
 
-def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) -> ManifestDiff:
+def differential_diff(old: bytes | memoryview, new: bytes | memoryview, old_label: str, new_label: str) -> ManifestDiff:
     try:
-        old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
+        old_text, new_text = str(old, "utf-8"), str(new, "utf-8")
     except UnicodeDecodeError:
         raise ChunkFallback from None
-    names, old_checked = _names_of(old, new, new_label)
+    names, old_checked = _names_of(old_text, new_text, new_label)
     old_version, new_version = Version(old_text, names, check_model_lines=False), Version(new_text, names)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
     old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
@@ -309,7 +309,7 @@ def _global_entries(hashes: set[str], new_side: _Side, version: Version, label: 
     return found
 
 
-def _names_of(old: bytes, new: bytes, label: str) -> tuple[Names, bool]:
+def _names_of(old: str, new: str, label: str) -> tuple[Names, bool]:
     """The one dialect both versions write (anything else is read in full), and whether the old
     version was looked at already.
 
@@ -331,5 +331,5 @@ def _mentions_another_dialect(old_only: list[str], names: Names) -> bool:
     sits on one line, and pieces and lines are whole lines of the text)."""
     if not old_only:
         return False
-    found = dialects.mentioned("\n".join(old_only).encode())
+    found = dialects.mentioned("\n".join(old_only))
     return any(d is not names.dialect for d in found)

@@ -137,6 +137,8 @@ def test_the_differential_read_gives_the_definitions_answer(name: str) -> None:
     assert old != new
     expected = answer(lambda: definition(old.encode(), new.encode()))
     assert answer(lambda: diff_manifest_bytes(old.encode(), new.encode())) == expected
+    # as a hook reads them: views of git's buffers (GitRepo.read_blob_view), also where the full read takes over
+    assert answer(lambda: diff_manifest_bytes(memoryview(old.encode()), memoryview(new.encode()))) == expected
     if quick:
         assert answer(lambda: differential_diff(old.encode(), new.encode(), "old", "new")) == expected
     elif expected != "does not parse":
