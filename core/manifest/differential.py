@@ -33,7 +33,7 @@ from .reader import Reader
 from .. import dialect as dialects
 from ..dialect import COMFYDOCK
 from ..errors import ManifestError
-from .pieces import NAMES, ChunkFallback, Names, Version, header, line_keys
+from .pieces import NAMES, ChunkFallback, Names, Version, has_multiline_strings, header, line_keys
 
 
 _REF_HASH_RE = re.compile(r"^[ \t]*hash[ \t]*=[ \t]*[\"']([^\"'\n]*)[\"']", re.MULTILINE)
@@ -195,9 +195,15 @@ def differential_diff(old: bytes | memoryview, new: bytes | memoryview, old_labe
     except UnicodeDecodeError:
         raise ChunkFallback from None
     names, old_checked = _names_of(old_text, new_text, new_label)
-    old_version, new_version = Version(old_text, names, check_model_lines=False), Version(new_text, names)
+    new_version = Version(new_text, names)
+    old_version = _old_version(old_text, names, new_version.fast)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
     old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
+    if old_version.strings_unchecked and has_multiline_strings("\n".join(only_old + old_lines)):
+        # The old version's own text holds a multi-line string: cut it the careful way after all.
+        old_version = Version(old_text, names, check_model_lines=False)
+        only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
+        old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
     if not old_checked and _mentions_another_dialect(only_old + old_lines, names):
         raise ChunkFallback  # the environment changed manager between the two versions
     if any("<<<<<<<" in s or ">>>>>>>" in s for s in only_new + new_lines):
@@ -256,6 +262,21 @@ def differential_diff(old: bytes | memoryview, new: bytes | memoryview, old_labe
             problems.append(f"{new_label}: a workflow names hash {model_hash}, which [{names.models_header}] lacks")
     new_manifest = partial_manifest(models, refs, problems, new_label, names.dialect.name)
     return ManifestDiff(newly, raised, intents, tuple(gone), new_manifest)
+
+
+def _old_version(text: str, names: Names, new_cut_fast: bool) -> Version:
+    """The old version, cut the fast way without looking for multi-line strings first when the
+    new version has none (one 3 MB search less, ~1.7 ms): the old text is then the pieces and
+    lines it shares with the new one, which hold none, plus its own, which the caller looks at.
+    A cut that refused (a "[" line inside a string, say) is made again the careful way."""
+    if not new_cut_fast:
+        return Version(text, names, check_model_lines=False)
+    try:
+        return Version(text, names, check_model_lines=False, check_strings=False)
+    except ChunkFallback:
+        if has_multiline_strings(text):
+            return Version(text, names, check_model_lines=False)
+        raise
 
 
 def _old_defines_a_model_twice(old_lines: list[str], new_lines: list[str], old: Version, new: Version) -> bool:

@@ -107,6 +107,14 @@ CASES: dict[str, Case] = {
     "both tables in the old version": (OLD + '\n[tool.comfygit]\ncomfyui_version = "x"\n', NEW, False),
     "the other manager dotted in the old root": ("tool.comfygit.x = 1\n" + OLD, NEW, False),
     "the other manager in an old model line": (OLD.replace(H1_LINE, H1_LINE + "\ntool.comfygit.x = 1"), NEW, False),
+    # The old version is cut without looking for multi-line strings when the new one has none; its own text is then.
+    "a multi-line string only in the old version": (OLD.replace("[project]\n", '[project]\nnotes = """\nhi\n"""\n', 1), NEW, True),
+    "a header inside the old version's multi-line string": (
+        OLD.replace("[project]\n", '[project]\nnotes = """\n[tool.comfydock.workflows.wf9]\npath = "x"\n"""\n', 1), NEW, True),
+    "the old version's multi-line string hid pieces the new one has": (
+        NEW.replace(WF3, 'notes = """\n' + WF3) + '\n[zzz]\n"""\n', NEW, False),
+    "a bracket line inside the old version's multi-line string": (
+        OLD.replace("[project]\n", '[project]\nnotes = """\n[not a header]\n"""\n', 1), NEW, True),
     "no manager in the new version": (OLD.replace("tool.comfydock", "tool.comfygit"), NEW.replace("tool.comfydock", "tool.x"), False),
 }
 
