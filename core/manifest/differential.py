@@ -190,12 +190,13 @@ def _is_ref(piece: str, names: Names) -> bool:
 
 
 def differential_diff(old: bytes | memoryview, new: bytes | memoryview, old_label: str, new_label: str) -> ManifestDiff:
-    try:
-        old_text, new_text = str(old, "utf-8"), str(new, "utf-8")
-    except UnicodeDecodeError:
-        raise ChunkFallback from None
-    names, old_checked = _names_of(old_text, new_text, new_label)
+    # Each large text and list is let go as soon as it is done with: in a fresh process (a hook)
+    # reusing freed memory costs no page faults (gitobjects lets glibc keep such blocks).
+    new_text = _decoded(new)
+    names, old_checked = _names_of(old, new_text, new_label)
     new_version = Version(new_text, names)
+    del new_text
+    old_text = _decoded(old)
     old_version = _old_version(old_text, names, new_version.fast)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
     old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
@@ -204,12 +205,14 @@ def differential_diff(old: bytes | memoryview, new: bytes | memoryview, old_labe
         old_version = Version(old_text, names, check_model_lines=False)
         only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
         old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
+    del old_text
     if not old_checked and _mentions_another_dialect(only_old + old_lines, names):
         raise ChunkFallback  # the environment changed manager between the two versions
     if any("<<<<<<<" in s or ">>>>>>>" in s for s in only_new + new_lines):
         raise ChunkFallback  # let the full reader name the conflict marker
     if _old_defines_a_model_twice(old_lines, new_lines, old_version, new_version):
         raise ChunkFallback  # the old version does not parse, so it counts as empty: the full read says so
+    del old_version
 
     old_side, new_side = _Side(old_label, names), _Side(new_label, names)
     old_side.add_all(only_old, old_lines)
@@ -330,7 +333,14 @@ def _global_entries(hashes: set[str], new_side: _Side, version: Version, label: 
     return found
 
 
-def _names_of(old: str, new: str, label: str) -> tuple[Names, bool]:
+def _decoded(data: bytes | memoryview) -> str:
+    try:
+        return str(data, "utf-8")
+    except UnicodeDecodeError:
+        raise ChunkFallback from None
+
+
+def _names_of(old: bytes | memoryview, new: str, label: str) -> tuple[Names, bool]:
     """The one dialect both versions write (anything else is read in full), and whether the old
     version was looked at already.
 
@@ -341,7 +351,7 @@ def _names_of(old: str, new: str, label: str) -> tuple[Names, bool]:
         new_dialect = dialects.detect(new, label)
         if new_dialect is not None:
             return NAMES[new_dialect.name], False
-        old_dialect = dialects.detect(old, label)
+        old_dialect = dialects.detect(_decoded(old), label)
     except ManifestError:
         raise ChunkFallback from None  # both tables: the full read says so
     return NAMES[old_dialect.name if old_dialect else COMFYDOCK.name], True

@@ -237,6 +237,10 @@ class Version:
                 raise ChunkFallback
             if any("criticality" in parts[i] for i in self.table_models.values()):
                 raise ChunkFallback
+        if self.models_at is not None:
+            # Read line by line from here on: let its one large copy go (its memory serves what
+            # comes next), keeping the header line that names it.
+            parts[self.models_at] = self.lines[0] if self.lines else parts[self.models_at]
 
     def _split_models_table(self, piece: str, checked_strings: bool = False) -> None:
         """`checked_strings`: the fast cut already found no multi-line string in the whole text."""
