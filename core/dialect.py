@@ -53,6 +53,16 @@ _MENTION = {
 }
 
 
+_FIRST_MENTION = (_MENTION["comfygit"].decode().replace("comfygit", "(" + "|".join(DIALECTS) + ")"))
+
+
+def first_mentioned(text: str) -> Dialect | None:
+    """The dialect whose table the text opens first: one search that stops there (`mentioned`
+    looks through all of it for each name). The caller checks the rest names no other."""
+    match = re.search(_FIRST_MENTION, text)
+    return DIALECTS[match.group(1)] if match else None
+
+
 def mentioned(data: bytes | str) -> list[Dialect]:
     """The dialects whose table a document's text (bytes, or already decoded) opens (a cheap look, no parsing)."""
     if isinstance(data, str):

@@ -196,6 +196,8 @@ def differential_diff(old: bytes | memoryview, new: bytes | memoryview, old_labe
     names, old_checked = _names_of(old, new_text, new_label)
     new_version = Version(new_text, names)
     del new_text
+    if not old_checked and _mentions_another_dialect(new_version.pieces(), names):
+        raise ChunkFallback  # both tables in the new version: the full read says so
     old_text = _decoded(old)
     old_version = _old_version(old_text, names, new_version.fast)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
@@ -341,16 +343,18 @@ def _decoded(data: bytes | memoryview) -> str:
 
 
 def _names_of(old: bytes | memoryview, new: str, label: str) -> tuple[Names, bool]:
-    """The one dialect both versions write (anything else is read in full), and whether the old
-    version was looked at already.
+    """The one dialect both versions write (anything else is read in full), and whether the
+    versions were looked at in full already.
 
-    When the new version names its dialect, only the new version is scanned (~1.5 ms per 3 MB):
-    the old version's text is the pieces and lines it shares with the new one, which name no
-    other dialect, plus its own, which `_mentions_another_dialect` looks at after the compare."""
+    When the new version names a dialect, only its first mention is looked for here: the caller
+    then checks that the new version's pieces name no other (its models table cannot: its lines
+    are vetted as `key = ...` lines, and a mention is a header or a dotted key), and the old
+    version's own pieces and lines after the compare (the rest it shares with the new one).
+    Both instead of scanning two 3 MB texts for each name (~3 ms)."""
+    new_dialect = dialects.first_mentioned(new)
+    if new_dialect is not None:
+        return NAMES[new_dialect.name], False
     try:
-        new_dialect = dialects.detect(new, label)
-        if new_dialect is not None:
-            return NAMES[new_dialect.name], False
         old_dialect = dialects.detect(_decoded(old), label)
     except ManifestError:
         raise ChunkFallback from None  # both tables: the full read says so

@@ -115,6 +115,10 @@ CASES: dict[str, Case] = {
         NEW.replace(WF3, 'notes = """\n' + WF3) + '\n[zzz]\n"""\n', NEW, False),
     "a bracket line inside the old version's multi-line string": (
         OLD.replace("[project]\n", '[project]\nnotes = """\n[not a header]\n"""\n', 1), NEW, True),
+    # The new version's first mention names its dialect; its pieces are then checked for the other.
+    "both tables in the new version": (OLD, NEW + '\n[tool.comfygit]\ncomfyui_version = "x"\n', False),
+    "the other manager first in the new version": (OLD, '[tool.comfygit]\nx = 1\n' + NEW, False),
+    "the other manager dotted on a new model line": (OLD, NEW.replace(H3_LINE, H3_LINE + "\ntool.comfygit.x = 1"), False),
     "no manager in the new version": (OLD.replace("tool.comfydock", "tool.comfygit"), NEW.replace("tool.comfydock", "tool.x"), False),
 }
 
