@@ -53,12 +53,24 @@ _MENTION = {
 }
 
 
-def mentioned(data: bytes) -> list[Dialect]:
-    """The dialects whose table a document's text opens (a cheap look, no parsing)."""
+_FIRST_MENTION = (_MENTION["comfygit"].decode().replace("comfygit", "(" + "|".join(DIALECTS) + ")"))
+
+
+def first_mentioned(text: str) -> Dialect | None:
+    """The dialect whose table the text opens first: one search that stops there (`mentioned`
+    looks through all of it for each name). The caller checks the rest names no other."""
+    match = re.search(_FIRST_MENTION, text)
+    return DIALECTS[match.group(1)] if match else None
+
+
+def mentioned(data: bytes | str) -> list[Dialect]:
+    """The dialects whose table a document's text (bytes, or already decoded) opens (a cheap look, no parsing)."""
+    if isinstance(data, str):
+        return [d for d in DIALECTS.values() if d.name in data and re.search(_MENTION[d.name].decode(), data)]
     return [d for d in DIALECTS.values() if d.name.encode() in data and re.search(_MENTION[d.name], data)]
 
 
-def detect(data: bytes, label: str = "pyproject.toml") -> Dialect | None:
+def detect(data: bytes | str, label: str = "pyproject.toml") -> Dialect | None:
     """The dialect of pyproject.toml bytes; None when neither table is there.
 
     Both tables at once is an error: which one to sync would be a guess.

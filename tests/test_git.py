@@ -164,3 +164,25 @@ print(full.revparse_single('HEAD:pyproject.toml').id, full[blob].size, pygit2.en
     assert out[0] == "core False False False"  # neither the package layer, what it pulls in (ssl), nor its enums
     assert out[1] == f"{blob} 21 [project] True False"
     assert out[2] == f"{blob} 21 True ObjectType 21"
+
+
+def test_a_blob_view_reads_what_read_blob_reads_and_refuses_what_is_no_blob(tmp_path: Path) -> None:
+    from cfd.core.gitobjects import open_repo
+
+    repo = tmp_path / "r"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    content = "[project]\nname = 'é'\n" + "x = 1\n" * 50_000  # a large blob, not only ASCII
+    (repo / "pyproject.toml").write_text(content, encoding="utf-8")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"], check=True)
+    r = open_repo(repo)
+    commit = r.resolve_commit("HEAD")
+    blob = r.blob_id(commit)
+    assert blob is not None and commit is not None
+    view = r.read_blob_view(blob)
+    del r  # the view keeps the blob's buffer alive on its own
+    assert view.readonly and str(view, "utf-8") == content and bytes(view) == open_repo(repo).read_blob(blob)
+    with pytest.raises(GitError, match="is missing"):
+        open_repo(repo).read_blob_view("0123456789" * 4)
+    with pytest.raises(GitError, match="is not a file"):
+        open_repo(repo).read_blob_view(commit)

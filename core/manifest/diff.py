@@ -61,30 +61,32 @@ def diff_manifests(old: Manifest, new: Manifest) -> ManifestDiff:
 
 
 def diff_manifest_bytes(
-    old: bytes | None,
-    new: bytes | None,
+    old: bytes | memoryview | None,
+    new: bytes | memoryview | None,
     old_label: str = "old pyproject.toml",
     new_label: str = "new pyproject.toml",
 ) -> ManifestDiff:
     """diff_manifests over raw bytes, reading only what changed when it can.
 
-    Raises ManifestError when the new version is not readable TOML. An old
-    version that does not parse counts as empty (everything is new).
+    Either version may be a memoryview (of a git blob: GitRepo.read_blob_view), which the
+    differential read decodes without copying it first. Raises ManifestError when the new
+    version is not readable TOML. An old version that does not parse counts as empty
+    (everything is new).
     """
     from .differential import ChunkFallback, differential_diff
     from ..errors import ManifestError
 
     new_bytes = new or b""
-    if old == new_bytes:
+    if len(old or b"") == len(new_bytes) and old == new_bytes:  # a length differs first, not byte by byte
         return ManifestDiff(new=Manifest(label=new_label))
     if old:
         try:
             return differential_diff(old, new_bytes, old_label, new_label)
         except ChunkFallback:
             pass
-    new_manifest = parse_manifest(new_bytes, new_label)
+    new_manifest = parse_manifest(bytes(new_bytes), new_label)
     try:
-        old_manifest = parse_manifest(old, old_label) if old else EMPTY_MANIFEST
+        old_manifest = parse_manifest(bytes(old), old_label) if old else EMPTY_MANIFEST
     except ManifestError:
         old_manifest = EMPTY_MANIFEST
     return diff_manifests(old_manifest, new_manifest)

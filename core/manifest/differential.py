@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from itertools import filterfalse
 from typing import Any
 
 from . import fasttoml
@@ -32,7 +33,7 @@ from .reader import Reader
 from .. import dialect as dialects
 from ..dialect import COMFYDOCK
 from ..errors import ManifestError
-from .pieces import NAMES, ChunkFallback, Names, Version, header, line_keys
+from .pieces import NAMES, ChunkFallback, Names, Version, has_multiline_strings, header, line_keys
 
 
 _REF_HASH_RE = re.compile(r"^[ \t]*hash[ \t]*=[ \t]*[\"']([^\"'\n]*)[\"']", re.MULTILINE)
@@ -45,8 +46,9 @@ def _compare(old: list[str], new: list[str], with_common: bool = True) -> tuple[
     """(only in old, only in new, in both) as multisets of strings (in both: [] unless `with_common`)."""
     old_set, new_set = set(old), set(new)
     if len(old_set) == len(old) and len(new_set) == len(new):
-        common = [s for s in new if s in old_set] if with_common else []
-        return [s for s in old if s not in new_set], [s for s in new if s not in old_set], common
+        # filter/filterfalse walk the lists in C: ~2x a comprehension on 10,000 lines
+        common = list(filter(old_set.__contains__, new)) if with_common else []
+        return list(filterfalse(new_set.__contains__, old)), list(filterfalse(old_set.__contains__, new)), common
     # Repeated identical pieces (two equal entries in one workflow): count them.
     left = Counter(old)
     only_new, common = [], []
@@ -187,21 +189,36 @@ def _is_ref(piece: str, names: Names) -> bool:
     return False
 
 
-def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) -> ManifestDiff:
-    try:
-        old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ChunkFallback from None
-    if old_text.endswith("\r") or new_text.endswith("\r"):
+def differential_diff(old: bytes | memoryview, new: bytes | memoryview, old_label: str, new_label: str) -> ManifestDiff:
+    # Each large text and list is let go as soon as it is done with: in a fresh process (a hook)
+    # reusing freed memory costs no page faults (gitobjects lets glibc keep such blocks).
+    new_text = _decoded(new)
+    if new_text.endswith("\r"):
         raise ChunkFallback  # a bare CR ends it: invalid TOML, which the pieces (cut before "\n[") cannot tell
-    names = _names_of(old, new, new_label)
-    old_version, new_version = Version(old_text, names, check_model_lines=False), Version(new_text, names)
+    names, old_checked = _names_of(old, new_text, new_label)
+    new_version = Version(new_text, names)
+    del new_text
+    if not old_checked and _mentions_another_dialect(new_version.pieces(), names):
+        raise ChunkFallback  # both tables in the new version: the full read says so
+    old_text = _decoded(old)
+    if old_text.endswith("\r"):
+        raise ChunkFallback  # the old version does not parse either: the full read counts it as empty
+    old_version = _old_version(old_text, names, new_version.fast)
     only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
     old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
+    if old_version.strings_unchecked and has_multiline_strings("\n".join(only_old + old_lines)):
+        # The old version's own text holds a multi-line string: cut it the careful way after all.
+        old_version = Version(old_text, names, check_model_lines=False)
+        only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
+        old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
+    del old_text
+    if not old_checked and _mentions_another_dialect(only_old + old_lines, names):
+        raise ChunkFallback  # the environment changed manager between the two versions
     if any("<<<<<<<" in s or ">>>>>>>" in s for s in only_new + new_lines):
         raise ChunkFallback  # let the full reader name the conflict marker
     if _old_defines_a_model_twice(old_lines, new_lines, old_version, new_version):
         raise ChunkFallback  # the old version does not parse, so it counts as empty: the full read says so
+    del old_version
 
     old_side, new_side = _Side(old_label, names), _Side(new_label, names)
     old_side.add_all(only_old, old_lines)
@@ -256,6 +273,21 @@ def differential_diff(old: bytes, new: bytes, old_label: str, new_label: str) ->
     return ManifestDiff(newly, raised, intents, tuple(gone), new_manifest)
 
 
+def _old_version(text: str, names: Names, new_cut_fast: bool) -> Version:
+    """The old version, cut the fast way without looking for multi-line strings first when the
+    new version has none (one 3 MB search less, ~1.7 ms): the old text is then the pieces and
+    lines it shares with the new one, which hold none, plus its own, which the caller looks at.
+    A cut that refused (a "[" line inside a string, say) is made again the careful way."""
+    if not new_cut_fast:
+        return Version(text, names, check_model_lines=False)
+    try:
+        return Version(text, names, check_model_lines=False, check_strings=False)
+    except ChunkFallback:
+        if has_multiline_strings(text):
+            return Version(text, names, check_model_lines=False)
+        raise
+
+
 def _old_defines_a_model_twice(old_lines: list[str], new_lines: list[str], old: Version, new: Version) -> bool:
     """Whether the old version defines a model twice where only it has one of the two (a merge's
     leftover the new version fixed): a models-table line or a model's own table. Its lines are
@@ -307,12 +339,36 @@ def _global_entries(hashes: set[str], new_side: _Side, version: Version, label: 
     return found
 
 
-def _names_of(old: bytes, new: bytes, label: str) -> Names:
-    """The one dialect both versions write; anything else is read in full."""
+def _decoded(data: bytes | memoryview) -> str:
     try:
-        found = {d.name for d in (dialects.detect(old, label), dialects.detect(new, label)) if d is not None}
+        return str(data, "utf-8")
+    except UnicodeDecodeError:
+        raise ChunkFallback from None
+
+
+def _names_of(old: bytes | memoryview, new: str, label: str) -> tuple[Names, bool]:
+    """The one dialect both versions write (anything else is read in full), and whether the
+    versions were looked at in full already.
+
+    When the new version names a dialect, only its first mention is looked for here: the caller
+    then checks that the new version's pieces name no other (its models table cannot: its lines
+    are vetted as `key = ...` lines, and a mention is a header or a dotted key), and the old
+    version's own pieces and lines after the compare (the rest it shares with the new one).
+    Both instead of scanning two 3 MB texts for each name (~3 ms)."""
+    new_dialect = dialects.first_mentioned(new)
+    if new_dialect is not None:
+        return NAMES[new_dialect.name], False
+    try:
+        old_dialect = dialects.detect(_decoded(old), label)
     except ManifestError:
         raise ChunkFallback from None  # both tables: the full read says so
-    if len(found) > 1:
-        raise ChunkFallback  # the environment changed manager between the two versions
-    return NAMES[found.pop() if found else COMFYDOCK.name]
+    return NAMES[old_dialect.name if old_dialect else COMFYDOCK.name], True
+
+
+def _mentions_another_dialect(old_only: list[str], names: Names) -> bool:
+    """Whether the old version's own pieces and lines open another dialect's table (a mention
+    sits on one line, and pieces and lines are whole lines of the text)."""
+    if not old_only:
+        return False
+    found = dialects.mentioned("\n".join(old_only))
+    return any(d is not names.dialect for d in found)

@@ -58,15 +58,21 @@ class ChunkFallback(Exception):
     """The differential read cannot vouch for its answer: parse in full."""
 
 
-def cut(text: str) -> tuple[list[str], bool]:
+def has_multiline_strings(text: str) -> bool:
+    return _TRIPLE_DOUBLE_RE.search(text) is not None or _TRIPLE_SINGLE_RE.search(text) is not None
+
+
+def cut(text: str, check_strings: bool = True) -> tuple[list[str], bool]:
     """[lines before the first header (with a newline in front), then one piece per header].
 
     A piece is its header line and body, without the newline before the next header.
     The flag says whether the fast cut was used (no multi-line strings, no indented "[").
+    `check_strings=False`: the caller looks for multi-line strings itself (the fast cut
+    is then only right for a text without them).
     """
     # Each pass over a 3 MB text costs 1-3 ms: the regular-expression module's literal
     # search beats `in` for these needles, and one split finds headers and indented "[" both.
-    if _TRIPLE_DOUBLE_RE.search(text) is None and _TRIPLE_SINGLE_RE.search(text) is None:
+    if not (check_strings and has_multiline_strings(text)):
         # As if split after a newline put in front (no copy of the text: the hook is a fresh
         # process, where every new MB costs page faults).
         parts = _LINE_BRACKET_SPLIT_RE.split(text)
@@ -154,12 +160,14 @@ def model_key(path: str, names: Names) -> str:
 class Version:
     """One version of the document, cut but (mostly) not classified."""
 
-    def __init__(self, text: str, names: Names, check_model_lines: bool = True) -> None:
+    def __init__(self, text: str, names: Names, check_model_lines: bool = True, check_strings: bool = True) -> None:
         """`check_model_lines=False` (the old version): its models table is only compared line by
         line, never read for the answer, so its lines are not vetted one by one (the new
-        version's are: a line the two share is vetted there)."""
-        parts, fast = cut(text)
+        version's are: a line the two share is vetted there). `check_strings=False`: as `cut`'s."""
+        parts, fast = cut(text, check_strings)
         self.parts = parts
+        self.fast = fast  # cut the fast way: no multi-line string in the text, unless `strings_unchecked`
+        self.strings_unchecked = fast and not check_strings
         self.models_at: int | None = None
         self.table_models: dict[str, int] = {}  # model key -> index of its [tool.comfydock.models.<key>] piece
         tables: list[str] = []
@@ -233,6 +241,10 @@ class Version:
                 raise ChunkFallback
             if any("criticality" in parts[i] for i in self.table_models.values()):
                 raise ChunkFallback
+        if self.models_at is not None:
+            # Read line by line from here on: let its one large copy go (its memory serves what
+            # comes next), keeping the header line that names it.
+            parts[self.models_at] = self.lines[0] if self.lines else parts[self.models_at]
 
     def _split_models_table(self, piece: str, checked_strings: bool = False) -> None:
         """`checked_strings`: the fast cut already found no multi-line string in the whole text."""

@@ -78,12 +78,9 @@ class Reader:
         criticality = get("criticality") if comfygit else None
         if criticality is not None and (type(criticality) is not str or criticality not in ENVIRONMENT_CRITICALITIES):
             return None
+        sources = _plain_sources(sources)
         if sources is None:
-            sources = ()
-        elif type(sources) is not list or not all(type(url) is str and url for url in sources):
             return None
-        else:
-            sources = tuple(sources)
         if (blake3 is not None and (type(blake3) is not str or not blake3)) or (
             sha256 is not None and (type(sha256) is not str or not sha256)
         ):
@@ -146,6 +143,10 @@ class Reader:
         return names, refs
 
     def ref(self, workflow: str, position: int, entry: Any) -> WorkflowModelRef | None:
+        if self.plain_strings:
+            plain = self.plain_ref(workflow, entry)
+            if plain is not None:
+                return plain
         where = f"{self.dialect.workflows_table}.{workflow}.models[{position}]"
         if not isinstance(entry, dict):
             self.problem(where, "is not a table")
@@ -172,6 +173,43 @@ class Reader:
             widget_idx=widget_idx,
             declared_by=self.string(entry, "declared_by", where) if self.dialect is not COMFYDOCK else None,
         )
+
+    def plain_ref(self, workflow: str, entry: Any) -> WorkflowModelRef | None:
+        """`ref`'s record for the usual entry, without its per-field calls (~2.5 us less per entry);
+        None when any field is not the plain type or value, and `ref` then says what is wrong.
+        Only when `plain_strings`: no control-character checks to make."""
+        if type(entry) is not dict:
+            return None
+        get = entry.get
+        filename, category, model_hash = get("filename"), get("category"), get("hash")
+        relative_path, sources = get("relative_path"), get("sources")
+        criticality, status = get("criticality", DEFAULT_CRITICALITY), get("status", "resolved")
+        if type(filename) is not str or not filename:
+            return None
+        if type(criticality) is not str or criticality not in CRITICALITY_RANK or type(status) is not str or status not in STATUSES:
+            return None
+        if (category is not None and (type(category) is not str or not category)) or (
+            model_hash is not None and (type(model_hash) is not str or not model_hash)
+        ):
+            return None
+        if model_hash is None and status == "resolved":
+            return None  # a problem to list
+        if relative_path is not None:
+            if type(relative_path) is not str or not relative_path:
+                return None
+            if self.dialect is not COMFYDOCK:
+                relative_path = relative_path.replace("\\", "/")  # as `relative_path` does
+        sources = _plain_sources(sources)
+        if sources is None:
+            return None
+        declared_by = None
+        if self.dialect is not COMFYDOCK:
+            declared_by = get("declared_by")
+            if declared_by is not None and (type(declared_by) is not str or not declared_by):
+                return None
+        node_id, widget_idx = self.first_node(entry, "")
+        return WorkflowModelRef(workflow, filename, category, criticality, status, model_hash, sources, relative_path,
+                                node_id, widget_idx, declared_by)
 
     def relative_path(self, entry: dict[str, Any], where: str) -> str | None:
         value = self.string(entry, "relative_path", where)
@@ -233,6 +271,15 @@ class Reader:
         if len(good) != len(value):
             self.problem(where, "'sources' holds entries that are not URL strings (ignored)")
         return good
+
+
+def _plain_sources(value: Any) -> tuple[str, ...] | None:
+    """Absent or a list of non-empty strings, as a tuple; anything else None (`sources` says what is wrong)."""
+    if value is None:
+        return ()
+    if type(value) is not list or not all(type(url) is str and url for url in value):
+        return None
+    return tuple(value)
 
 
 def _describe(value: Any) -> str:

@@ -188,7 +188,7 @@ def sync_between(
     new_label = f"pyproject.toml at {_short(new)}"
     try:
         diff = diff_manifest_bytes(
-            repo.read_blob(old_blob) if old_blob else None, repo.read_blob(new_blob), old_label, new_label
+            repo.read_blob_view(old_blob) if old_blob else None, repo.read_blob_view(new_blob), old_label, new_label
         )
     except ManifestError as exc:
         warning = f"{new_label} does not parse ({exc.message}); models were not synced. Fix it, commit, then run `cfd repair`"

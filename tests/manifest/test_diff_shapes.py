@@ -102,6 +102,24 @@ CASES: dict[str, Case] = {
         OLD + f'\n[tool.comfydock.models.{H1}]\nfilename = "a2"\nsize = 1\n', NEW, False),
     "a model as a line and a table (new)": (
         OLD, NEW + f'\n[tool.comfydock.models.{H3}]\nfilename = "c2"\nsize = 1\n', False),
+    # Only the new version is scanned for its dialect; the old one's own pieces and lines are looked at after.
+    "the manager changed (old ComfyGit)": (OLD.replace("tool.comfydock", "tool.comfygit"), NEW, False),
+    "both tables in the old version": (OLD + '\n[tool.comfygit]\ncomfyui_version = "x"\n', NEW, False),
+    "the other manager dotted in the old root": ("tool.comfygit.x = 1\n" + OLD, NEW, False),
+    "the other manager in an old model line": (OLD.replace(H1_LINE, H1_LINE + "\ntool.comfygit.x = 1"), NEW, False),
+    # The old version is cut without looking for multi-line strings when the new one has none; its own text is then.
+    "a multi-line string only in the old version": (OLD.replace("[project]\n", '[project]\nnotes = """\nhi\n"""\n', 1), NEW, True),
+    "a header inside the old version's multi-line string": (
+        OLD.replace("[project]\n", '[project]\nnotes = """\n[tool.comfydock.workflows.wf9]\npath = "x"\n"""\n', 1), NEW, True),
+    "the old version's multi-line string hid pieces the new one has": (
+        NEW.replace(WF3, 'notes = """\n' + WF3) + '\n[zzz]\n"""\n', NEW, False),
+    "a bracket line inside the old version's multi-line string": (
+        OLD.replace("[project]\n", '[project]\nnotes = """\n[not a header]\n"""\n', 1), NEW, True),
+    # The new version's first mention names its dialect; its pieces are then checked for the other.
+    "both tables in the new version": (OLD, NEW + '\n[tool.comfygit]\ncomfyui_version = "x"\n', False),
+    "the other manager first in the new version": (OLD, '[tool.comfygit]\nx = 1\n' + NEW, False),
+    "the other manager dotted on a new model line": (OLD, NEW.replace(H3_LINE, H3_LINE + "\ntool.comfygit.x = 1"), False),
+    "no manager in the new version": (OLD.replace("tool.comfydock", "tool.comfygit"), NEW.replace("tool.comfydock", "tool.x"), False),
 }
 
 
@@ -131,6 +149,8 @@ def test_the_differential_read_gives_the_definitions_answer(name: str) -> None:
     assert old != new
     expected = answer(lambda: definition(old.encode(), new.encode()))
     assert answer(lambda: diff_manifest_bytes(old.encode(), new.encode())) == expected
+    # as a hook reads them: views of git's buffers (GitRepo.read_blob_view), also where the full read takes over
+    assert answer(lambda: diff_manifest_bytes(memoryview(old.encode()), memoryview(new.encode()))) == expected
     if quick:
         assert answer(lambda: differential_diff(old.encode(), new.encode(), "old", "new")) == expected
     elif expected != "does not parse":

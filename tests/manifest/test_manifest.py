@@ -6,7 +6,7 @@ import random
 import tomllib
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cfd.core.manifest import fasttoml
@@ -374,6 +374,33 @@ def test_plain_entries_read_in_one_pass_give_the_per_field_readers_answer(dialec
         reader = Reader("pyproject.toml", DIALECTS[dialect])
         reader.plain_strings = plain
         answers.append((dict(reader.model_table(table).items()), reader.problems))
+    assert answers[0] == answers[1]
+
+
+_NODES = st.lists(st.one_of(st.dictionaries(st.sampled_from(["node_id", "widget_idx"]), _PLAIN_VALUES, max_size=2),
+                            _PLAIN_VALUES), max_size=2)
+_USUAL = {"filename": "a.safetensors", "category": "vae", "criticality": "required", "status": "resolved",
+          "hash": "abcd1234", "sources": ["https://x"], "relative_path": "vae/a", "declared_by": "manual"}
+_ODD = ["", 0, None, ["x", ""], "unresolved", "optional", "a/b\\c", "absent"]
+# A usual entry with up to two fields odd or left out: what the one-pass reading must leave to `ref`.
+_ENTRY = st.builds(
+    lambda changes, nodes: {k: v for k, v in {**_USUAL, "nodes": nodes, **dict(changes)}.items() if v != "absent"},
+    st.lists(st.tuples(st.sampled_from([*_USUAL, "extra"]), st.sampled_from(_ODD)), max_size=2), _NODES)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from(["comfydock", "comfygit"]), st.lists(st.one_of(_ENTRY, _PLAIN_VALUES), max_size=4))
+@example("comfygit", [{**_USUAL, "declared_by": ""}, {**_USUAL, "relative_path": "a\\b"}, {**_USUAL, "relative_path": ""}, _USUAL])
+def test_plain_workflow_entries_read_in_one_pass_give_the_per_field_readers_answer(dialect: str, entries: list) -> None:
+    """`Reader.plain_ref` (taken when every string is known plain) must give `ref`'s answer."""
+    from cfd.core.dialect import DIALECTS
+    from cfd.core.manifest.reader import Reader
+
+    answers = []
+    for plain in (True, False):
+        reader = Reader("pyproject.toml", DIALECTS[dialect])
+        reader.plain_strings = plain
+        answers.append((reader.workflows({"wf": {"models": entries}}), reader.problems))
     assert answers[0] == answers[1]
 
 
