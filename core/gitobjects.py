@@ -136,19 +136,6 @@ def _disable_strict_hash_verification() -> None:
 _disable_strict_hash_verification()
 
 
-def _keep_large_blocks_for_reuse() -> None:
-    """glibc serves each allocation over 128 KiB with its own mmap and unmaps it when freed, so
-    in a fresh process every large block (a blob, its decoded text, the diff's pieces) costs page
-    faults anew. Freeing one mmapped block raises that threshold to its size: from then on blocks
-    up to 8 MiB come from the heap, whose freed memory the next ones reuse (~700 fewer page faults,
-    ~3 ms, in a hook diffing a 10,000-model manifest). The block is calloc'ed, so never touched;
-    elsewhere (another libc) this is one allocation freed."""
-    bytes(8 << 20)
-
-
-_keep_large_blocks_for_reuse()
-
-
 def is_null_commit(rev: str | None) -> bool:
     """None, "", or git's all-zero id (post-checkout after a clone)."""
     return not rev or set(rev) <= _ZERO

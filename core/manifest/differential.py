@@ -191,7 +191,7 @@ def _is_ref(piece: str, names: Names) -> bool:
 
 def differential_diff(old: bytes | memoryview, new: bytes | memoryview, old_label: str, new_label: str) -> ManifestDiff:
     # Each large text and list is let go as soon as it is done with: in a fresh process (a hook)
-    # reusing freed memory costs no page faults (gitobjects lets glibc keep such blocks).
+    # memory reused costs no first-touch page faults.
     new_text = _decoded(new)
     if new_text.endswith("\r"):
         raise ChunkFallback  # a bare CR ends it: invalid TOML, which the pieces (cut before "\n[") cannot tell
