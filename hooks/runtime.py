@@ -10,8 +10,6 @@ post-checkout's status).
 from __future__ import annotations
 
 import gc
-import os
-import sys
 
 if __name__ == "__main__":
     # The hook's process runs without the cyclic collector until it downloads: parsing two
@@ -19,10 +17,9 @@ if __name__ == "__main__":
     # garbage, was ~6 ms of a changed-manifest hook. Everything else it allocates is freed
     # by reference counting; _HookCallbacks turns collection back on for the downloads.
     gc.disable()
-    if os.environ.pop("CFD_HOOK_ALLOCATOR", None):
-        # The shim's allocator settings (huge pages) are for this process: not for git or the agent.
-        os.environ.pop("GLIBC_TUNABLES", None)
-        os.environ.pop("PYTHONMALLOC", None)
+
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .runtime import HOOK_NAMES
 
-SHIM_VERSION = 3  # 2: the fast path checks git's output (a newline in the repository path); 3: python -P, huge-page malloc
+SHIM_VERSION = 3  # 2: the fast path checks git's output (a newline in the repository path); 3: python -P
 CURRENT_ID = "4b1d7c2e-cfd-model-sync"
 PRIOR_IDS: tuple[str, ...] = ()
 LEGACY_SUFFIX = ".legacy"

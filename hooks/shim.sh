@@ -79,13 +79,6 @@ if [ -n "$fast" ]; then
 fi
 
 if [ -x "$CFD_PYTHON" ]; then
-    # A hook's Python touches ~40 MB once, and first touches were a tenth of its time: glibc's
-    # malloc on transparent huge pages, Python's small objects included, halves them (Linux,
-    # glibc 2.35+; ignored elsewhere). Only when the user set neither; the runtime takes them
-    # out of its own environment, so git and the agent start as usual.
-    if [ -z "${GLIBC_TUNABLES:-}${PYTHONMALLOC:-}" ]; then
-        export GLIBC_TUNABLES=glibc.malloc.hugetlb=1 PYTHONMALLOC=malloc CFD_HOOK_ALLOCATOR=1
-    fi
     # -P: `-m` would put the work tree first on sys.path, and a pulled typing.py or cfd/
     # would run in place of Python's or cfd's own.
     "$CFD_PYTHON" -P -m cfd.hooks.runtime "$HOOK" "$@" || :

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -586,36 +585,3 @@ def test_live_hook_progress_keeps_its_own_codes_and_sanitises_names() -> None:
     progress.on_file_complete(name, True, None)
     shown = terminal.getvalue()
     assert "\r\033[K" in shown and "\x1b]" not in shown and "\\u001b]0;pwned" in shown
-
-
-def test_the_hooks_python_runs_on_huge_page_malloc_and_its_children_do_not(team, tmp_path):
-    """The shim starts the hook's Python on glibc's huge-page malloc (half the first-touch page
-    faults of a changed-manifest hook); what that Python starts (git, the agent) gets the
-    environment as it was, and a user's own GLIBC_TUNABLES is left alone."""
-    alice, bob, _ = team
-    seen = tmp_path / "environments.log"
-    python = tmp_path / "env-logging-python"
-    python.write_text(f'#!/bin/sh\necho "python:$GLIBC_TUNABLES:$PYTHONMALLOC" >> "{seen}"\nexec "{sys.executable}" "$@"\n')
-    python.chmod(python.stat().st_mode | stat.S_IEXEC)
-    assert cfd("hooks", "install", "--python", str(python), cwd=bob.path).returncode == 0
-    publish(alice, manifest(M(28)))
-    assert bob.pull().returncode == 0
-    publish(alice, manifest(M(28), M(29)))
-    assert bob.pull(env={"GLIBC_TUNABLES": "glibc.malloc.check=0"}).returncode == 0
-    assert seen.read_text().splitlines() == ["python:glibc.malloc.hugetlb=1:malloc", "python:glibc.malloc.check=0:"]
-
-    # Inside git, a hook's `git` is git's own; outside, a logging git on PATH shows what the
-    # runtime's children get (its early `git config` read).
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "git").write_text(f'#!/bin/sh\necho "git:$GLIBC_TUNABLES:$PYTHONMALLOC:$CFD_HOOK_ALLOCATOR" >> "{seen}"\n'
-                                f'exec "{shutil.which("git")}" "$@"\n')
-    (bindir / "git").chmod(0o755)
-    seen.unlink()
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
-           "PYTHONMALLOC": "malloc", "CFD_HOOK_ALLOCATOR": "1"}
-    ran = subprocess.run([sys.executable, "-P", "-m", "cfd.hooks.runtime", "post-merge", "0"], cwd=bob.path, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert ran.returncode == 0
-    gits = seen.read_text().splitlines()
-    assert gits and set(gits) == {"git:::"}
