@@ -162,6 +162,7 @@ def test_paths_with_spaces_and_queries(srv):
 
 def test_records_and_reset(srv):
     get(srv, headers={"Authorization": "Bearer t0k", "Range": "bytes=0-9"})
+    assert settled(srv, PATH) == 10  # the handler books its bytes after the client has them
     (rec,) = srv.requests
     assert rec.method == "GET" and rec.path == PATH
     assert rec.headers["Authorization"] == "Bearer t0k"
