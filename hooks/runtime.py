@@ -234,5 +234,18 @@ def _exit_fast(code: int) -> None:
     sys.exit(code)
 
 
+def _warn_if_run_without_safe_path() -> None:
+    """Shims before version 3 start `python -m` without -P: the work tree comes first on sys.path,
+    so a pulled typing.py or cfd/ would run as Python. This runtime can only say so."""
+    if sys.flags.safe_path:
+        return
+    try:
+        _say(sys.stderr, "this git hook is from an older cfd and lets files pulled into the work tree run as "
+                         "Python: run `cfd hooks install` to upgrade it")
+    except (AttributeError, OSError, ValueError):
+        pass  # no stream to say it on
+
+
 if __name__ == "__main__":
+    _warn_if_run_without_safe_path()
     _exit_fast(main())

@@ -101,6 +101,23 @@ def test_python_files_in_the_pulled_tree_never_run_in_the_hook(team: Team, tmp_p
     _, stderr = team.pull()
     assert needed in pending_keys(team.git_dir), stderr  # the hook did run, and synced
     assert not ran.exists(), ran.read_text()
+    assert not [line for line in cfd_lines(stderr) if "older cfd" in line]
+
+
+def test_a_hook_from_an_older_cfd_says_it_lets_pulled_python_run(team: Team) -> None:
+    """Shims before version 3 start Python without -P, and no runtime can undo that: it says so,
+    with what to run."""
+    for hook in (team.git_dir / "hooks").glob("post-*"):
+        text = hook.read_text()
+        if "cfd-hook-id" in text:
+            hook.write_text(text.replace(" -P -m cfd.hooks.runtime", " -m cfd.hooks.runtime"))
+    needed = "0123456789abcdee"
+    team.publish(ManifestBuilder().model(needed, "a.safetensors", 10, relative_path="loras/a.safetensors", category="loras")
+                 .ref("wf1", "a.safetensors", "loras", hash=needed, criticality="required", status="resolved", node_id="1"))
+    _, stderr = team.pull()
+    assert needed in pending_keys(team.git_dir), stderr  # it still syncs
+    warned = [line for line in cfd_lines(stderr) if "older cfd" in line]
+    assert len(warned) == 1 and "run `cfd hooks install`" in warned[0], stderr
 
 
 # --------------------------------------------------------------------------- a disk filled by an intent

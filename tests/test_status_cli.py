@@ -344,7 +344,7 @@ def test_a_bad_setting_stops_only_what_reads_it(env: Env) -> None:
         assert "Traceback" not in result.stderr
     # What reads the setting stops there: the hook says so and leaves git alone.
     hook = subprocess.run(
-        [sys.executable, "-m", "cfd.hooks.runtime", "post-checkout", "0" * 40, "0" * 40, "1"],
+        [sys.executable, "-P", "-m", "cfd.hooks.runtime", "post-checkout", "0" * 40, "0" * 40, "1"],  # as the shim runs it
         cwd=env.repo, env=env.vars, capture_output=True, text=True, timeout=60,
     )
     assert hook.returncode == 0 and "cfd.models = 'requierd' is not valid" in hook.stderr, hook.stderr
