@@ -48,12 +48,12 @@ BY_SCHEMA = {d.index_schema: d for d in (COMFYGIT, COMFYDOCK)}
 # A table header or dotted key that opens `tool.<name>` (bare or quoted parts, any spacing);
 # compiled on first use, so only for a name the text holds.
 _MENTION = {
-    d.name: rb"""(?m)^[ \t]*\[{0,2}[ \t]*["']?tool["']?[ \t]*\.[ \t]*["']?""" + d.name.encode() + rb"""["']?[ \t]*[.\]=]"""
+    d.name: r"""(?m)^[ \t]*\[{0,2}[ \t]*["']?tool["']?[ \t]*\.[ \t]*["']?""" + d.name + r"""["']?[ \t]*[.\]=]"""
     for d in DIALECTS.values()
 }
 
 
-_FIRST_MENTION = (_MENTION["comfygit"].decode().replace("comfygit", "(" + "|".join(DIALECTS) + ")"))
+_FIRST_MENTION = _MENTION["comfygit"].replace("comfygit", "(" + "|".join(DIALECTS) + ")")
 
 
 def first_mentioned(text: str) -> Dialect | None:
@@ -65,9 +65,10 @@ def first_mentioned(text: str) -> Dialect | None:
 
 def mentioned(data: bytes | str) -> list[Dialect]:
     """The dialects whose table a document's text (bytes, or already decoded) opens (a cheap look, no parsing)."""
-    if isinstance(data, str):
-        return [d for d in DIALECTS.values() if d.name in data and re.search(_MENTION[d.name].decode(), data)]
-    return [d for d in DIALECTS.values() if d.name.encode() in data and re.search(_MENTION[d.name], data)]
+    def same_kind(text: str) -> str | bytes:
+        return text if isinstance(data, str) else text.encode()
+
+    return [d for d in DIALECTS.values() if same_kind(d.name) in data and re.search(same_kind(_MENTION[d.name]), data)]
 
 
 def detect(data: bytes | str, label: str = "pyproject.toml") -> Dialect | None:
