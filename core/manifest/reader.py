@@ -92,10 +92,7 @@ class Reader:
         if not _HASH_RE.fullmatch(key):
             self.problem(where, "key is not a model hash (hex digits)")
             return None
-        if not isinstance(entry, dict):
-            self.problem(where, "is not a table")
-            return None
-        filename = self.string(entry, "filename", where, required=True)
+        filename = self.filename_of(entry, where)
         if filename is None:
             return None
         category = self.string(entry, "category", where)
@@ -116,6 +113,13 @@ class Reader:
             sha256=self.string(entry, "sha256", where),
             criticality=criticality,
         )
+
+    def filename_of(self, entry: Any, where: str) -> str | None:
+        """An entry's required filename; None (the problem listed) when the entry is no table or has none."""
+        if not isinstance(entry, dict):
+            self.problem(where, "is not a table")
+            return None
+        return self.string(entry, "filename", where, required=True)
 
     def workflows(self, table: Any) -> tuple[list[str], list[WorkflowModelRef]]:
         if not isinstance(table, dict):
@@ -148,10 +152,7 @@ class Reader:
             if plain is not None:
                 return plain
         where = f"{self.dialect.workflows_table}.{workflow}.models[{position}]"
-        if not isinstance(entry, dict):
-            self.problem(where, "is not a table")
-            return None
-        filename = self.string(entry, "filename", where, required=True)
+        filename = self.filename_of(entry, where)
         if filename is None:
             return None
         criticality = self.choice(entry, "criticality", where, tuple(CRITICALITY_RANK), DEFAULT_CRITICALITY)
