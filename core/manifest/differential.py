@@ -204,13 +204,11 @@ def differential_diff(old: bytes | memoryview, new: bytes | memoryview, old_labe
     if old_text.endswith("\r"):
         raise ChunkFallback  # the old version does not parse either: the full read counts it as empty
     old_version = _old_version(old_text, names, new_version.fast)
-    only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
-    old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
+    only_old, only_new, common, old_lines, new_lines = _compare_versions(old_version, new_version)
     if old_version.strings_unchecked and has_multiline_strings("\n".join(only_old + old_lines)):
         # The old version's own text holds a multi-line string: cut it the careful way after all.
         old_version = Version(old_text, names, check_model_lines=False)
-        only_old, only_new, common = _compare(old_version.pieces(), new_version.pieces())
-        old_lines, new_lines, _ = _compare(old_version.lines, new_version.lines, with_common=False)
+        only_old, only_new, common, old_lines, new_lines = _compare_versions(old_version, new_version)
     del old_text
     if not old_checked and _mentions_another_dialect(only_old + old_lines, names):
         raise ChunkFallback  # the environment changed manager between the two versions
@@ -271,6 +269,13 @@ def differential_diff(old: bytes | memoryview, new: bytes | memoryview, old_labe
             problems.append(f"{new_label}: a workflow names hash {model_hash}, which [{names.models_header}] lacks")
     new_manifest = partial_manifest(models, refs, problems, new_label, names.dialect.name)
     return ManifestDiff(newly, raised, intents, tuple(gone), new_manifest)
+
+
+def _compare_versions(old: Version, new: Version) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+    """(pieces only in old, only in new, in both; model lines only in old, only in new)."""
+    only_old, only_new, common = _compare(old.pieces(), new.pieces())
+    old_lines, new_lines, _ = _compare(old.lines, new.lines, with_common=False)
+    return only_old, only_new, common, old_lines, new_lines
 
 
 def _old_version(text: str, names: Names, new_cut_fast: bool) -> Version:
@@ -365,10 +370,10 @@ def _names_of(old: bytes | memoryview, new: str, label: str) -> tuple[Names, boo
     return NAMES[old_dialect.name if old_dialect else COMFYDOCK.name], True
 
 
-def _mentions_another_dialect(old_only: list[str], names: Names) -> bool:
-    """Whether the old version's own pieces and lines open another dialect's table (a mention
+def _mentions_another_dialect(parts: list[str], names: Names) -> bool:
+    """Whether these pieces and lines of a version open another dialect's table (a mention
     sits on one line, and pieces and lines are whole lines of the text)."""
-    if not old_only:
+    if not parts:
         return False
-    found = dialects.mentioned("\n".join(old_only))
+    found = dialects.mentioned("\n".join(parts))
     return any(d is not names.dialect for d in found)
